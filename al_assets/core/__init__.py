@@ -1,0 +1,1 @@
+"""Framework-free core: plain Python, torch and pyarrow. Nothing here imports Dagster."""
