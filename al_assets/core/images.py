@@ -1,0 +1,118 @@
+"""Safe image decoding: size guard first, JPEG through torchvision.io, everything else via PIL.
+
+Real pools contain CMYK and 16-bit files, palettes, EXIF-rotated phone pictures, truncated
+uploads and the odd decompression bomb. Every such file either decodes to an RGB ``uint8``
+tensor (3, H, W) or raises :class:`ImageDecodeError` naming the URI and the reason; nothing
+here ever allocates pixels for an image whose header declares more than ``max_pixels``.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from al_assets.core.errors import ImageDecodeError
+
+DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k; COCO's largest is 640 x 640
+_EXIF_ORIENTATION = 0x0112
+_SWAPS_AXES = {5, 6, 7, 8}
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    format: str | None
+    mode: str
+    width: int
+    height: int
+    exif_orientation: int
+
+
+def read_header(data: bytes, uri: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHeader:
+    """Parse only the header (no pixel allocation) and refuse oversized images."""
+    if not data:
+        raise ImageDecodeError(f"{uri}: empty file (0 bytes); re-export or remove the image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+                header = ImageHeader(img.format, img.mode, width, height, orientation)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+        raise ImageDecodeError(f"{uri}: not a readable image ({exc})") from exc
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(f"{uri}: image declares an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            f"{uri}: declares {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,} (decompression-bomb guard); raise max_pixels if this is a real image"
+        )
+    return header
+
+
+def decode_rgb(
+    data: bytes,
+    uri: str,
+    *,
+    expected_size: tuple[int, int] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> torch.Tensor:
+    """Decode to an RGB uint8 tensor (3, H, W) in the orientation the annotations refer to.
+
+    EXIF orientation is applied only when it turns the stored size into ``expected_size``
+    (the COCO record's width/height): annotations are drawn on the image as the labelling tool
+    showed it, and that is the only evidence of which orientation it used.
+    """
+    header = read_header(data, uri, max_pixels)
+    apply_exif = _should_apply_exif(header, expected_size)
+    try:
+        if header.format == "JPEG" and header.mode in {"RGB", "L"} and not apply_exif:
+            tensor = decode_jpeg(
+                torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB
+            )
+        else:
+            tensor = _decode_with_pil(data, apply_exif)
+    except (OSError, RuntimeError, ValueError, SyntaxError) as exc:
+        raise ImageDecodeError(f"{uri}: cannot decode ({exc}); the file is truncated or corrupt")
+    if expected_size is not None and (tensor.shape[2], tensor.shape[1]) != tuple(expected_size):
+        raise ImageDecodeError(
+            f"{uri}: decoded size {tensor.shape[2]}x{tensor.shape[1]} differs from the declared "
+            f"{expected_size[0]}x{expected_size[1]}; fix width/height in the annotation file"
+        )
+    return tensor
+
+
+def _should_apply_exif(header: ImageHeader, expected: tuple[int, int] | None) -> bool:
+    if header.exif_orientation not in _SWAPS_AXES or expected is None:
+        return False
+    stored = (header.width, header.height)
+    return stored != tuple(expected) and (header.height, header.width) == tuple(expected)
+
+
+def _decode_with_pil(data: bytes, apply_exif: bool) -> torch.Tensor:
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        if apply_exif:
+            img = ImageOps.exif_transpose(img)
+        array = _to_rgb_array(img)
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    """RGB uint8 from any PIL mode; 16/32-bit images are scaled by their range, not clipped."""
+    if img.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
+        values = np.asarray(img, dtype=np.float64)
+        top = values.max() if values.size and values.max() > 255 else 255.0
+        gray = np.clip(values / top * 255.0, 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode in {"RGBA", "LA", "PA"} or (img.mode == "P" and "transparency" in img.info):
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").split()[-1])
+        return np.asarray(background)
+    return np.asarray(img.convert("RGB"))

@@ -1,0 +1,171 @@
+"""Parquet tables under one storage root, one file per partition, written atomically.
+
+Layout: ``<root>/tables/<table>/<partition>.parquet`` (``_all.parquet`` for unpartitioned
+tables) and ``<root>/files/...`` for reports and exports. Readers only ever see complete files:
+writers stream row groups into a temporary file that is renamed (local) or uploaded whole (S3)
+when the writer closes without error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from al_assets.core.errors import StorageError
+from al_assets.core.storage.objects import ObjectStore, is_s3, join_uri, local_path, to_uri
+from al_assets.core.storage.s3 import S3Settings, split_s3_uri, translate_s3_error
+
+UNPARTITIONED = "_all"
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=@+-]*$")
+
+
+def _check_key(kind: str, key: str) -> str:
+    if not _SAFE_KEY.fullmatch(key) or ".." in key:
+        raise StorageError(
+            f"invalid {kind} name {key!r}: use letters, digits and . _ = @ + - only"
+        )
+    return key
+
+
+class TableStore:
+    """The one storage root every asset writes to (local folder or ``s3://bucket/prefix``)."""
+
+    def __init__(self, root: str | Path, s3: S3Settings | None = None) -> None:
+        self.root = to_uri(root)
+        self.objects = ObjectStore(s3)
+
+    # -- addressing ------------------------------------------------------------------------
+    def uri(self, table: str, partition: str | None = None) -> str:
+        name = _check_key("partition", partition) if partition else UNPARTITIONED
+        return join_uri(self.root, "tables", _check_key("table", table), f"{name}.parquet")
+
+    def file_uri(self, *parts: str) -> str:
+        """URI of a non-table artifact (PNG, HTML, JSON export) under ``<root>/files``."""
+        for part in parts:
+            for piece in part.split("/"):
+                _check_key("file", piece)
+        return join_uri(self.root, "files", *parts)
+
+    # -- writing ---------------------------------------------------------------------------
+    def write(self, table: str, data: pa.Table, partition: str | None = None) -> str:
+        """Atomically replace one partition (or the whole unpartitioned table)."""
+        with self.writer(table, data.schema, partition) as writer:
+            writer.write_table(data)
+        return self.uri(table, partition)
+
+    @contextmanager
+    def writer(
+        self, table: str, schema: pa.Schema, partition: str | None = None,
+        row_group_size: int | None = None,
+    ) -> Iterator[pq.ParquetWriter]:
+        """Stream row groups into a partition; published only if the block exits cleanly."""
+        uri = self.uri(table, partition)
+        with self.objects.atomic_local_file(uri) as tmp:
+            writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+            try:
+                yield writer
+            finally:
+                writer.close()
+
+    def write_file(self, data: bytes, *parts: str) -> str:
+        uri = self.file_uri(*parts)
+        self.objects.write_bytes(uri, data)
+        return uri
+
+    def delete(self, table: str, partition: str | None = None) -> None:
+        self.objects.delete(self.uri(table, partition))
+
+    # -- reading ---------------------------------------------------------------------------
+    def exists(self, table: str, partition: str | None = None) -> bool:
+        return self.objects.exists(self.uri(table, partition))
+
+    def partitions(self, table: str) -> list[str]:
+        """Partition names that have a complete file, sorted."""
+        prefix = join_uri(self.root, "tables", _check_key("table", table))
+        names: list[str] = []
+        start_after = None
+        while True:
+            try:
+                page, truncated = self.objects.list(
+                    prefix, suffix=".parquet", start_after=start_after
+                )
+            except FileNotFoundError:
+                return []
+            names += [o.uri.rsplit("/", 1)[-1][: -len(".parquet")] for o in page]
+            if not truncated or not page:
+                return sorted(n for n in names if n != UNPARTITIONED)
+            start_after = page[-1].uri
+
+    def read(
+        self, table: str, partition: str | None = None, columns: Sequence[str] | None = None
+    ) -> pa.Table:
+        """One partition; ``FileNotFoundError`` says which table/partition is missing."""
+        uri = self.uri(table, partition)
+        try:
+            path, fs = self._arrow_path(uri)
+            return pq.read_table(path, filesystem=fs, columns=columns)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"table {table!r} partition {partition or UNPARTITIONED!r} not found at {uri}: "
+                "materialize the upstream asset first"
+            ) from None
+        except OSError as exc:
+            raise self._read_error(exc, uri) from exc
+
+    def read_many(
+        self, table: str, partitions: Iterable[str], columns: Sequence[str] | None = None,
+        schema: pa.Schema | None = None,
+    ) -> pa.Table:
+        """Concatenate partitions (empty table with ``schema`` when there are none)."""
+        parts = [self.read(table, p, columns) for p in partitions]
+        if not parts:
+            if schema is None:
+                raise StorageError(f"no partitions of {table!r} to read and no schema given")
+            empty = schema.empty_table()
+            return empty.select(list(columns)) if columns else empty
+        return pa.concat_tables(parts, promote_options="default")
+
+    def iter_batches(
+        self, table: str, partition: str | None = None, columns: Sequence[str] | None = None,
+        batch_size: int = 4096,
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream a partition in record batches (bounded memory for large shards)."""
+        uri = self.uri(table, partition)
+        path, fs = self._arrow_path(uri)
+        try:
+            dataset = ds.dataset(path, filesystem=fs, format="parquet")
+            yield from dataset.to_batches(columns=columns, batch_size=batch_size)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"table {table!r} partition {partition!r} not found") from None
+        except OSError as exc:
+            raise self._read_error(exc, uri) from exc
+
+    def read_file(self, *parts: str) -> bytes:
+        return self.objects.read_bytes(self.file_uri(*parts))
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _arrow_path(self, uri: str) -> tuple[str, object]:
+        if is_s3(uri):
+            bucket, key = split_s3_uri(uri)
+            return f"{bucket}/{key}", self.objects.clients.arrow
+        return str(local_path(uri)), None
+
+    @staticmethod
+    def _read_error(exc: OSError, uri: str) -> StorageError:
+        if is_s3(uri):
+            return translate_s3_error(exc, uri, "reading")
+        return StorageError(f"cannot read {uri}: {exc}")
+
+
+def local_root(path: str | Path) -> Path:
+    """Local folder behind a storage root, for tools (MLflow's SQLite) that need a real path."""
+    uri = to_uri(path)
+    if is_s3(uri):
+        raise StorageError(f"{uri} is not a local folder")
+    return local_path(uri)

@@ -1,0 +1,215 @@
+"""COCO ingestion core: schemas, round trip, and every bad input named in the issue."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from pycocotools.coco import COCO
+
+from al_assets.core import schemas
+from al_assets.core.coco.categories import merge_categories
+from al_assets.core.coco.ingest import IngestOptions, ingest_batch
+from al_assets.core.coco.writer import tables_to_coco
+from al_assets.core.errors import CocoFormatError, StorageError
+from al_assets.core.storage import ObjectStore, to_uri
+from tests.conftest import load_json
+
+BATCH = "batch-000"
+
+
+def ingest(root: Path, batch: str = BATCH, **options):
+    return ingest_batch(
+        to_uri(root / "annotations" / f"{batch}.json"), to_uri(root / "images"), batch,
+        ObjectStore(), IngestOptions(**options),
+    )
+
+
+def rewrite(root: Path, mutate, batch: str = BATCH) -> dict:
+    path = root / "annotations" / f"{batch}.json"
+    document = load_json(path)
+    mutate(document)
+    path.write_text(json.dumps(document))
+    return document
+
+
+def reasons(tables) -> list[str]:
+    return tables.rejects["reason"].to_pylist()
+
+
+def test_tables_match_documented_schemas(demo_root: Path) -> None:
+    tables = ingest(demo_root)
+    assert tables.images.schema.equals(schemas.IMAGES)
+    assert tables.annotations.schema.equals(schemas.ANNOTATIONS)
+    assert tables.categories.schema.equals(schemas.CATEGORIES)
+    assert tables.rejects.schema.equals(schemas.INGESTION_REJECTS)
+    assert tables.rejects.num_rows == 0
+
+
+def test_counts_and_values_match_pycocotools(demo_root: Path) -> None:
+    path = demo_root / "annotations" / f"{BATCH}.json"
+    coco = COCO(str(path))
+    tables = ingest(demo_root)
+    assert tables.images.num_rows == len(coco.imgs)
+    assert tables.annotations.num_rows == len(coco.anns)
+    assert sorted(tables.categories["category_id"].to_pylist()) == sorted(coco.cats)
+    first = tables.annotations.slice(0, 1).to_pylist()[0]
+    ann = coco.anns[first["ann_id"]]
+    x, y, w, h = ann["bbox"]
+    assert first["bbox"]["xmax"] == pytest.approx(x + w, abs=1e-3)
+    assert first["bbox_xywh"] == pytest.approx([x, y, w, h], abs=1e-3)
+    assert first["label"] == coco.cats[ann["category_id"]]["name"]
+    assert tables.images["uri"][0].as_py().startswith("file://")
+
+
+def test_polygons_and_crowd_rle_become_rle(demo_root: Path) -> None:
+    from pycocotools import mask as mask_utils
+
+    tables = ingest(demo_root)
+    anns = tables.annotations.to_pylist()
+    crowd = [a for a in anns if a["iscrowd"]]
+    assert crowd, "demo data has crowd annotations"
+    for ann in anns[:20] + crowd:
+        rle = {"size": ann["segmentation"]["size"], "counts": ann["segmentation"]["counts"]}
+        assert mask_utils.area(rle) > 0
+        assert list(mask_utils.toBbox(rle)) == pytest.approx(ann["bbox_xywh"], abs=4.0)  # sharp tips rasterize short
+
+
+def test_round_trip_to_coco_json(demo_root: Path, tmp_path: Path) -> None:
+    tables = ingest(demo_root)
+    out = tmp_path / "round_trip.json"
+    out.write_text(json.dumps(tables_to_coco(tables.categories, tables.images, tables.annotations)))
+    coco = COCO(str(out))
+    original = COCO(str(demo_root / "annotations" / f"{BATCH}.json"))
+    assert len(coco.imgs) == len(original.imgs)
+    assert len(coco.anns) == len(original.anns)
+    assert len(coco.cats) == len(original.cats)
+    for ann_id in list(original.anns)[:10]:
+        assert coco.annToMask(coco.anns[ann_id]).sum() == original.annToMask(
+            original.anns[ann_id]
+        ).sum()
+
+
+def test_limit_keeps_first_images_and_their_annotations(demo_root: Path) -> None:
+    tables = ingest(demo_root, limit=5)
+    document = load_json(demo_root / "annotations" / f"{BATCH}.json")
+    assert tables.images["image_id"].to_pylist() == [i["id"] for i in document["images"][:5]]
+    assert set(tables.annotations["image_id"].to_pylist()) <= set(
+        tables.images["image_id"].to_pylist()
+    )
+
+
+def test_shards_are_stable_and_sized(demo_root: Path) -> None:
+    small = ingest(demo_root, shard_size=7)
+    again = ingest(demo_root, shard_size=7)
+    assert small.images["shard"].to_pylist() == again.images["shard"].to_pylist()
+    counts = pa.table({"s": small.images["shard"]}).group_by("s").aggregate([("s", "count")])
+    assert counts.num_rows == -(-small.images.num_rows // 7)
+    assert all(s.startswith(f"{BATCH}.s") for s in small.images["shard"].to_pylist())
+
+
+# -- bad input ---------------------------------------------------------------------------------
+def test_missing_annotation_file(demo_copy: Path) -> None:
+    with pytest.raises(CocoFormatError, match=r"nope\.json not found"):
+        ingest(demo_copy, batch="nope")
+
+
+def test_malformed_json_names_file_and_position(demo_copy: Path) -> None:
+    (demo_copy / "annotations" / f"{BATCH}.json").write_text('{"images": [1, 2,, ]}')
+    with pytest.raises(CocoFormatError, match=r"batch-000\.json: malformed JSON at line 1 column"):
+        ingest(demo_copy)
+
+
+def test_json_that_is_not_coco(demo_copy: Path) -> None:
+    (demo_copy / "annotations" / f"{BATCH}.json").write_text('{"foo": []}')
+    with pytest.raises(CocoFormatError, match="missing key\\(s\\) images, categories"):
+        ingest(demo_copy)
+
+
+def test_json_too_large_is_refused(demo_copy: Path) -> None:
+    with pytest.raises(StorageError, match="over the limit"):
+        ingest(demo_copy, max_json_bytes=100)
+
+
+def test_unknown_category_and_image_ids_are_rejected(demo_copy: Path) -> None:
+    def mutate(document: dict) -> None:
+        document["annotations"][0]["category_id"] = 999
+        document["annotations"][1]["image_id"] = 123456
+
+    document = rewrite(demo_copy, mutate)
+    tables = ingest(demo_copy)
+    assert tables.annotations.num_rows == len(document["annotations"]) - 2
+    text = " ".join(reasons(tables))
+    assert "unknown category_id 999" in text and "unknown or rejected image_id 123456" in text
+    ids = set(tables.rejects["record_id"].to_pylist())
+    assert {document["annotations"][0]["id"], document["annotations"][1]["id"]} <= ids
+
+
+def test_missing_and_corrupt_images_are_rejected(demo_copy: Path) -> None:
+    document = load_json(demo_copy / "annotations" / f"{BATCH}.json")
+    missing, truncated, not_image = document["images"][:3]
+    (demo_copy / "images" / missing["file_name"]).unlink()
+    data = (demo_copy / "images" / truncated["file_name"]).read_bytes()
+    (demo_copy / "images" / truncated["file_name"]).write_bytes(data[: len(data) // 3])
+    (demo_copy / "images" / not_image["file_name"]).write_text("not an image at all")
+    tables = ingest(demo_copy)
+    rejected = {
+        r["record_id"]: r["reason"] for r in tables.rejects.to_pylist() if r["record_type"] == "image"
+    }
+    assert "not found" in rejected[missing["id"]]
+    assert "truncated or corrupt" in rejected[truncated["id"]]
+    assert "not a readable image" in rejected[not_image["id"]]
+    kept = set(tables.images["image_id"].to_pylist())
+    assert not kept & {missing["id"], truncated["id"], not_image["id"]}
+    assert not set(tables.annotations["image_id"].to_pylist()) & {missing["id"], truncated["id"]}
+
+
+def test_zero_size_and_outside_boxes(demo_copy: Path) -> None:
+    def mutate(document: dict) -> None:
+        anns = [a for a in document["annotations"] if not a.get("iscrowd")]
+        anns[0]["bbox"] = [10, 10, 0, 5]
+        anns[1]["bbox"] = [-50, -50, 20, 20]
+        image = next(i for i in document["images"] if i["id"] == anns[2]["image_id"])
+        anns[2]["bbox"] = [image["width"] - 5, 0, 50, 10]
+        mutate.ids = [a["id"] for a in anns[:3]]
+        mutate.width = image["width"]
+
+    rewrite(demo_copy, mutate)
+    tables = ingest(demo_copy)
+    text = " ".join(reasons(tables))
+    assert "zero-size or negative bbox" in text and "entirely outside" in text
+    clipped = tables.annotations.filter(pa.compute.equal(tables.annotations["ann_id"], mutate.ids[2]))
+    assert clipped["bbox"][0]["xmax"].as_py() == pytest.approx(mutate.width)
+
+
+def test_path_traversal_is_refused(demo_copy: Path) -> None:
+    def mutate(document: dict) -> None:
+        document["images"][0]["file_name"] = "../../etc/passwd"
+        document["images"][1]["file_name"] = "/etc/passwd"
+
+    rewrite(demo_copy, mutate)
+    text = " ".join(reasons(ingest(demo_copy)))
+    assert text.count("escapes the image root") == 2
+
+
+def test_nothing_usable_fails_clearly(demo_copy: Path) -> None:
+    for image in (demo_copy / "images").iterdir():
+        image.unlink()
+    with pytest.raises(CocoFormatError, match="nothing usable, all .* images rejected"):
+        ingest(demo_copy)
+
+
+def test_category_conflict_between_batches_is_an_error() -> None:
+    one = pa.Table.from_pylist(
+        [{"category_id": 1, "name": "circle", "supercategory": "round", "batch": "a"}],
+        schema=schemas.CATEGORIES,
+    )
+    two = pa.Table.from_pylist(
+        [{"category_id": 1, "name": "square", "supercategory": "quad", "batch": "b"}],
+        schema=schemas.CATEGORIES,
+    )
+    assert merge_categories(one, one).num_rows == 1
+    with pytest.raises(CocoFormatError, match="category id 1 is 'circle' in batch 'a' but 'square'"):
+        merge_categories(one, two)

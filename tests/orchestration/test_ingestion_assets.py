@@ -1,0 +1,138 @@
+"""Ingestion assets through real `dagster.materialize` runs, from a local folder and from S3."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from al_assets.core import schemas
+from al_assets.core.storage import S3Settings, TableStore
+from al_assets.orchestration.assets.ingestion import coco_batch
+from al_assets.orchestration.partitions import BATCH, SHARD
+from al_assets.orchestration.resources import CocoSourceResource, S3Config, StorageResource
+from tests.conftest import S3Server, failure_text
+
+BATCHES = ["batch-000", "batch-001"]
+
+
+def run_ingestion(instance, storage, source, batch, config=None):
+    instance.add_dynamic_partitions(BATCH, [batch])
+    return dg.materialize(
+        [coco_batch],
+        instance=instance,
+        partition_key=batch,
+        resources={"storage": storage, "coco_source": source},
+        run_config={"ops": {"coco_batch": {"config": config or {}}}},
+        raise_on_error=False,
+    )
+
+
+def test_local_ingestion_writes_tables_and_adds_shards(instance, demo_root, tmp_path) -> None:
+    storage = StorageResource(root=str(tmp_path / "store"))
+    source = CocoSourceResource(root=str(demo_root))
+    for batch in BATCHES:
+        result = run_ingestion(instance, storage, source, batch, {"shard_size": 8})
+        assert result.success
+    store = storage.tables()
+    assert store.partitions("images") == BATCHES
+    images = store.read_many("images", BATCHES)
+    assert images.schema.equals(schemas.IMAGES)
+    assert images["image_id"].unique().__len__() == images.num_rows
+    shards = sorted(set(images["shard"].to_pylist()))
+    assert sorted(instance.get_dynamic_partitions(SHARD)) == shards
+    assert any(s.startswith("batch-001") for s in shards)
+
+    events = result.asset_materializations_for_node("coco_batch")
+    by_key = {e.asset_key.to_user_string(): e.metadata for e in events}
+    expected = json.loads((demo_root / "annotations" / "batch-001.json").read_text())
+    assert by_key["images"]["dagster/row_count"].value == len(expected["images"])
+    assert by_key["annotations"]["dagster/row_count"].value == len(expected["annotations"])
+    assert "preview" in by_key["annotations"] and "count_by_label" in by_key["annotations"]
+
+
+def test_reingesting_a_batch_leaves_other_batches_untouched(instance, demo_root, tmp_path) -> None:
+    storage = StorageResource(root=str(tmp_path / "store"))
+    source = CocoSourceResource(root=str(demo_root))
+    for batch in BATCHES:
+        assert run_ingestion(instance, storage, source, batch).success
+    other = Path(storage.tables().uri("images", BATCHES[0])[len("file://"):])
+    before = other.stat().st_mtime_ns, other.read_bytes()
+    assert run_ingestion(instance, storage, source, BATCHES[1]).success
+    assert (other.stat().st_mtime_ns, other.read_bytes()) == before
+
+
+def test_rejects_are_recorded_and_the_run_continues(instance, demo_copy, tmp_path) -> None:
+    path = demo_copy / "annotations" / "batch-000.json"
+    document = json.loads(path.read_text())
+    document["annotations"][0]["category_id"] = 4242
+    path.write_text(json.dumps(document))
+    storage = StorageResource(root=str(tmp_path / "store"))
+    result = run_ingestion(instance, storage, CocoSourceResource(root=str(demo_copy)), "batch-000")
+    assert result.success
+    rejects = storage.tables().read("ingestion_rejects", "batch-000")
+    assert rejects.num_rows == 1 and "4242" in rejects["reason"][0].as_py()
+    meta = {
+        e.asset_key.to_user_string(): e.metadata
+        for e in result.asset_materializations_for_node("coco_batch")
+    }
+    assert meta["ingestion_rejects"]["dagster/row_count"].value == 1
+
+
+def test_bad_annotation_file_fails_the_run_with_a_clear_message(instance, demo_copy, tmp_path):
+    (demo_copy / "annotations" / "batch-000.json").write_text("{not json")
+    storage = StorageResource(root=str(tmp_path / "store"))
+    result = run_ingestion(instance, storage, CocoSourceResource(root=str(demo_copy)), "batch-000")
+    assert not result.success
+    assert "batch-000.json: malformed JSON at line 1" in failure_text(result)
+    assert storage.tables().partitions("images") == []
+
+
+def _s3_resources(s3: S3Server, bucket: str, source_prefix: str, **keys: str):
+    config = S3Config(
+        endpoint_url=s3.endpoint_url, region="us-east-1",
+        access_key_id=keys.get("key", s3.access_key_id),
+        secret_access_key=keys.get("secret", s3.secret_access_key),
+    )
+    storage = StorageResource(root=f"s3://{bucket}/store", s3=config)
+    source = CocoSourceResource(root=f"s3://{bucket}/{source_prefix}", s3=config)
+    return storage, source
+
+
+def test_s3_source_and_s3_storage(instance, demo_root, s3_server, s3_bucket) -> None:
+    s3_server.upload_folder(demo_root, s3_bucket, "pool")
+    s3_server.client().delete_object(Bucket=s3_bucket, Key="pool/images/" + json.loads(
+        (demo_root / "annotations" / "batch-000.json").read_text())["images"][0]["file_name"])
+    storage, source = _s3_resources(s3_server, s3_bucket, "pool")
+    result = run_ingestion(instance, storage, source, "batch-000")
+    assert result.success
+    store = TableStore(
+        f"s3://{s3_bucket}/store",
+        S3Settings(s3_server.endpoint_url, "us-east-1", s3_server.access_key_id,
+                   s3_server.secret_access_key),
+    )
+    images = store.read("images", "batch-000")
+    assert images.schema.equals(schemas.IMAGES)
+    assert images["uri"][0].as_py().startswith(f"s3://{s3_bucket}/pool/images/")
+    rejects = store.read("ingestion_rejects", "batch-000")
+    assert rejects.num_rows >= 1 and "not found" in rejects["reason"][0].as_py()
+
+
+def test_s3_wrong_credentials_fail_clearly(instance, demo_root, s3_server, s3_bucket) -> None:
+    s3_server.upload_folder(demo_root, s3_bucket, "pool")
+    storage, source = _s3_resources(s3_server, s3_bucket, "pool", key="AKIAWRONG", secret="nope")
+    result = run_ingestion(instance, storage, source, "batch-000")
+    assert not result.success
+    message = failure_text(result)
+    assert "rejected the credentials" in message and "AWS_ACCESS_KEY_ID" in message
+
+
+@pytest.mark.parametrize("bucket", ["no-such-bucket-al"])
+def test_s3_missing_bucket_fails_clearly(instance, s3_server, bucket) -> None:
+    storage, source = _s3_resources(s3_server, bucket, "pool")
+    result = run_ingestion(instance, storage, source, "batch-000")
+    assert not result.success
+    message = failure_text(result)
+    assert "no-such-bucket-al" in message and "does not exist" in message
