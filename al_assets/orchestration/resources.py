@@ -1,12 +1,15 @@
-"""Dagster resources: thin configurable handles onto the core's storage, source and S3 settings."""
-
+"""Dagster resources: thin configurable handles onto the core (storage, source, MLflow, device)."""
 
 import os
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
 
 from al_assets.core.storage import ObjectStore, S3Settings, TableStore, join_uri, to_uri
+
+if TYPE_CHECKING:
+    from al_assets.core.registry import ModelRegistry
 
 DEFAULT_STORAGE_ROOT = ".storage"
 DEFAULT_SOURCE_ROOT = "data/demo"
@@ -72,3 +75,45 @@ class CocoSourceResource(dg.ConfigurableResource):
 
     def image_root(self) -> str:
         return join_uri(to_uri(self.root), self.images_dir)
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """The MLflow tracking store and model registry (SQLite under the storage root by default).
+
+    Set ``tracking_uri`` to an MLflow server (``http://mlflow:5000``) or a database URI in
+    production; artifacts default to ``<storage root>/mlflow/artifacts`` (local or S3).
+    """
+
+    tracking_uri: str | None = Field(
+        default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI"),
+        description="Default: sqlite:///<local storage root>/mlflow/mlflow.db",
+    )
+    registry_uri: str | None = None
+    artifact_location: str | None = None
+    experiment: str = "al_assets"
+    storage: dg.ResourceDependency[StorageResource]
+    http_max_retries: int = 2
+    http_timeout_s: int = 15
+
+    def registry(self) -> "ModelRegistry":
+        from al_assets.core.registry import ModelRegistry, limit_http_retries, sqlite_uri
+        from al_assets.core.storage.tables import local_root
+
+        limit_http_retries(self.http_max_retries, self.http_timeout_s)
+        root = self.storage.root_uri
+        tracking = self.tracking_uri or sqlite_uri(local_root(root) / "mlflow")
+        artifacts = self.artifact_location or join_uri(root, "mlflow", "artifacts")
+        return ModelRegistry(tracking, self.registry_uri, artifacts, self.experiment)
+
+
+class DeviceResource(dg.ConfigurableResource):
+    """Which accelerator a prediction run may use; one lease per GPU so runs never share one."""
+
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    lease_dir: str | None = Field(
+        default=None, description="Folder of per-GPU lock files (default: $DAGSTER_HOME/gpu-leases)"
+    )
+
+    def lease_folder(self) -> str:
+        home = os.environ.get("DAGSTER_HOME") or os.path.join(os.getcwd(), ".dagster_home")
+        return self.lease_dir or os.path.join(home, "gpu-leases")

@@ -1,7 +1,7 @@
 """Parquet tables under one storage root, one file per partition, written atomically.
 
 Layout: ``<root>/tables/<table>/<partition>.parquet`` (``_all.parquet`` for unpartitioned
-tables) and ``<root>/files/...`` for reports and exports. Readers only ever see complete files:
+tables; a two-level partition ``<model_version>/<shard>`` is a folder per model version) and ``<root>/files/...`` for reports and exports. Readers only ever see complete files:
 writers stream row groups into a temporary file that is renamed (local) or uploaded whole (S3)
 when the writer closes without error.
 """
@@ -42,7 +42,8 @@ class TableStore:
 
     # -- addressing ------------------------------------------------------------------------
     def uri(self, table: str, partition: str | None = None) -> str:
-        name = _check_key("partition", partition) if partition else UNPARTITIONED
+        name = "/".join(_check_key("partition", p) for p in partition.split("/")) if partition \
+            else UNPARTITIONED
         return join_uri(self.root, "tables", _check_key("table", table), f"{name}.parquet")
 
     def file_uri(self, *parts: str) -> str:
@@ -85,9 +86,11 @@ class TableStore:
     def exists(self, table: str, partition: str | None = None) -> bool:
         return self.objects.exists(self.uri(table, partition))
 
-    def partitions(self, table: str) -> list[str]:
-        """Partition names that have a complete file, sorted."""
+    def partitions(self, table: str, under: str | None = None) -> list[str]:
+        """Partition names that have a complete file, sorted (``under``: a first-level folder)."""
         prefix = join_uri(self.root, "tables", _check_key("table", table))
+        if under:
+            prefix = join_uri(prefix, _check_key("partition", under))
         names: list[str] = []
         start_after = None
         while True:
@@ -99,7 +102,8 @@ class TableStore:
                 return []
             names += [o.uri.rsplit("/", 1)[-1][: -len(".parquet")] for o in page]
             if not truncated or not page:
-                return sorted(n for n in names if n != UNPARTITIONED)
+                found = sorted(n for n in names if n != UNPARTITIONED)
+                return [f"{under}/{n}" for n in found] if under else found
             start_after = page[-1].uri
 
     def read(

@@ -1,0 +1,153 @@
+"""Predict one shard: stream decoded batches through the model, write row groups as they come.
+
+Memory is bounded by ``batch_size`` x prefetch (decoded images) plus one row group of results,
+whatever the shard size. Images that fail to read, decode or predict become error rows; the
+shard carries on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from al_assets.core import schemas
+from al_assets.core.prediction.arrow import predictions_batch
+from al_assets.core.prediction.loader import LoadedImage, ShardImages, make_loader
+
+Detect = Callable[[list[torch.Tensor]], list[dict[str, torch.Tensor]]]
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    batch_size: int = 8
+    num_workers: int = 2
+    mixed_precision: bool = True  # float16 autocast, on CUDA only
+    rows_per_group: int = 1024  # images per Parquet row group
+
+
+@dataclass
+class ShardStats:
+    images: int = 0
+    detections: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    error_rows: list[dict] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    model_name: str
+    model_version: int
+    shard: str
+
+
+def configure_postprocess(
+    model: nn.Module, *, score_thresh: float | None = None, topk_candidates: int | None = None,
+    detections_per_img: int | None = None,
+) -> None:
+    """Set torchvision's post-processing knobs on an SSD or Faster R-CNN module in place."""
+    target = getattr(model, "roi_heads", model)  # Faster R-CNN keeps them on roi_heads
+    for name, value in (("score_thresh", score_thresh), ("detections_per_img", detections_per_img)):
+        if value is not None:
+            setattr(target, name, value)
+    if topk_candidates is not None and hasattr(model, "topk_candidates"):
+        model.topk_candidates = topk_candidates
+
+
+def predict_shard(
+    images: pa.Table,
+    detect: Detect,
+    writer: pq.ParquetWriter,
+    ref: ShardRef,
+    *,
+    device: torch.device,
+    options: PredictOptions = PredictOptions(),
+    dataset: ShardImages | None = None,
+) -> ShardStats:
+    """Run ``detect`` over every image row of ``images`` and write PREDICTIONS row groups."""
+    stats = ShardStats()
+    loader = make_loader(
+        dataset or ShardImages(images), batch_size=options.batch_size,
+        num_workers=options.num_workers,
+    )
+    pending: list[pa.RecordBatch] = []
+    start = time.perf_counter()
+    for batch in loader:
+        good = [item for item in batch if item.tensor is not None]
+        stats.error_rows += [_error(images, item.index, ref, item.stage, item.error)
+                             for item in batch if item.tensor is None]
+        rows, outputs = _predict_isolating_failures(good, detect, device, options, images, ref, stats)
+        if rows:
+            pending.append(predictions_batch(
+                images, rows, outputs, model_name=ref.model_name,
+                model_version=ref.model_version, shard=ref.shard,
+            ))
+            stats.images += len(rows)
+            stats.detections += sum(int(o["boxes"].shape[0]) for o in outputs)
+        if sum(b.num_rows for b in pending) >= options.rows_per_group:
+            writer.write_table(pa.Table.from_batches(pending, schemas.PREDICTIONS))
+            pending = []
+    if pending:
+        writer.write_table(pa.Table.from_batches(pending, schemas.PREDICTIONS))
+    stats.seconds = time.perf_counter() - start
+    stats.errors = len(stats.error_rows)
+    return stats
+
+
+def _predict_isolating_failures(
+    items: Sequence[LoadedImage], detect: Detect, device: torch.device, options: PredictOptions,
+    images: pa.Table, ref: ShardRef, stats: ShardStats,
+) -> tuple[list[int], list[dict[str, torch.Tensor]]]:
+    """Predict a batch; if it fails, retry image by image so only the culprit is lost."""
+    if not items:
+        return [], []
+    try:
+        return [i.index for i in items], _run(detect, [i.tensor for i in items], device, options)
+    except (RuntimeError, ValueError) as exc:
+        if len(items) == 1:
+            stats.error_rows.append(_error(images, items[0].index, ref, "predict", str(exc)))
+            return [], []
+    rows: list[int] = []
+    outputs: list[dict[str, torch.Tensor]] = []
+    for item in items:
+        r, o = _predict_isolating_failures([item], detect, device, options, images, ref, stats)
+        rows += r
+        outputs += o
+    return rows, outputs
+
+
+def _run(
+    detect: Detect, tensors: list[torch.Tensor], device: torch.device, options: PredictOptions
+) -> list[dict[str, torch.Tensor]]:
+    batch = [t.to(device, non_blocking=True).float().div_(255) for t in tensors]
+    autocast = device.type == "cuda" and options.mixed_precision
+    with torch.inference_mode(), torch.autocast(device.type, enabled=autocast):
+        outputs = detect(batch)
+    return [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()}
+            for o in outputs]
+
+
+def _error(images: pa.Table, index: int, ref: ShardRef, stage: str, message: str) -> dict:
+    return {
+        "image_id": images["image_id"][index].as_py(),
+        "uri": images["uri"][index].as_py(),
+        "model_name": ref.model_name,
+        "model_version": ref.model_version,
+        "shard": ref.shard,
+        "stage": stage,
+        "error": message[:2000],
+    }
+
+
+def errors_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=schemas.PREDICTION_ERRORS)

@@ -1,0 +1,146 @@
+"""Prediction assets, partitioned by model version x shard; one GPU slot (pool ``gpu``) each."""
+
+import dagster as dg
+import pyarrow.compute as pc
+
+from al_assets.core import schemas
+from al_assets.core.coco.categories import unique_categories
+from al_assets.core.detection.compatibility import check_categories
+from al_assets.core.prediction.devices import lease_device
+from al_assets.core.prediction.loader import ShardImages
+from al_assets.core.prediction.runner import (
+    PredictOptions,
+    ShardRef,
+    configure_postprocess,
+    errors_table,
+    predict_shard,
+)
+from al_assets.core.sharding import batch_of_shard
+from al_assets.core.storage import TableStore
+from al_assets.orchestration.partitions import (
+    MODEL_VERSION,
+    SHARD,
+    parse_model_version_key,
+    prediction_partitions,
+)
+from al_assets.orchestration.resources import (
+    CocoSourceResource,
+    DeviceResource,
+    MlflowResource,
+    StorageResource,
+)
+
+PREDICTION = "prediction"
+GPU_POOL = "gpu"
+
+
+class PredictionConfig(dg.Config):
+    batch_size: int = 8
+    """Images per forward pass (the notebook used 64 on a T4)."""
+    num_workers: int = 2
+    """DataLoader worker processes decoding images ahead of the model."""
+    mixed_precision: bool = True
+    """float16 autocast on CUDA (ignored on CPU)."""
+    score_thresh: float | None = None
+    """Drop boxes below this detector score (default: the model's own, 0.01 for SSD)."""
+    topk_candidates: int | None = None
+    """Candidates per class before NMS (SSD; the notebook used 90)."""
+    detections_per_img: int | None = None
+    """Keep at most this many boxes per image (default: the model's own)."""
+    store_distribution: bool = True
+    """Keep the full class distribution per box (entropy needs it; top-k is always kept)."""
+
+
+def storage_partition(context: dg.AssetExecutionContext) -> str:
+    """``<model_version>/<shard>``: one folder per model version under each table."""
+    keys = context.partition_key.keys_by_dimension
+    return f"{keys[MODEL_VERSION]}/{keys[SHARD]}"
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "detections",
+            description="One row per image: its detections with box, score, label and the "
+            "class distribution (top-k and full), from one registered model version.",
+            deps=[
+                dg.AssetDep("images", partition_mapping=dg.AllPartitionMapping()),
+                "registered_model",
+            ],
+            group_name=PREDICTION, kinds={"parquet", "pytorch"}, owners=["team:ml"],
+        ),
+        dg.AssetSpec(
+            "prediction_errors",
+            description="Images of the shard that could not be read, decoded or predicted.",
+            group_name=PREDICTION, kinds={"parquet"}, owners=["team:ml"],
+        ),
+    ],
+    partitions_def=prediction_partitions,
+    pool=GPU_POOL,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
+)
+def predictions(
+    context: dg.AssetExecutionContext,
+    config: PredictionConfig,
+    storage: StorageResource,
+    coco_source: CocoSourceResource,
+    mlflow: MlflowResource,
+    device: DeviceResource,
+):
+    keys = context.partition_key.keys_by_dimension
+    model_name, version = parse_model_version_key(keys[MODEL_VERSION])
+    shard = keys[SHARD]
+    store = storage.tables()
+    model = mlflow.registry().load(model_name, version)  # the exact version, never the alias
+    _check_model_fits_dataset(store, model, keys[MODEL_VERSION])
+    extractor = model.extractor
+    extractor.with_distribution = config.store_distribution
+    configure_postprocess(
+        extractor.model, score_thresh=config.score_thresh,
+        topk_candidates=config.topk_candidates, detections_per_img=config.detections_per_img,
+    )
+    images = _shard_images(store, shard)
+    options = PredictOptions(config.batch_size, config.num_workers, config.mixed_precision)
+    partition = storage_partition(context)
+    with lease_device(device.device, device.lease_folder()) as dev:
+        extractor.to(dev)
+        with store.writer("detections", schemas.PREDICTIONS, partition) as writer:
+            stats = predict_shard(
+                images, extractor, writer, ShardRef(model_name, version, shard), device=dev,
+                options=options, dataset=ShardImages(images, coco_source.s3.settings()),
+            )
+    errors = errors_table(stats.error_rows)
+    errors_uri = store.write("prediction_errors", errors, partition)
+    for row in stats.error_rows[:20]:
+        context.log.warning(f"image {row['image_id']} ({row['stage']}): {row['error']}")
+    yield dg.MaterializeResult(
+        asset_key="detections",
+        metadata={
+            "dagster/row_count": stats.images,
+            "dagster/uri": store.uri("detections", partition),
+            "images": stats.images,
+            "detections": stats.detections,
+            "errors": stats.errors,
+            "images_per_second": round(stats.images_per_second, 2),
+            "device": str(dev),
+            "model_uri": f"models:/{model_name}/{version}",
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="prediction_errors",
+        metadata={"dagster/row_count": errors.num_rows, "dagster/uri": errors_uri},
+    )
+
+
+def _shard_images(store: TableStore, shard: str):
+    batch = batch_of_shard(shard)
+    images = store.read("images", batch, columns=["image_id", "uri", "width", "height", "shard"])
+    return images.filter(pc.equal(images["shard"], shard))
+
+
+def _check_model_fits_dataset(store: TableStore, model, model_version: str) -> None:
+    batches = store.partitions("categories")
+    dataset = unique_categories(store.read_many("categories", batches, schema=schemas.CATEGORIES))
+    check_categories(
+        model.extractor.category_ids, model.category_names, dataset, model=model_version
+    )
