@@ -116,3 +116,149 @@ PREDICTION_ERRORS = pa.schema(
         pa.field("error", pa.string(), nullable=False),
     ]
 )
+
+
+# --- uncertainty scoring ---
+
+BOX_SCORES = pa.schema(
+    [
+        pa.field("image_id", pa.int64(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("model_name", pa.string(), nullable=False),
+        pa.field("model_version", pa.int32(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("det_index", pa.int32(), nullable=False),  # position in the image's detections
+        pa.field("box", BOX2D, nullable=False),
+        pa.field("label_id", pa.int32(), nullable=False),  # the detector's label and score
+        pa.field("score", pa.float32(), nullable=False),
+        # True: measures from the full `distribution`; False: from the top-k `scores`
+        # (entropy then is a lower bound of the true entropy).
+        pa.field("from_distribution", pa.bool_(), nullable=False),
+        pa.field("p1", pa.float32(), nullable=False),  # top class probability, renormalized
+        pa.field("p2", pa.float32(), nullable=False),  # second one; 0 when k == 1
+        pa.field("first_label_id", pa.int32(), nullable=False),  # label_ids[0]
+        pa.field("second_label_id", pa.int32()),  # label_ids[1]; null when k == 1
+        # Measures (al_assets.core.scoring.measures); all high = uncertain except margin.
+        pa.field("least_confidence", pa.float32(), nullable=False),  # 1 - p1
+        pa.field("least_confidence_norm", pa.float32(), nullable=False),  # n/(n-1) (1 - p1)
+        pa.field("margin", pa.float32(), nullable=False),  # p1 - p2; LOW = uncertain
+        pa.field("margin_uncertainty", pa.float32(), nullable=False),  # 1 - (p1 - p2)
+        pa.field("ratio", pa.float32(), nullable=False),  # p2 / p1
+        pa.field("entropy", pa.float32(), nullable=False),  # nats, in [0, log n]
+        pa.field("entropy_norm", pa.float32(), nullable=False),  # entropy / log n
+    ]
+)
+"""One row per detection with its uncertainty measures; float32 like the detector's scores."""
+
+IMAGE_SCORES = pa.schema(
+    [
+        pa.field("image_id", pa.int64(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("measure", pa.string(), nullable=False),  # a BOX_SCORES measure, or p1/score
+        pa.field("agg", pa.string(), nullable=False),  # max | mean | sum | topk_mean
+        pa.field("top_k", pa.int32()),  # the k of topk_mean; null for the other aggregations
+        # Aggregated uncertainty, higher = more uncertain whatever the measure (margin, p1 and
+        # score are turned into 1 - value). Null for an image without detections.
+        pa.field("uncertainty", pa.float64()),
+        pa.field("n_detections", pa.int32(), nullable=False),
+        pa.field("has_detections", pa.bool_(), nullable=False),
+        # 1 = most uncertain; ties by image_id; images without detections placed by policy.
+        pa.field("rank", pa.int64(), nullable=False),
+    ]
+)
+"""One row per predicted image, sorted by rank: the input of the labeling queue."""
+
+
+# --- labeling queue ---
+
+LABELING_QUEUE = pa.schema(
+    [
+        pa.field("queue_rank", pa.int64(), nullable=False),  # 1 = label first
+        pa.field("image_id", pa.int64(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("strategy", pa.string(), nullable=False),  # the IMAGE_SCORES measure
+        pa.field("agg", pa.string(), nullable=False),  # the IMAGE_SCORES aggregation
+        pa.field("uncertainty", pa.float64()),  # null for an image without detections
+        pa.field("n_detections", pa.int32(), nullable=False),
+        # Most frequent predicted label (ties: highest detection score, then lowest id);
+        # null for an image without detections. The class that max_per_class balances.
+        pa.field("top_label_id", pa.int32()),
+        pa.field("labels", pa.list_(pa.int32()), nullable=False),  # distinct label ids, ascending
+        pa.field("score_rank", pa.int64(), nullable=False),  # IMAGE_SCORES rank; gaps = skipped
+        pa.field("reason", pa.string(), nullable=False),  # e.g. "entropy max 0.93 over 4 boxes"
+    ]
+)
+"""The images to label next, in order (al_assets.core.queue.select_queue); exports read it."""
+
+
+# --- analysis ---
+
+CONFUSED_PAIRS = pa.schema(
+    [
+        # (label_ids[0], label_ids[1]) of the grouped detections; when `unordered` the pair
+        # (a, b) and (b, a) are merged and first_label_id < second_label_id.
+        pa.field("first_label_id", pa.int32(), nullable=False),
+        pa.field("first_name", pa.string(), nullable=False),
+        pa.field("second_label_id", pa.int32(), nullable=False),
+        pa.field("second_name", pa.string(), nullable=False),
+        pa.field("unordered", pa.bool_(), nullable=False),
+        pa.field("count", pa.int64(), nullable=False),  # detections of the pair
+        pa.field("n_images", pa.int64(), nullable=False),  # distinct images among them
+        pa.field("avg_margin", pa.float64(), nullable=False),
+        pa.field("min_margin", pa.float64(), nullable=False),
+        pa.field("median_margin", pa.float64(), nullable=False),  # exact, not approximate
+    ]
+)
+"""Confused class pairs, sorted by count desc then avg_margin asc (al_assets.core.analysis)."""
+
+CLASS_FREQUENCY = pa.schema(
+    [
+        pa.field("category_id", pa.int32(), nullable=False),
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("predicted_count", pa.int64(), nullable=False),  # detections, score >= thresh
+        pa.field("predicted_share", pa.float64()),  # of all detections; null when there is none
+        # max predicted_count / this class's count; null when this class's count is 0.
+        pa.field("predicted_imbalance", pa.float64()),
+        pa.field("gt_count", pa.int64()),  # non-crowd annotations; null: no ground truth given
+        pa.field("gt_share", pa.float64()),
+        pa.field("gt_imbalance", pa.float64()),
+    ]
+)
+"""One row per category (zero counts included), sorted by predicted_count desc."""
+
+DETECTION_MATCHES = pa.schema(
+    [
+        pa.field("image_id", pa.int64(), nullable=False),
+        pa.field("det_index", pa.int32()),  # position in the image's detections; null: missed
+        pa.field("ann_id", pa.int64()),  # matched annotation; null: false positive
+        pa.field("gt_category_id", pa.int32()),  # null = background (false positive)
+        pa.field("pred_category_id", pa.int32()),  # null = missed (false negative)
+        pa.field("iou", pa.float64()),  # IoU of the matched pair; null when unmatched
+        pa.field("score", pa.float32()),  # detector score; null for a missed annotation
+        pa.field("outcome", pa.string(), nullable=False),  # correct|confused|false_positive|missed
+    ]
+)
+"""Class-agnostic greedy matching of detections to ground truth (crowd matches left out)."""
+
+CONFUSION_MATRIX = pa.schema(
+    [
+        pa.field("gt_category_id", pa.int32()),  # null = background
+        pa.field("gt_name", pa.string(), nullable=False),  # "background" for null
+        pa.field("pred_category_id", pa.int32()),  # null = background (missed)
+        pa.field("pred_name", pa.string(), nullable=False),
+        pa.field("count", pa.int64(), nullable=False),  # > 0: only non-empty cells are rows
+    ]
+)
+"""The confusion matrix in long form, sorted by gt then predicted category id (background last)."""
+
+MODEL_EVALUATION = pa.schema(
+    [
+        pa.field("category_id", pa.int32()),  # null: the row of all categories
+        pa.field("name", pa.string(), nullable=False),  # "all" for the overall row
+        pa.field("ap", pa.float64()),  # COCO AP@[.5:.95]; null: no ground truth of the class
+        pa.field("ap50", pa.float64()),
+        pa.field("ap75", pa.float64()),
+        pa.field("num_gt", pa.int64(), nullable=False),  # non-crowd annotations evaluated
+    ]
+)
+"""COCOeval of stored predictions against the ground-truth tables, overall row first."""

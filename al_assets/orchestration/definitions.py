@@ -2,7 +2,8 @@
 
 import dagster as dg
 
-from al_assets.orchestration.assets import ingestion, models, prediction
+from al_assets.orchestration.assets import ingestion, models, prediction, uncertainty
+from al_assets.orchestration.jobs import JOBS
 from al_assets.orchestration.resources import (
     CocoSourceResource,
     DeviceResource,
@@ -21,10 +22,21 @@ def default_resources() -> dict:
     }
 
 
-def build_definitions() -> dg.Definitions:
+def build_definitions(resources: dict | None = None) -> dg.Definitions:
+    """All definitions; tests and deployments pass their own resources."""
     return dg.Definitions(
-        assets=[ingestion.coco_batch, models.registered_model, prediction.predictions],
-        resources=default_resources(),
+        assets=[
+            ingestion.coco_batch,
+            models.registered_model,
+            prediction.predictions,
+            uncertainty.shard_scores,
+            uncertainty.least_confidence,
+            uncertainty.least_margin,
+            uncertainty.entropy,
+            uncertainty.image_rankings,
+        ],
+        jobs=JOBS,
+        resources=resources or default_resources(),
     )
 
 

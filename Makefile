@@ -1,0 +1,44 @@
+# al_assets: `make demo` and `make test` are the two commands a fresh machine needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export AL_ASSETS_STORAGE_ROOT ?= $(CURDIR)/.storage
+export AL_ASSETS_SOURCE_ROOT ?= $(CURDIR)/data/demo
+# glibc keeps freed buffers: CPU training/inference is 10-80x steadier (docs/performance.md).
+export MALLOC_MMAP_MAX_ ?= 0
+export MALLOC_TRIM_THRESHOLD_ ?= 68719476736
+export MALLOC_TOP_PAD_ ?= 1073741824
+
+.PHONY: setup demo test test-fast bench ui train-demo clean
+
+setup: $(VENV)/.installed
+	@$(BIN)/al-assets setup-instance
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: setup  ## demo data -> detector in MLflow -> predictions -> queue, analysis, report
+	$(BIN)/al-assets demo
+
+test: setup  ## the whole suite, slow tests included (what CI runs)
+	$(BIN)/pytest -q
+
+test-fast: setup  ## without the tests marked slow
+	$(BIN)/pytest -q -m "not slow"
+
+bench: setup  ## benchmarks with ratios against baselines measured in the same run
+	$(BIN)/python benchmarks/run_all.py
+
+ui: setup  ## Dagster UI on http://127.0.0.1:3000 (webserver + daemon)
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+train-demo: setup  ## retrain the shipped demo detector (about 10 minutes on 2 cores)
+	$(BIN)/al-assets train-demo
+
+clean:
+	rm -rf .storage .dagster_home data

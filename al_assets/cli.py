@@ -1,0 +1,195 @@
+"""``al-assets``: command line for the demo, data, models and runs on the real Dagster instance.
+
+Every command that runs assets launches the project's jobs on the instance in ``$DAGSTER_HOME``
+(default ``./.dagster_home``), so its runs and materializations show up in ``dagster dev``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from al_assets.core.errors import AlAssetsError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _defs_and_instance():
+    from al_assets.orchestration.definitions import defs
+    from al_assets.orchestration.instance import configure_gpu_pool, get_instance
+
+    instance = get_instance()
+    configure_gpu_pool(instance)
+    return defs, instance
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from al_assets.core.demo.generator import add_demo_batch, generate_demo_dataset
+
+    root = Path(args.root)
+    if args.add_batch:
+        path = add_demo_batch(root, args.add_batch)
+        print(f"added {path}")
+        return 0
+    for path in generate_demo_dataset(root, n_images=args.images, seed=args.seed,
+                                      n_batches=args.batches):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_setup_instance(args: argparse.Namespace) -> int:
+    from al_assets.orchestration.instance import configure_gpu_pool, ensure_dagster_home, get_instance
+
+    home = ensure_dagster_home()
+    limit = configure_gpu_pool(get_instance(), args.gpu_slots)
+    print(f"DAGSTER_HOME={home}; pool 'gpu' limited to {limit} concurrent prediction step(s)")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from al_assets.orchestration.resources import CocoSourceResource
+    from al_assets.orchestration.runs import discover_batches, ingest
+
+    defs, instance = _defs_and_instance()
+    new = discover_batches(CocoSourceResource(), instance)
+    todo = args.batch or new
+    ingest(defs, instance, todo, {"limit": args.limit} if args.limit else None)
+    print(f"ingested batches: {', '.join(todo) or 'none new'}")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from al_assets.orchestration.runs import register
+
+    defs, instance = _defs_and_instance()
+    key = register(defs, instance, {"weights": args.weights, "alias": args.alias})
+    print(f"registered model version {key} (alias {args.alias})")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from al_assets.orchestration.champion import ChampionConfig, champion_key
+    from al_assets.orchestration.runs import predict
+
+    defs, instance = _defs_and_instance()
+    key = args.model_version or champion_key(ChampionConfig(), defs.resources["mlflow"])
+    shards = predict(defs, instance, key, args.shard or None)
+    print(f"predicted {len(shards)} shard(s) with {key}")
+    return 0
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    from al_assets.orchestration.runs import refresh_views
+
+    defs, instance = _defs_and_instance()
+    refresh_views(defs, instance)
+    print("refreshed rankings, queue, analysis and report")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from al_assets.orchestration.definitions import defs
+
+    rows = defs.resources["mlflow"].registry().list_models()
+    print(f"{'name':<24} {'version':>7}  {'aliases':<12} uri")
+    for row in rows:
+        print(f"{row['name']:<24} {row['version']:>7}  {row['aliases']:<12} {row['uri']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from al_assets.orchestration.demo import run_demo
+
+    run_demo(Path(args.root), n_images=args.images, retrain=args.retrain)
+    return 0
+
+
+def cmd_train_demo(args: argparse.Namespace) -> int:
+    from al_assets.core.demo.detector import DemoTraining, train_demo_detector
+    from al_assets.core.detection.sources import DEMO_CHECKPOINT
+
+    out = Path(args.out or DEMO_CHECKPOINT)
+    spec = DemoTraining(steps=args.steps, train_images=args.train_images)
+    metrics = train_demo_detector(out, Path(args.workdir), spec)
+    print(json.dumps({"checkpoint": str(out), **metrics}, indent=2, default=str))
+    return 0
+
+
+def cmd_download_coco(args: argparse.Namespace) -> int:
+    from al_assets.core.coco.download import DEFAULT_BASE_URL, download_coco
+
+    for path in download_coco(Path(args.dest), base_url=args.base_url or DEFAULT_BASE_URL):
+        print(f"downloaded {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="al-assets", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="demo data -> model -> predictions -> queue -> report")
+    p.add_argument("--root", default="data/demo")
+    p.add_argument("--images", type=int, default=300)
+    p.add_argument("--retrain", action="store_true", help="train the demo detector first")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("demo-data", help="generate the demo COCO dataset (or add a batch)")
+    p.add_argument("--root", default="data/demo")
+    p.add_argument("--images", type=int, default=300)
+    p.add_argument("--batches", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--add-batch", type=int, metavar="N", help="add one batch of N images")
+    p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser("setup-instance", help="create DAGSTER_HOME and set the gpu pool limit")
+    p.add_argument("--gpu-slots", type=int, default=None)
+    p.set_defaults(func=cmd_setup_instance)
+
+    p = sub.add_parser("ingest", help="ingest new annotation files (or --batch NAME)")
+    p.add_argument("--batch", action="append", default=[])
+    p.add_argument("--limit", type=int, default=None)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("register", help="register a detector version in MLflow")
+    p.add_argument("--weights", default="demo", help="demo | checkpoint path | torchvision name")
+    p.add_argument("--alias", default="champion")
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("predict", help="predict shards under a model version (default champion)")
+    p.add_argument("--model-version", default=None)
+    p.add_argument("--shard", action="append", default=[])
+    p.set_defaults(func=cmd_predict)
+
+    sub.add_parser("refresh", help="recompute rankings, queue, analysis, report").set_defaults(
+        func=cmd_refresh)
+    sub.add_parser("models", help="list registered models (SHOW MODELS)").set_defaults(
+        func=cmd_models)
+
+    p = sub.add_parser("train-demo", help="train and evaluate the demo detector")
+    p.add_argument("--out", default=None)
+    p.add_argument("--workdir", default="data/demo-training")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--train-images", type=int, default=600)
+    p.set_defaults(func=cmd_train_demo)
+
+    p = sub.add_parser("download-coco", help="fetch the COCO 2017 val zips (resumable)")
+    p.add_argument("--dest", default="data/coco")
+    p.add_argument("--base-url", default=None)
+    p.set_defaults(func=cmd_download_coco)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AlAssetsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""LABELING_QUEUE -> files a labeling tool imports: COCO pre-annotations, Label Studio, CSV.
+
+Each function returns a document (dict, list or bytes) and writes nothing: the caller decides
+where it goes and writes it atomically (``ObjectStore.write_bytes``). The model's boxes travel
+as pre-annotations so that labelers correct boxes instead of drawing them from scratch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from al_assets.core.queue.selection import require_columns
+from al_assets.core.storage.objects import is_s3, local_path
+
+QUEUE_COLUMNS = ("queue_rank", "image_id", "uri", "uncertainty")
+CSV_COLUMNS = (
+    "queue_rank", "image_id", "uri", "strategy", "agg", "uncertainty", "n_detections", "top_label",
+)
+
+
+def coco_preannotations(
+    queue: pa.Table,
+    predictions: pa.Table,
+    images: pa.Table,
+    categories: pa.Table,
+    *,
+    score_thresh: float = 0.0,
+) -> dict:
+    """A COCO instances document of the queued images with the model's boxes as annotations.
+
+    Strictly COCO (pycocotools loads it): images in queue order with ``coco_url`` = uri and
+    the extra keys ``queue_rank`` and ``uncertainty``; every category; one annotation per
+    detection scoring at least ``score_thresh``, with its ``score`` and ids 1, 2, ...
+    """
+    names = category_names(categories)
+    queued = _queue_rows(queue)
+    records = _image_records(images, [r["image_id"] for r in queued])
+    detections = detections_by_image(predictions, [r["image_id"] for r in queued])
+    coco_images, annotations = [], []
+    for row in queued:
+        coco_images.append(_coco_image(row, records[row["image_id"]]))
+        for det in _kept(detections[row["image_id"]]["detections"], score_thresh):
+            _check_label(det["label_id"], names, row["image_id"])
+            annotations.append(_coco_annotation(det, row["image_id"], len(annotations) + 1))
+    return {
+        "info": {"description": "al_assets labeling queue: model pre-annotations"},
+        "licenses": [],
+        "images": coco_images,
+        "annotations": annotations,
+        "categories": _coco_categories(categories, names),
+    }
+
+
+def _coco_image(row: dict, record: dict) -> dict:
+    return {
+        "id": row["image_id"], "file_name": record["file_name"], "width": record["width"],
+        "height": record["height"], "coco_url": row["uri"],
+        "queue_rank": row["queue_rank"], "uncertainty": row["uncertainty"],  # extra keys
+    }
+
+
+def _coco_annotation(det: dict, image_id: int, ann_id: int) -> dict:
+    """COCO [x, y, w, h] rounded to 1/100 pixel: float32 noise only bloats the file."""
+    box = det["box"]
+    width, height = box["xmax"] - box["xmin"], box["ymax"] - box["ymin"]
+    return {
+        "id": ann_id, "image_id": image_id, "category_id": det["label_id"],
+        "bbox": [round(v, 2) for v in (box["xmin"], box["ymin"], width, height)],
+        "area": round(width * height, 2),
+        "score": det["score"], "iscrowd": 0,
+    }
+
+
+def _coco_categories(categories: pa.Table, names: dict[int, str]) -> list[dict]:
+    supers: dict[int, str | None] = {}
+    if "supercategory" in categories.column_names:
+        for cid, sup in zip(categories.column("category_id").to_pylist(),
+                            categories.column("supercategory").to_pylist()):
+            supers.setdefault(cid, sup)
+    return [
+        {"id": cid, "name": name, "supercategory": supers.get(cid) or ""}
+        for cid, name in sorted(names.items())
+    ]
+
+
+def label_studio_tasks(
+    queue: pa.Table,
+    predictions: pa.Table,
+    categories: pa.Table,
+    *,
+    from_name: str = "label",
+    to_name: str = "image",
+    model_version: str,
+    score_thresh: float = 0.0,
+) -> list[dict]:
+    """Label Studio import tasks, one per queued image in queue order, with pre-annotations.
+
+    Boxes are in percent of the image size (clipped to 0-100), as Label Studio expects. The
+    prediction ``score`` is the image's uncertainty (omitted when it has no detections), so
+    Label Studio can sort tasks by it. ``s3://`` URIs are kept: Label Studio resolves them
+    through a connected S3 cloud storage. ``file://`` URIs become plain local paths: Label
+    Studio serves those only with local-files serving enabled and a matching local storage,
+    so rewrite them (for example to ``/data/local-files/?d=...``) if it is set up that way.
+    ``from_name``/``to_name`` must match the labeling config (``label_studio_config``).
+    """
+    names = category_names(categories)
+    queued = _queue_rows(queue)
+    detections = detections_by_image(predictions, [r["image_id"] for r in queued])
+    tasks = []
+    for row in queued:
+        predicted = detections[row["image_id"]]
+        results = [
+            _ls_result(det, predicted, names, row["image_id"], k, from_name, to_name)
+            for k, det in enumerate(_kept(predicted["detections"], score_thresh))
+        ]
+        prediction: dict = {"model_version": model_version, "result": results}
+        if row["uncertainty"] is not None:
+            prediction["score"] = row["uncertainty"]
+        tasks.append({
+            "data": {"image": task_image_url(row["uri"]), "image_id": row["image_id"],
+                     "queue_rank": row["queue_rank"]},
+            "predictions": [prediction],
+        })
+    return tasks
+
+
+def task_image_url(uri: str) -> str:
+    """The image reference Label Studio gets: s3:// as is, a local URI as its path."""
+    return uri if is_s3(uri) else str(local_path(uri))
+
+
+def _ls_result(
+    det: dict, predicted: dict, names: dict[int, str], image_id: int, k: int,
+    from_name: str, to_name: str,
+) -> dict:
+    _check_label(det["label_id"], names, image_id)
+    width, height = predicted["width"], predicted["height"]
+    box = det["box"]
+    x0, x1 = (float(np.clip(v / width * 100.0, 0.0, 100.0)) for v in (box["xmin"], box["xmax"]))
+    y0, y1 = (float(np.clip(v / height * 100.0, 0.0, 100.0)) for v in (box["ymin"], box["ymax"]))
+    return {
+        "id": f"{image_id}-{k}", "type": "rectanglelabels",
+        "from_name": from_name, "to_name": to_name,
+        "original_width": width, "original_height": height, "image_rotation": 0,
+        "value": {"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0, "rotation": 0,
+                  "rectanglelabels": [names[det["label_id"]]]},
+        "score": det["score"],
+    }
+
+
+def label_studio_config(
+    categories: pa.Table, *, from_name: str = "label", to_name: str = "image"
+) -> str:
+    """Label Studio labeling config (XML) for boxes of every category, names XML-escaped."""
+    view = ET.Element("View")
+    ET.SubElement(view, "Image", name=to_name, value="$image")
+    labels = ET.SubElement(view, "RectangleLabels", name=from_name, toName=to_name)
+    for _, name in sorted(category_names(categories).items()):
+        ET.SubElement(labels, "Label", value=name)
+    return ET.tostring(view, encoding="unicode")
+
+
+def queue_csv(queue: pa.Table, categories: pa.Table | None = None) -> bytes:
+    """The queue as UTF-8 CSV for people and spreadsheets.
+
+    ``top_label`` is the category name when ``categories`` is given, else the label id;
+    empty for an image without detections, like ``uncertainty``.
+    """
+    require_columns(queue, (*CSV_COLUMNS[:-1], "top_label_id"), "queue", "LABELING_QUEUE")
+    names = category_names(categories) if categories is not None else None
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for row in queue.sort_by("queue_rank").to_pylist():
+        top = row["top_label_id"]
+        if names is not None and top is not None:
+            _check_label(top, names, row["image_id"])
+        label = "" if top is None else (names[top] if names is not None else str(top))
+        uncertainty = "" if row["uncertainty"] is None else repr(row["uncertainty"])
+        writer.writerow([*(row[c] for c in CSV_COLUMNS[:5]), uncertainty,
+                         row["n_detections"], label])
+    return out.getvalue().encode("utf-8")
+
+
+# -- shared lookups -----------------------------------------------------------------------------
+def category_names(categories: pa.Table) -> dict[int, str]:
+    """category_id -> name over all batches; one id with two names is an error."""
+    require_columns(categories, ("category_id", "name"), "categories", "CATEGORIES")
+    names: dict[int, str] = {}
+    for cid, name in zip(categories.column("category_id").to_pylist(),
+                         categories.column("name").to_pylist()):
+        if names.setdefault(cid, name) != name:
+            raise ValueError(
+                f"categories give id {cid} two names, {names[cid]!r} and {name!r}; one id must "
+                "mean one class (fix the annotation files and re-ingest)"
+            )
+    return names
+
+
+def detections_by_image(predictions: pa.Table, image_ids: Iterable[int]) -> dict[int, dict]:
+    """image_id -> its PREDICTIONS row (width, height, detections) for just these images."""
+    require_columns(predictions, ("image_id", "width", "height", "detections"), "predictions",
+             "PREDICTIONS")
+    wanted = list(image_ids)
+    ids = predictions.column("image_id").to_numpy().astype(np.int64)
+    rows = np.flatnonzero(np.isin(ids, np.array(wanted, dtype=np.int64)))
+    subset = predictions.select(["image_id", "width", "height", "detections"]).take(rows)
+    found: dict[int, dict] = {}
+    for row in subset.to_pylist():
+        if row["image_id"] in found:
+            raise ValueError(
+                f"predictions lists image_id {row['image_id']} more than once; pass the "
+                "predictions of one model version"
+            )
+        found[row["image_id"]] = row
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise ValueError(
+            f"queued image_id {missing[0]} has no row in predictions; pass the predictions the "
+            "queue was selected from"
+        )
+    return found
+
+
+def _image_records(images: pa.Table, image_ids: list[int]) -> dict[int, dict]:
+    require_columns(images, ("image_id", "file_name", "width", "height"), "images", "IMAGES")
+    ids = images.column("image_id").to_numpy().astype(np.int64)
+    rows = np.flatnonzero(np.isin(ids, np.array(image_ids, dtype=np.int64)))
+    subset = images.select(["image_id", "file_name", "width", "height"]).take(rows)
+    records = {r["image_id"]: r for r in subset.to_pylist()}
+    missing = [i for i in image_ids if i not in records]
+    if missing:
+        raise ValueError(
+            f"queued image_id {missing[0]} is not in the images table; pass the pool's IMAGES"
+        )
+    return records
+
+
+def _queue_rows(queue: pa.Table) -> list[dict]:
+    require_columns(queue, QUEUE_COLUMNS, "queue", "LABELING_QUEUE")
+    return queue.select(list(QUEUE_COLUMNS)).sort_by("queue_rank").to_pylist()
+
+
+def _kept(detections: list[dict], score_thresh: float) -> list[dict]:
+    return [d for d in detections if d["score"] >= score_thresh]
+
+
+def _check_label(label_id: int, names: dict[int, str], image_id: int) -> None:
+    if label_id not in names:
+        raise ValueError(
+            f"image_id {image_id} has a detection of category_id {label_id}, which categories "
+            "lacks; pass the categories of the dataset the model was trained on"
+        )

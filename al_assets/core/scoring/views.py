@@ -1,0 +1,46 @@
+"""Pool-wide views over per-shard score tables, computed shard by shard in bounded memory.
+
+The notebook's least-confidence / least-margin / entropy tables are "all detections, ordered,
+limited": a running top-N over shards gives the same rows while holding only N + one shard.
+Image rankings are exact per shard (an image lives in one shard), so the pool ranking is the
+shard rankings merged and re-ranked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from al_assets.core.schemas import IMAGE_SCORES
+
+
+def top_rows(
+    tables: Iterable[pa.Table], column: str, *, limit: int, descending: bool,
+    tie_breakers: tuple[str, ...] = ("image_id", "det_index"),
+) -> pa.Table | None:
+    """The ``limit`` rows with the highest/lowest ``column`` across ``tables``, in order."""
+    order = "descending" if descending else "ascending"
+    keys = [(column, order)] + [(c, "ascending") for c in tie_breakers]
+    best: pa.Table | None = None
+    for table in tables:
+        merged = table if best is None else pa.concat_tables([best, table])
+        best = merged.take(pc.sort_indices(merged, sort_keys=keys)[:limit])
+    return best
+
+
+def rerank(image_scores: pa.Table, *, empty_images: str = "lowest") -> pa.Table:
+    """Global ranks for shard rankings of one measure/agg (IMAGE_SCORES, sorted by rank)."""
+    if image_scores.num_rows == 0:
+        return image_scores.cast(IMAGE_SCORES)
+    has = image_scores["has_detections"].to_numpy(zero_copy_only=False)
+    uncertainty = image_scores["uncertainty"].fill_null(0.0).to_numpy()
+    ids = image_scores["image_id"].to_numpy()
+    empty_first = 0 if empty_images == "highest" else 1
+    group = np.where(has, 1 - empty_first, empty_first)
+    order = np.lexsort((ids, -uncertainty, group))
+    ranked = image_scores.take(pa.array(order))
+    ranks = pa.array(np.arange(1, len(order) + 1, dtype=np.int64))
+    return ranked.set_column(ranked.schema.get_field_index("rank"), "rank", ranks)

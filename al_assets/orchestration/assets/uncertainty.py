@@ -1,0 +1,148 @@
+"""Uncertainty assets: per-partition box and image scores, then pool-wide views of the champion."""
+
+from collections.abc import Iterator
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from al_assets.core import schemas
+from al_assets.core.scoring.aggregation import aggregate_images
+from al_assets.core.scoring.box_scores import box_scores as score_boxes
+from al_assets.core.scoring.views import rerank, top_rows
+from al_assets.orchestration.assets.prediction import storage_partition
+from al_assets.orchestration.champion import ChampionConfig, champion_partitions, read_partitions
+from al_assets.orchestration.metadata import markdown_preview, table_metadata
+from al_assets.orchestration.partitions import prediction_partitions
+from al_assets.orchestration.resources import MlflowResource, StorageResource
+
+UNCERTAINTY = "uncertainty"
+STRATEGIES = ("least_confidence", "margin", "ratio", "entropy")
+"""Image-ranking strategies: a box measure each, aggregated per image."""
+
+
+class ScoringConfig(dg.Config):
+    agg: str = "max"
+    """Per-image aggregation of box uncertainties: max | mean | sum | topk_mean."""
+    top_k: int = 3
+    """k of topk_mean."""
+    empty_images: str = "lowest"
+    """Images without detections: lowest (certain) | highest (worth a look) | exclude."""
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "box_scores", deps=["detections"], group_name=UNCERTAINTY, kinds={"parquet"},
+            description="One row per detection: least confidence, margin, ratio, entropy.",
+            automation_condition=dg.AutomationCondition.eager(),
+        ),
+        dg.AssetSpec(
+            "image_scores", deps=["detections"], group_name=UNCERTAINTY, kinds={"parquet"},
+            description="Per-image aggregated uncertainty for every strategy, ranked per shard.",
+            automation_condition=dg.AutomationCondition.eager(),
+        ),
+    ],
+    partitions_def=prediction_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
+)
+def shard_scores(
+    context: dg.AssetExecutionContext, config: ScoringConfig, storage: StorageResource
+) -> Iterator[dg.MaterializeResult]:
+    store = storage.tables()
+    partition = storage_partition(context)
+    predictions = store.read("detections", partition)
+    boxes = score_boxes(predictions)
+    images = predictions.select(["image_id", "uri"])
+    ranked = pa.concat_tables([
+        aggregate_images(boxes, images, measure=m, agg=config.agg, top_k=config.top_k,
+                         empty_images=config.empty_images)
+        for m in STRATEGIES
+    ])
+    yield dg.MaterializeResult(
+        asset_key="box_scores",
+        metadata=table_metadata(boxes, store.write("box_scores", boxes, partition)),
+    )
+    yield dg.MaterializeResult(
+        asset_key="image_scores",
+        metadata=table_metadata(ranked, store.write("image_scores", ranked, partition)),
+    )
+
+
+class DetectionViewConfig(ChampionConfig):
+    limit: int = 1000
+    """Rows kept (the notebook: 1,000 least confident, 10,000 least margin, 1,000 entropy)."""
+
+
+def _detection_view(name: str, column: str, descending: bool, limit: int, doc: str):
+    columns = ["image_id", "uri", "det_index", "box", "label_id", "score", "first_label_id",
+               "second_label_id", "p1", "p2", column]
+
+    @dg.asset(
+        name=name, group_name=UNCERTAINTY, kinds={"parquet"}, deps=["box_scores"],
+        description=doc, automation_condition=dg.AutomationCondition.eager(),
+    )
+    def view(
+        context: dg.AssetExecutionContext, config: DetectionViewConfig,
+        storage: StorageResource, mlflow: MlflowResource,
+    ) -> dg.MaterializeResult:
+        store = storage.tables()
+        key, partitions = champion_partitions(config, mlflow, store, "box_scores")
+        tables = read_partitions(store, "box_scores", partitions, list(dict.fromkeys(columns)))
+        best = top_rows(tables, column, limit=config.limit, descending=descending)
+        best = best if best is not None else schemas.BOX_SCORES.empty_table().select(
+            list(dict.fromkeys(columns)))
+        uri = store.write(name, best)
+        return dg.MaterializeResult(
+            metadata={**table_metadata(best, uri, preview_rows=10), "model_version": key,
+                      "shards": len(partitions)}
+        )
+
+    return view
+
+
+least_confidence = _detection_view(
+    "least_confidence", "score", False, 1000,
+    "Detections with the lowest detector score (the notebook's ORDER BY score ASC LIMIT 1000).",
+)
+least_margin = _detection_view(
+    "least_margin", "margin", False, 10000,
+    "Detections whose top two classes are closest (p1 - p2 ascending, LIMIT 10000).",
+)
+entropy = _detection_view(
+    "entropy", "entropy", True, 1000,
+    "Detections with the highest entropy of the class distribution (nats, DESC LIMIT 1000).",
+)
+
+
+class RankingConfig(ChampionConfig):
+    empty_images: str = "lowest"
+
+
+@dg.asset(
+    group_name=UNCERTAINTY, kinds={"parquet"}, deps=["image_scores"],
+    automation_condition=dg.AutomationCondition.eager(),
+    description="Every predicted image of the champion version ranked per strategy.",
+)
+def image_rankings(
+    context: dg.AssetExecutionContext, config: RankingConfig, storage: StorageResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    store = storage.tables()
+    key, partitions = champion_partitions(config, mlflow, store, "image_scores")
+    merged = pa.concat_tables(
+        list(read_partitions(store, "image_scores", partitions)) or [schemas.IMAGE_SCORES.empty_table()]
+    )
+    rankings = pa.concat_tables([
+        rerank(merged.filter(pc.equal(merged["measure"], m)), empty_images=config.empty_images)
+        for m in STRATEGIES
+    ])
+    uri = store.write("image_rankings", rankings)
+    top = {m: markdown_preview(rankings.filter(pc.equal(rankings["measure"], m)), 5)
+           for m in STRATEGIES}
+    return dg.MaterializeResult(
+        metadata={
+            **table_metadata(rankings, uri), "model_version": key, "shards": len(partitions),
+            **{f"top/{m}": dg.MetadataValue.md(text) for m, text in top.items()},
+        }
+    )

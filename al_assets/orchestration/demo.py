@@ -1,0 +1,54 @@
+"""The demo: generated pool -> demo detector in MLflow -> predictions -> queue -> report."""
+
+import os
+from pathlib import Path
+
+from al_assets.core.detection.sources import DEMO_CHECKPOINT
+
+
+def run_demo(root: Path, *, n_images: int = 300, retrain: bool = False) -> None:
+    """Run the whole chain on the real instance; idempotent (re-runs skip finished work)."""
+    os.environ.setdefault("AL_ASSETS_SOURCE_ROOT", str(root))
+    from al_assets.core.demo.generator import generate_demo_dataset
+    from al_assets.orchestration.champion import ChampionConfig, champion_key
+    from al_assets.orchestration.definitions import defs
+    from al_assets.orchestration.instance import configure_gpu_pool, get_instance
+    from al_assets.orchestration.runs import discover_batches, ingest, predict, refresh_views
+    from al_assets.orchestration.runs import register as register_model
+
+    if not (root / "annotations").is_dir():
+        _say(f"generating {n_images} demo images in {root}")
+        generate_demo_dataset(root, n_images=n_images, seed=0, n_batches=2)
+    instance = get_instance()
+    configure_gpu_pool(instance)
+    source, storage, mlflow = (defs.resources[k] for k in ("coco_source", "storage", "mlflow"))
+    new_batches = discover_batches(source, instance)
+    ingest(defs, instance, new_batches)
+    _say(f"ingested {len(new_batches)} new batch(es) from {source.root}")
+    if retrain or not DEMO_CHECKPOINT.is_file():
+        _train()
+    registry = mlflow.registry()
+    if not registry.versions(ChampionConfig().model_name):
+        _say(f"registered {register_model(defs, instance, {'weights': 'demo'})}")
+    key = champion_key(ChampionConfig(), mlflow)
+    store = storage.tables()
+    done = {p.split("/", 1)[1] for p in store.partitions("image_scores", under=key)}
+    todo = [s for s in instance.get_dynamic_partitions("shard") if s not in done]
+    predict(defs, instance, key, todo)
+    _say(f"predicted {len(todo)} shard(s) with {key} ({len(done)} already done)")
+    refresh_views(defs, instance)
+    _say("refreshed rankings, labeling queue, analysis and report")
+    _say(f"tables: {store.root}/tables   report: {store.file_uri('report', 'index.html')}")
+    _say(f"queue:  {store.file_uri('queue')}   UI: `make ui` then http://127.0.0.1:3000")
+
+
+def _train() -> None:
+    from al_assets.core.demo.detector import train_demo_detector
+
+    _say(f"training the demo detector into {DEMO_CHECKPOINT} (a few minutes on CPU)")
+    metrics = train_demo_detector(DEMO_CHECKPOINT, Path("data/demo-training"))
+    _say(f"demo detector: COCO mAP {metrics.get('map', float('nan')):.3f} on held-out images")
+
+
+def _say(text: str) -> None:
+    print(f"[al-assets demo] {text}", flush=True)
