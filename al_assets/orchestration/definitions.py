@@ -2,7 +2,15 @@
 
 import dagster as dg
 
-from al_assets.orchestration.assets import ingestion, models, prediction, uncertainty
+from al_assets.orchestration.assets import (
+    analysis,
+    ingestion,
+    models,
+    prediction,
+    queue,
+    report,
+    uncertainty,
+)
 from al_assets.orchestration.jobs import JOBS
 from al_assets.orchestration.resources import (
     CocoSourceResource,
@@ -34,6 +42,11 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
             uncertainty.least_margin,
             uncertainty.entropy,
             uncertainty.image_rankings,
+            queue.labeling_queue,
+            analysis.confused_pairs,
+            analysis.class_frequency,
+            analysis.model_evaluation,
+            report.uncertainty_report,
         ],
         jobs=JOBS,
         resources=resources or default_resources(),

@@ -74,16 +74,24 @@ class DetectionViewConfig(ChampionConfig):
     """Rows kept (the notebook: 1,000 least confident, 10,000 least margin, 1,000 entropy)."""
 
 
+def _view_config(name: str, limit: int) -> type[DetectionViewConfig]:
+    """A config class per view, so each keeps the notebook's own default limit."""
+    title = "".join(part.title() for part in name.split("_"))
+    return type(f"{title}Config", (DetectionViewConfig,), {"__annotations__": {"limit": int},
+                                                          "limit": limit})
+
+
 def _detection_view(name: str, column: str, descending: bool, limit: int, doc: str):
     columns = ["image_id", "uri", "det_index", "box", "label_id", "score", "first_label_id",
                "second_label_id", "p1", "p2", column]
+    view_config = _view_config(name, limit)
 
     @dg.asset(
         name=name, group_name=UNCERTAINTY, kinds={"parquet"}, deps=["box_scores"],
         description=doc, automation_condition=dg.AutomationCondition.eager(),
     )
     def view(
-        context: dg.AssetExecutionContext, config: DetectionViewConfig,
+        context: dg.AssetExecutionContext, config: view_config,  # type: ignore[valid-type]
         storage: StorageResource, mlflow: MlflowResource,
     ) -> dg.MaterializeResult:
         store = storage.tables()

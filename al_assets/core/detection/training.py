@@ -1,0 +1,386 @@
+"""Train a torchvision detector on a COCO dataset, on CPU, reproducibly.
+
+Why here: offline, no pretrained detector can be downloaded, so the demo and every
+active-learning round train their own (from scratch, or warm-started from the previous round's
+checkpoint). The loop is torchvision's detection API (``model(images, targets)`` returns the
+losses) with the small pieces it leaves out: a COCO dataset, flips, seeding, a warmup + cosine
+schedule, and thread settings.
+
+CPU speed depends on the memory allocator more than on anything else: detection training
+allocates and frees large, differently shaped buffers every step, and glibc's default of
+giving them back to the OS (mmap for big blocks, heap trimming) makes the next step fault them in
+again: 100-180 thousand page faults per ssdlite step here, and steps 2-10x slower and erratic in
+a VM. Keeping freed memory in the process removes the faults (1-2 per step). Either start the
+process with ``RECOMMENDED_MALLOC_ENV``::
+
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824 python ...
+
+or let ``train_detector(tune_malloc=True)`` (the default) apply the same settings to the running
+process with glibc's ``mallopt``, which measured the same. The cost: the process keeps its peak
+heap (about 3.5 GB for ssdlite at batch 16) until it exits, so train in a worker process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from pycocotools.coco import COCO
+from torch import Tensor, nn
+
+from al_assets.core.detection.categories import CategoryError, CategoryMap
+from al_assets.core.detection.factory import build_detector, load_checkpoint
+
+RECOMMENDED_MALLOC_ENV = {
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": "68719476736",
+    "MALLOC_TOP_PAD_": "1073741824",
+}
+"""glibc malloc settings that keep freed training buffers in the process (see module doc)."""
+
+DEFAULT_LR = 0.05
+DEFAULT_ADAMW_LR = 1e-3
+DEFAULT_WEIGHT_DECAY = 4e-5
+Batch = tuple[list[Tensor], list[dict[str, Tensor]]]
+_OPTIMIZERS = ("sgd", "adamw")
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4  # glibc malloc.h
+
+
+class DatasetError(ValueError):
+    """A COCO file that cannot be used for training or evaluation."""
+
+
+class ImageReadError(OSError):
+    """One image that cannot be read; callers skip and report it."""
+
+
+class TrainingError(RuntimeError):
+    """Training that cannot go on (diverged loss, no readable image)."""
+
+
+@dataclass(frozen=True)
+class CocoRecord:
+    """One image and its non-crowd boxes (xyxy pixels) as dataset category ids."""
+
+    image_id: int
+    path: Path
+    width: int
+    height: int
+    boxes: np.ndarray
+    category_ids: tuple[int, ...]
+
+
+class CocoDetectionDataset:
+    """COCO instances file + image folder as torchvision detection samples.
+
+    Crowd annotations are left out of the targets (torchvision has no ``iscrowd`` handling in
+    training and COCOeval ignores them); zero-area boxes too (torchvision rejects them). Images
+    without boxes stay: they teach the background.
+    """
+
+    def __init__(self, coco_json: Path, image_dir: Path) -> None:
+        self.coco_json = Path(coco_json)
+        self.image_dir = Path(image_dir)
+        self.coco = read_coco(self.coco_json)
+        try:
+            self.categories = CategoryMap.from_coco_categories(self.coco.dataset["categories"])
+        except (CategoryError, KeyError) as exc:
+            raise DatasetError(f"{self.coco_json}: bad or missing categories: {exc}") from exc
+        self.records = [self._record(image_id) for image_id in sorted(self.coco.getImgIds())]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.load_image(index), self.target(index)
+
+    def load_image(self, index: int) -> Tensor:
+        """Float RGB tensor (3, H, W) in [0, 1]; ImageReadError names the file and the cause."""
+        record = self.records[index]
+        try:
+            with Image.open(record.path) as image:
+                array = np.asarray(image.convert("RGB"))
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise ImageReadError(f"cannot read image {record.path}: {exc}") from exc
+        if array.shape[:2] != (record.height, record.width):
+            raise ImageReadError(
+                f"image {record.path} is {array.shape[1]}x{array.shape[0]} but {self.coco_json} "
+                f"says {record.width}x{record.height}; its boxes would not fit"
+            )
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
+
+    def target(self, index: int) -> dict[str, Tensor]:
+        """torchvision target: ``boxes`` float32 (N, 4) xyxy, ``labels`` int64 model labels."""
+        record = self.records[index]
+        return {
+            "boxes": torch.as_tensor(record.boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": self.categories.labels_of(record.category_ids),
+        }
+
+    def _record(self, image_id: int) -> CocoRecord:
+        info = self.coco.imgs[image_id]
+        boxes, category_ids = [], []
+        for ann in self.coco.imgToAnns.get(image_id, []):
+            if ann.get("iscrowd", 0):
+                continue
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            if w <= 0 or h <= 0:
+                continue
+            if int(ann["category_id"]) not in self.categories.category_ids:
+                raise DatasetError(
+                    f"{self.coco_json}: annotation {ann.get('id')} has category_id "
+                    f"{ann['category_id']}, which is not in 'categories'"
+                )
+            boxes.append((x, y, x + w, y + h))
+            category_ids.append(int(ann["category_id"]))
+        return CocoRecord(
+            image_id=int(image_id),
+            path=self.image_dir / info["file_name"],
+            width=int(info["width"]),
+            height=int(info["height"]),
+            boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            category_ids=tuple(category_ids),
+        )
+
+
+def train_detector(
+    coco_json: Path,
+    image_dir: Path,
+    *,
+    arch: str = "ssdlite320_mobilenet_v3_large",
+    steps: int,
+    batch_size: int = 16,
+    lr: float | None = None,
+    optimizer: str = "sgd",
+    weight_decay: float = DEFAULT_WEIGHT_DECAY,
+    warmup_steps: int | None = None,
+    seed: int = 0,
+    init_checkpoint: Path | None = None,
+    num_threads: int | None = None,
+    tune_malloc: bool = True,
+    log: Callable[[dict], None] | None = None,
+    log_every: int = 10,
+) -> nn.Module:
+    """Train ``arch`` for ``steps`` optimizer steps; returns the model in eval mode.
+
+    ``optimizer``: ``"sgd"`` (momentum 0.9, default lr 0.05) or ``"adamw"`` (default lr 1e-3),
+    both with a linear warmup (default: 10% of the steps, at most 100) then a cosine decay to 0.
+    ``init_checkpoint`` warm-starts from an earlier round, whose categories must equal the
+    dataset's. Same seed, data and threads give the same model. Unreadable images are skipped,
+    warned about, and counted in the log records. ``tune_malloc``: see the module docstring.
+    """
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps={steps} and batch_size={batch_size} must both be >= 1")
+    if optimizer not in _OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {_OPTIMIZERS}")
+    dataset = CocoDetectionDataset(coco_json, image_dir)
+    if len(dataset) == 0:
+        raise DatasetError(f"{coco_json} lists no images; there is nothing to train on")
+    if tune_malloc:
+        keep_freed_memory()
+    with _torch_threads(num_threads):
+        torch.manual_seed(seed)
+        model = _initial_model(arch, dataset.categories, init_checkpoint)
+        model.train()
+        opt = _optimizer(model, optimizer, lr, weight_decay)
+        warmup = min(100, steps // 10) if warmup_steps is None else warmup_steps
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(steps, warmup))
+        batches = _BatchStream(dataset, batch_size, seed)
+        _run_steps(model, opt, schedule, batches, steps, log, log_every)
+    return model.eval()
+
+
+def malloc_env_is_set() -> bool:
+    """Whether this process was started with ``RECOMMENDED_MALLOC_ENV``."""
+    return all(os.environ.get(k) == v for k, v in RECOMMENDED_MALLOC_ENV.items())
+
+
+def keep_freed_memory() -> bool:
+    """Apply ``RECOMMENDED_MALLOC_ENV`` to this process through glibc's ``mallopt``.
+
+    Process-wide and permanent: freed memory stays in the process until it exits. Returns False
+    (and changes nothing) where the C library is not glibc.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    # M_MMAP_MAX, M_TRIM_THRESHOLD (a C int: 2 GiB is its maximum), M_TOP_PAD
+    settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 1 << 30))
+    return all(mallopt(option, value) == 1 for option, value in settings)
+
+
+def _optimizer(
+    model: nn.Module, name: str, lr: float | None, weight_decay: float
+) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(
+            params, lr=DEFAULT_LR if lr is None else lr, momentum=0.9, weight_decay=weight_decay
+        )
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=DEFAULT_ADAMW_LR if lr is None else lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; use one of {_OPTIMIZERS}")
+
+
+def read_coco(coco_json: Path) -> COCO:
+    """pycocotools' COCO index of a file, quietly, with an error that names the file."""
+    coco_json = Path(coco_json)
+    if not coco_json.is_file():
+        raise DatasetError(f"COCO file {coco_json} does not exist")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            return COCO(str(coco_json))
+    except Exception as exc:  # pycocotools raises json, assertion and key errors alike
+        raise DatasetError(f"cannot read COCO file {coco_json}: {exc!r}") from exc
+
+
+def _initial_model(arch: str, categories: CategoryMap, init_checkpoint: Path | None) -> nn.Module:
+    if init_checkpoint is None:
+        return build_detector(arch, categories.num_classes)
+    ckpt = load_checkpoint(init_checkpoint)
+    if ckpt.category_ids is not None and ckpt.category_ids != categories.category_ids:
+        raise DatasetError(
+            f"{init_checkpoint} was trained on categories {list(ckpt.category_ids)} but the "
+            f"dataset has {list(categories.category_ids)}; warm-start only on the same categories"
+        )
+    return build_detector(arch, categories.num_classes, checkpoint=init_checkpoint)
+
+
+@contextlib.contextmanager
+def _torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Use every core this process may run on (not the machine's count), then restore."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads or len(os.sched_getaffinity(0)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _warmup_cosine(steps: int, warmup: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class _BatchStream:
+    """Endless shuffled batches with random horizontal flips, reproducible from the seed."""
+
+    def __init__(self, dataset: CocoDetectionDataset, batch_size: int, seed: int) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.skipped: dict[Path, str] = {}
+        self._order: list[int] = []
+
+    def __next__(self) -> Batch:
+        images: list[Tensor] = []
+        targets: list[dict[str, Tensor]] = []
+        while len(images) < self.batch_size:
+            index = self._next_index()
+            try:
+                image = self.dataset.load_image(index)
+            except ImageReadError as exc:
+                self._skip(index, exc)
+                continue
+            image, target = _maybe_flip(image, self.dataset.target(index), self.generator)
+            images.append(image)
+            targets.append(target)
+        return images, targets
+
+    def _next_index(self) -> int:
+        if not self._order:
+            if len(self.skipped) == len(self.dataset):
+                raise TrainingError(
+                    f"no image of {self.dataset.coco_json} could be read; first problems: "
+                    f"{list(self.skipped.values())[:3]}"
+                )
+            self._order = torch.randperm(len(self.dataset), generator=self.generator).tolist()
+        return self._order.pop()
+
+    def _skip(self, index: int, exc: ImageReadError) -> None:
+        path = self.dataset.records[index].path
+        if path not in self.skipped:
+            warnings.warn(f"skipping image in training: {exc}", stacklevel=2)
+        self.skipped[path] = str(exc)
+
+
+def _maybe_flip(
+    image: Tensor, target: dict[str, Tensor], generator: torch.Generator
+) -> tuple[Tensor, dict[str, Tensor]]:
+    if torch.rand((), generator=generator) < 0.5:
+        return image, target
+    width = image.shape[-1]
+    boxes = target["boxes"].clone()
+    boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
+    return image.flip(-1), {**target, "boxes": boxes}
+
+
+def _run_steps(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    batches: _BatchStream,
+    steps: int,
+    log: Callable[[dict], None] | None,
+    log_every: int,
+) -> None:
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        images, targets = next(batches)
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss became {float(loss)} at step {step} ({_floats(losses)}); lower lr "
+                f"(now {optimizer.param_groups[0]['lr']:.4g}) or check the boxes"
+            )
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if log is not None and (step % log_every == 0 or step == steps):
+            elapsed = time.perf_counter() - start
+            log(_log_record(step, steps, loss, losses, lr, batches, elapsed))
+
+
+def _log_record(
+    step: int,
+    steps: int,
+    loss: Tensor,
+    losses: dict[str, Tensor],
+    lr: float,
+    batches: _BatchStream,
+    elapsed: float,
+) -> dict:
+    return {
+        "step": step,
+        "steps": steps,
+        "loss": float(loss),
+        **_floats(losses),
+        "lr": lr,
+        "elapsed_s": elapsed,
+        "images_per_s": step * batches.batch_size / elapsed,
+        "skipped_images": len(batches.skipped),
+    }
+
+
+def _floats(losses: dict[str, Tensor]) -> dict[str, float]:
+    return {name: float(value) for name, value in losses.items()}

@@ -1,0 +1,150 @@
+"""Assemble the uncertainty report: galleries, charts and tables, from the analysis tables."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from al_assets.core.report.charts import class_frequency_chart, confusion_heatmap
+from al_assets.core.report.drawing import (
+    GalleryItem,
+    detection_text,
+    gallery,
+    margin_text,
+    to_png,
+)
+from al_assets.core.report.html import ReportImage, ReportSection
+
+LoadImage = Callable[[str], Image.Image]
+GALLERY_SIZE = 12
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """Everything the report shows; each table is one of the analysis assets' outputs."""
+
+    model_version: str
+    least_confidence: pa.Table
+    least_margin: pa.Table
+    entropy: pa.Table
+    confused_pairs: pa.Table
+    class_frequency: pa.Table
+    evaluation: pa.Table
+    confusion: pa.Table
+    queue: pa.Table
+    categories: pa.Table
+
+
+def report_sections(inputs: ReportInputs, load: LoadImage) -> list[ReportSection]:
+    names = dict(zip(inputs.categories["category_id"].to_pylist(),
+                     inputs.categories["name"].to_pylist(), strict=True))
+    return [
+        _queue_section(inputs),
+        _gallery_section("Least confidence", "least_confidence.png", inputs.least_confidence,
+                         names, load, "score",
+                         "Detections with the lowest detector score (1 - P(y1|x) highest)."),
+        _gallery_section("Least margin", "least_margin.png", inputs.least_margin, names, load,
+                         "margin", "Detections whose two most likely classes are closest "
+                         "(P(y1|x) - P(y2|x) smallest): where the model hesitates."),
+        _gallery_section("Entropy", "entropy.png", inputs.entropy, names, load, "entropy",
+                         "Detections with the most spread class distribution (nats)."),
+        ReportSection("Confused class pairs", "Among the least-margin detections: which class "
+                      "pairs compete, how often, and how close they are.",
+                      tables=[inputs.confused_pairs]),
+        _frequency_section(inputs.class_frequency),
+        _confusion_section(inputs.confusion, inputs.categories),
+        ReportSection("Model versions", "COCO mAP (pycocotools) of each model version on the "
+                      "labeled images of the pool.", tables=[inputs.evaluation]),
+    ]
+
+
+def _queue_section(inputs: ReportInputs) -> ReportSection:
+    text = (f"The {inputs.queue.num_rows} images to label next, most uncertain first, according "
+            f"to model version {inputs.model_version}.")
+    columns = [c for c in ("queue_rank", "image_id", "uri", "strategy", "uncertainty", "reason")
+               if c in inputs.queue.column_names]
+    return ReportSection("Labeling queue", text, tables=[inputs.queue.select(columns)])
+
+
+def _gallery_section(
+    title: str, file_name: str, table: pa.Table, names: dict[int, str], load: LoadImage,
+    value: str, text: str,
+) -> ReportSection:
+    rows = table.slice(0, GALLERY_SIZE).to_pylist()
+    items = [_gallery_item(row, names, load, value) for row in rows]
+    image = ReportImage(file_name, to_png(gallery(items, columns=4, thumb_size=256)), title)
+    return ReportSection(title, text, images=[image])
+
+
+def _gallery_item(row: dict, names: dict[int, str], load: LoadImage, value: str) -> GalleryItem:
+    first = names.get(row.get("first_label_id"), str(row.get("first_label_id")))
+    if value == "margin":
+        second = names.get(row.get("second_label_id"), str(row.get("second_label_id")))
+        text = margin_text(first, second, row["margin"])
+    elif value == "entropy":
+        text = f"{first} | H={row['entropy']:.3f}"
+    else:
+        text = detection_text(names.get(row["label_id"], str(row["label_id"])), row["score"])
+    return GalleryItem(
+        image=lambda uri=row["uri"]: load(uri), boxes=[row["box"]], texts=[text],
+        caption=f"image {row['image_id']}",
+    )
+
+
+def _frequency_section(frequency: pa.Table) -> ReportSection:
+    names = frequency["name"].to_pylist()
+    gt = frequency["gt_count"].to_pylist()
+    chart = class_frequency_chart(
+        names, frequency["predicted_count"].to_pylist(),
+        None if all(v is None for v in gt) else [v or 0 for v in gt],
+        title="Predictions vs ground truth per class", log_scale=True,
+    )
+    return ReportSection(
+        "Class frequency and imbalance",
+        "How often each class is predicted and annotated; rare classes are where the model "
+        "has the least to learn from (the notebook's person vs remote finding).",
+        images=[ReportImage("class_frequency.png", chart, "class frequency")],
+        tables=[frequency],
+    )
+
+
+def _confusion_section(confusion: pa.Table, categories: pa.Table) -> ReportSection:
+    matrix, labels = confusion_matrix_array(confusion, categories)
+    chart = confusion_heatmap(matrix, labels, title="Ground truth vs predicted (IoU-matched)",
+                              normalize=True)
+    return ReportSection(
+        "Confusion matrix",
+        "Ground-truth boxes matched to predictions by IoU; off-diagonal cells are confusions, "
+        "the background row/column false positives and misses.",
+        images=[ReportImage("confusion_matrix.png", chart, "confusion matrix")],
+    )
+
+
+def confusion_matrix_array(confusion: pa.Table, categories: pa.Table) -> tuple[np.ndarray, list[str]]:
+    """Long-form CONFUSION_MATRIX -> square counts with a trailing background row/column."""
+    ids = categories["category_id"].to_pylist()
+    labels = categories["name"].to_pylist() + ["background"]
+    index = {cid: i for i, cid in enumerate(ids)}
+    background = len(ids)
+    matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for row in confusion.to_pylist():
+        gt = index.get(row["gt_category_id"], background)
+        pred = index.get(row["pred_category_id"], background)
+        matrix[gt, pred] += row["count"]
+    return matrix, labels
+
+
+def thumbnail_markdown(png: bytes, alt: str, width: int = 900) -> str:
+    """A small JPEG data URI for Dagster's markdown metadata (the full PNG is on storage)."""
+    import base64
+
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    image.thumbnail((width, width))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=80)
+    return f"![{alt}](data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()})"
