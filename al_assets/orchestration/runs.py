@@ -85,4 +85,7 @@ def _errors(result: dg.ExecuteInProcessResult) -> str:
         while error is not None and error.cause is not None:
             error = error.cause
         messages.append(f"{event.step_key}: {error.message.strip() if error else 'unknown'}")
+    for event in result.all_events:
+        if event.event_type_value == "RUN_FAILURE" and not messages:
+            messages.append(event.message or "run failed")
     return "; ".join(messages) or "see the run's logs"

@@ -94,6 +94,15 @@ def test_corrupt_and_missing_images_become_error_rows(instance, demo_copy, tmp_p
     assert predicted.num_rows == images.num_rows - 2
 
 
+def _declare_dead_runs_failed(instance) -> None:
+    """What run monitoring does for a run whose worker died: fail it, free its pool slots."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    for record in instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED])):
+        instance.report_run_failed(record.dagster_run)
+        instance.event_log_storage.free_concurrency_slots_for_run(record.dagster_run.run_id)
+
+
 KILL_SCRIPT = """
 import sys, dagster as dg
 sys.path.insert(0, {repo!r})
@@ -129,6 +138,7 @@ def test_run_killed_mid_shard_leaves_the_previous_output(ingested: Pipeline, che
     time.sleep(1.0)
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=30)
+    _declare_dead_runs_failed(p.instance)
     assert p.store.read("detections", f"{version}/{shard}").equals(previous)
     assert p.store.partitions("detections", under=version) == [f"{version}/{shard}"]
     predict(p.defs, p.instance, version, [shard], FAST)  # a re-run completes and cleans up

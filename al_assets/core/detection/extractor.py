@@ -26,7 +26,7 @@ Two deliberate differences from the plain output:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +81,15 @@ class ClassScoreExtractor(nn.Module):
         self.train(model.training)
 
     @classmethod
-    def from_checkpoint(cls, path: Path, **options: Any) -> ClassScoreExtractor:
-        """Extractor over an al_assets checkpoint, in eval mode, with its stored categories."""
-        model, ckpt = load_detector(path)
+    def from_checkpoint(
+        cls, path: Path, *, detector_kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> ClassScoreExtractor:
+        """Extractor over an al_assets checkpoint, in eval mode, with its stored categories.
+
+        ``detector_kwargs`` (``score_thresh``, ...) go to the torchvision builder: thresholds
+        are inference settings, not part of the checkpoint.
+        """
+        model, ckpt = load_detector(path, **dict(detector_kwargs or {}))
         return cls(model.eval(), ckpt.categories.category_ids, **options)
 
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:

@@ -373,7 +373,7 @@ def _log_record(
     return {
         "step": step,
         "steps": steps,
-        "loss": float(loss),
+        "loss": float(loss.detach()),
         **_floats(losses),
         "lr": lr,
         "elapsed_s": elapsed,
@@ -383,4 +383,4 @@ def _log_record(
 
 
 def _floats(losses: dict[str, Tensor]) -> dict[str, float]:
-    return {name: float(value) for name, value in losses.items()}
+    return {name: float(value.detach()) for name, value in losses.items()}

@@ -61,7 +61,7 @@ def aggregate_images(
     counts = np.bincount(groups, minlength=len(image_ids))
     per_image = _aggregate(groups, values, counts, agg, top_k)
     keep = counts > 0 if empty_images == "exclude" else np.ones(len(image_ids), bool)
-    order = _ranking(image_ids, per_image, counts, empty_images)
+    order = rank_order(image_ids, per_image, counts, empty_images)
     order = order[keep[order]]
     return _image_scores(images, order, per_image, counts, measure, agg, top_k)
 
@@ -158,7 +158,7 @@ def _aggregate(
     return result
 
 
-def _ranking(
+def rank_order(
     image_ids: np.ndarray, per_image: np.ndarray, counts: np.ndarray, empty_images: str
 ) -> np.ndarray:
     """Image rows from most to least uncertain; ties by image_id; empties placed by policy."""

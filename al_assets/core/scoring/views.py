@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from al_assets.core.schemas import IMAGE_SCORES
+from al_assets.core.scoring.aggregation import rank_order
 
 
 def top_rows(
@@ -35,12 +36,12 @@ def rerank(image_scores: pa.Table, *, empty_images: str = "lowest") -> pa.Table:
     """Global ranks for shard rankings of one measure/agg (IMAGE_SCORES, sorted by rank)."""
     if image_scores.num_rows == 0:
         return image_scores.cast(IMAGE_SCORES)
-    has = image_scores["has_detections"].to_numpy(zero_copy_only=False)
-    uncertainty = image_scores["uncertainty"].fill_null(0.0).to_numpy()
-    ids = image_scores["image_id"].to_numpy()
-    empty_first = 0 if empty_images == "highest" else 1
-    group = np.where(has, 1 - empty_first, empty_first)
-    order = np.lexsort((ids, -uncertainty, group))
+    order = rank_order(
+        image_scores["image_id"].to_numpy(),
+        image_scores["uncertainty"].fill_null(0.0).to_numpy(),
+        image_scores["n_detections"].to_numpy(),
+        empty_images,
+    )
     ranked = image_scores.take(pa.array(order))
     ranks = pa.array(np.arange(1, len(order) + 1, dtype=np.int64))
-    return ranked.set_column(ranked.schema.get_field_index("rank"), "rank", ranks)
+    return ranked.set_column(ranked.schema.get_field_index("rank"), "rank", ranks).cast(IMAGE_SCORES)

@@ -1,0 +1,89 @@
+"""Scoring views, labeling queue, analysis and report through real runs, end to end."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pyarrow.compute as pc
+from PIL import Image
+from pycocotools.coco import COCO
+
+from al_assets.core import schemas
+from al_assets.orchestration.runs import predict, refresh_views, register
+from tests.orchestration.conftest import Pipeline
+from tests.orchestration.test_prediction import FAST
+
+
+def _local(uri: str) -> Path:
+    return Path(uri[len("file://"):])
+
+
+def test_full_chain_views_queue_analysis_report(ingested: Pipeline, checkpoints) -> None:
+    p = ingested
+    versions = [register(p.defs, p.instance, {"weights": str(c)}) for c in checkpoints]
+    for version in versions:
+        predict(p.defs, p.instance, version, config=FAST)
+    result = refresh_views(p.defs, p.instance)
+    champion = versions[-1]
+
+    # notebook tables: ordered, limited, from the champion only
+    least = p.store.read("least_confidence")
+    scores = least["score"].to_pylist()
+    assert scores == sorted(scores) and least.num_rows <= 1000
+    margin = p.store.read("least_margin")["margin"].to_pylist()
+    assert margin == sorted(margin)
+    entropy = p.store.read("entropy")["entropy"].to_pylist()
+    assert entropy == sorted(entropy, reverse=True)
+    all_boxes = p.store.read_many("box_scores", p.store.partitions("box_scores", under=champion))
+    assert max(entropy) == max(all_boxes["entropy"].to_pylist())
+
+    rankings = p.store.read("image_rankings")
+    assert rankings.schema.equals(schemas.IMAGE_SCORES)
+    images = p.store.read_many("images", p.store.partitions("images"))
+    for measure in ("least_confidence", "margin", "ratio", "entropy"):
+        ranked = rankings.filter(pc.equal(rankings["measure"], measure))
+        assert ranked["rank"].to_pylist() == list(range(1, images.num_rows + 1))
+
+    queue = p.store.read("labeling_queue")
+    assert 0 < queue.num_rows <= 50
+    assert queue["queue_rank"].to_pylist() == list(range(1, queue.num_rows + 1))
+    export = _local(p.store.file_uri("queue", "labeling_queue.coco.json"))
+    coco = COCO(str(export))
+    assert sorted(coco.imgs) == sorted(queue["image_id"].to_pylist())
+    tasks = json.loads(_local(p.store.file_uri("queue", "label_studio_tasks.json")).read_text())
+    assert [t["data"]["image_id"] for t in tasks] == queue["image_id"].to_pylist()
+    assert all(t["predictions"][0]["model_version"] == champion for t in tasks)
+    csv_text = _local(p.store.file_uri("queue", "labeling_queue.csv")).read_text()
+    assert csv_text.splitlines()[0].startswith("queue_rank,image_id,uri")
+
+    pairs = p.store.read("confused_pairs")
+    assert pairs.num_rows > 0
+    assert pairs["count"].to_pylist() == sorted(pairs["count"].to_pylist(), reverse=True)
+    frequency = p.store.read("class_frequency")
+    assert sum(frequency["gt_count"].to_pylist()) > 0
+    evaluation = p.store.read("model_evaluation")
+    assert set(evaluation["model_version"].to_pylist()) == set(versions)
+    matrix = p.store.read("confusion_matrix")
+    assert sum(matrix["count"].to_pylist()) > 0
+
+    report = _local(p.store.file_uri("report", "index.html"))
+    parser = _Images()
+    parser.feed(report.read_text())
+    assert set(parser.sources) >= {"least_margin.png", "confusion_matrix.png", "class_frequency.png"}
+    for name in parser.sources:
+        with Image.open(report.parent / name) as image:
+            assert image.width > 200 and len(image.convert("RGB").getcolors(1 << 20)) > 50
+    meta = result.asset_materializations_for_node("uncertainty_report")[0].metadata
+    assert "data:image/jpeg;base64," in meta["pictures"].value
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"])
