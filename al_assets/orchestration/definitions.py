@@ -11,7 +11,10 @@ from al_assets.orchestration.assets import (
     report,
     uncertainty,
 )
+from al_assets.orchestration.automation import automation_sensor
 from al_assets.orchestration.jobs import JOBS
+from al_assets.orchestration.schedules import SCHEDULES
+from al_assets.orchestration.sensors import SENSORS
 from al_assets.orchestration.resources import (
     CocoSourceResource,
     DeviceResource,
@@ -49,6 +52,8 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
             report.uncertainty_report,
         ],
         jobs=JOBS,
+        sensors=[*SENSORS, automation_sensor],
+        schedules=SCHEDULES,
         resources=resources or default_resources(),
     )
 

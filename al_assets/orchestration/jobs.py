@@ -4,14 +4,17 @@ import dagster as dg
 
 from al_assets.orchestration.partitions import batch_partitions, prediction_partitions
 
-INGESTION_ASSETS = dg.AssetSelection.groups("ingestion")
-PARTITIONED_PREDICTION = dg.AssetSelection.assets(
-    "detections", "prediction_errors", "box_scores", "image_scores"
-)
-VIEWS = (
-    dg.AssetSelection.groups("uncertainty", "analysis")
-    - dg.AssetSelection.assets("box_scores", "image_scores")
-)
+INGESTION_KEYS = [dg.AssetKey(k) for k in ("categories", "images", "annotations", "ingestion_rejects")]
+PREDICTION_KEYS = [dg.AssetKey(k) for k in ("detections", "prediction_errors", "box_scores",
+                                              "image_scores")]
+VIEW_KEYS = [dg.AssetKey(k) for k in (
+    "least_confidence", "least_margin", "entropy", "image_rankings", "labeling_queue",
+    "confused_pairs", "class_frequency", "model_evaluation", "confusion_matrix",
+    "uncertainty_report",
+)]
+INGESTION_ASSETS = dg.AssetSelection.assets(*INGESTION_KEYS)
+PARTITIONED_PREDICTION = dg.AssetSelection.assets(*PREDICTION_KEYS)
+VIEWS = dg.AssetSelection.assets(*VIEW_KEYS)
 
 ingest_job = dg.define_asset_job(
     "ingest_job", selection=INGESTION_ASSETS, partitions_def=batch_partitions,

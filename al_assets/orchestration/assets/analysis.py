@@ -12,6 +12,7 @@ from al_assets.core.analysis.frequency import imbalance_summary
 from al_assets.core.analysis.matching import confusion_table, match_detections
 from al_assets.core.coco.categories import unique_categories
 from al_assets.core.storage import TableStore
+from al_assets.orchestration.automation import VIEW_REFRESH
 from al_assets.orchestration.champion import ChampionConfig, champion_partitions, read_partitions
 from al_assets.orchestration.metadata import markdown_preview, table_metadata
 from al_assets.orchestration.partitions import MODEL_VERSION
@@ -38,7 +39,7 @@ class ConfusedPairsConfig(dg.Config):
 
 @dg.asset(
     group_name=ANALYSIS, kinds={"parquet"}, deps=["least_margin"],
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=VIEW_REFRESH,
     description="Class pairs the model hesitates between (count, average margin), computed "
     "over the least-margin detections like the notebook.",
 )
@@ -59,7 +60,7 @@ class FrequencyConfig(ChampionConfig):
 
 @dg.asset(
     group_name=ANALYSIS, kinds={"parquet"}, deps=["box_scores", "annotations"],
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=VIEW_REFRESH,
     description="Predicted vs ground-truth count per class and the imbalance ratio.",
 )
 def class_frequency(
@@ -91,12 +92,12 @@ class EvaluationConfig(ChampionConfig):
     specs=[
         dg.AssetSpec("model_evaluation", group_name=ANALYSIS, kinds={"parquet"},
                      deps=["detections", "annotations"],
-                     automation_condition=dg.AutomationCondition.eager(),
+                     automation_condition=VIEW_REFRESH,
                      description="COCO mAP (pycocotools) of every model version on the labeled "
                      "images of the pool, per category, so versions can be compared."),
         dg.AssetSpec("confusion_matrix", group_name=ANALYSIS, kinds={"parquet"},
                      deps=["detections", "annotations"],
-                     automation_condition=dg.AutomationCondition.eager(),
+                     automation_condition=VIEW_REFRESH,
                      description="IoU-matched ground truth x predicted class counts (champion)."),
     ],
 )

@@ -18,6 +18,7 @@ from al_assets.core.queue import (
     select_queue,
 )
 from al_assets.core.storage import TableStore
+from al_assets.orchestration.automation import VIEW_REFRESH
 from al_assets.orchestration.champion import ChampionConfig, champion_key, read_partitions
 from al_assets.orchestration.metadata import table_metadata
 from al_assets.orchestration.resources import CocoSourceResource, MlflowResource, StorageResource
@@ -42,7 +43,7 @@ class QueueConfig(ChampionConfig):
 
 @dg.asset(
     group_name="uncertainty", kinds={"parquet", "json"}, deps=["image_rankings"],
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=VIEW_REFRESH,
     description="The images to label next, with COCO, Label Studio and CSV exports.",
 )
 def labeling_queue(

@@ -7,6 +7,7 @@ from al_assets.core.images import decode_rgb
 from al_assets.core.report.html import render_html_report
 from al_assets.core.report.uncertainty_report import ReportInputs, report_sections, thumbnail_markdown
 from al_assets.orchestration.assets.analysis import ANALYSIS, pool_categories
+from al_assets.orchestration.automation import VIEW_REFRESH
 from al_assets.orchestration.champion import ChampionConfig, champion_key
 from al_assets.orchestration.resources import CocoSourceResource, MlflowResource, StorageResource
 
@@ -16,7 +17,7 @@ REPORT_TABLES = ("least_confidence", "least_margin", "entropy", "confused_pairs"
 
 @dg.asset(
     group_name=ANALYSIS, kinds={"html", "png"}, deps=list(REPORT_TABLES),
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=VIEW_REFRESH,
     description="Galleries of the most uncertain detections, confusion heatmap, class "
     "frequency chart and tables, as PNG files and one static HTML page.",
 )

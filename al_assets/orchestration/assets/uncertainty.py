@@ -11,6 +11,7 @@ from al_assets.core.scoring.aggregation import aggregate_images
 from al_assets.core.scoring.box_scores import box_scores as score_boxes
 from al_assets.core.scoring.views import rerank, top_rows
 from al_assets.orchestration.assets.prediction import storage_partition
+from al_assets.orchestration.automation import PARTITION_FOLLOWS_UPSTREAM, VIEW_REFRESH
 from al_assets.orchestration.champion import ChampionConfig, champion_partitions, read_partitions
 from al_assets.orchestration.metadata import markdown_preview, table_metadata
 from al_assets.orchestration.partitions import prediction_partitions
@@ -35,12 +36,12 @@ class ScoringConfig(dg.Config):
         dg.AssetSpec(
             "box_scores", deps=["detections"], group_name=UNCERTAINTY, kinds={"parquet"},
             description="One row per detection: least confidence, margin, ratio, entropy.",
-            automation_condition=dg.AutomationCondition.eager(),
+            automation_condition=PARTITION_FOLLOWS_UPSTREAM,
         ),
         dg.AssetSpec(
             "image_scores", deps=["detections"], group_name=UNCERTAINTY, kinds={"parquet"},
             description="Per-image aggregated uncertainty for every strategy, ranked per shard.",
-            automation_condition=dg.AutomationCondition.eager(),
+            automation_condition=PARTITION_FOLLOWS_UPSTREAM,
         ),
     ],
     partitions_def=prediction_partitions,
@@ -88,7 +89,7 @@ def _detection_view(name: str, column: str, descending: bool, limit: int, doc: s
 
     @dg.asset(
         name=name, group_name=UNCERTAINTY, kinds={"parquet"}, deps=["box_scores"],
-        description=doc, automation_condition=dg.AutomationCondition.eager(),
+        description=doc, automation_condition=VIEW_REFRESH,
     )
     def view(
         context: dg.AssetExecutionContext, config: view_config,  # type: ignore[valid-type]
@@ -129,7 +130,7 @@ class RankingConfig(ChampionConfig):
 
 @dg.asset(
     group_name=UNCERTAINTY, kinds={"parquet"}, deps=["image_scores"],
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=VIEW_REFRESH,
     description="Every predicted image of the champion version ranked per strategy.",
 )
 def image_rankings(

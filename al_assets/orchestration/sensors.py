@@ -1,0 +1,121 @@
+"""Sensors: new annotation files -> ingestion; new shards or model versions -> prediction.
+
+Each one is idempotent twice over: a cursor remembers what was seen, and every RunRequest has a
+``run_key`` naming exactly what it computes, so a repeated tick never launches duplicates.
+"""
+
+import json
+import time
+
+import dagster as dg
+
+from al_assets.core.coco.discovery import list_batch_files
+from al_assets.core.sharding import batch_of_shard
+from al_assets.orchestration.champion import ChampionConfig
+from al_assets.orchestration.jobs import ingest_job, predict_job, refresh_views_job
+from al_assets.orchestration.partitions import (
+    BATCH,
+    SHARD,
+    batch_partitions,
+    model_version_key,
+    model_version_partitions,
+    prediction_key,
+)
+from al_assets.orchestration.resources import CocoSourceResource, MlflowResource
+
+PAGE_SIZE = 1000
+TICK_BUDGET_S = 20.0  # Dagster cancels a tick after 60 s; stay well below
+
+
+@dg.sensor(
+    job=ingest_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Watches the source's annotations folder / S3 prefix; each new annotation "
+    "file becomes a batch partition and one ingestion run.",
+)
+def new_data_sensor(context: dg.SensorEvaluationContext, coco_source: CocoSourceResource):
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    known = set(context.instance.get_dynamic_partitions(BATCH))
+    start_after, deadline = cursor.get("after"), time.monotonic() + TICK_BUDGET_S
+    new: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        batches, skipped, start_after, more = list_batch_files(
+            coco_source.objects(), coco_source.annotations_uri(), start_after=start_after,
+            page_size=PAGE_SIZE,
+        )
+        for uri in skipped:
+            context.log.warning(f"{uri}: file name unusable as a batch name; rename it")
+        new.update({b.batch: b.info.etag for b in batches if b.batch not in known})
+        if not more:
+            start_after = None  # a full pass done: the next tick starts over from the top
+            break
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=f"ingest:{batch}:{etag}", partition_key=batch)
+                      for batch, etag in sorted(new.items())],
+        dynamic_partitions_requests=[batch_partitions.build_add_request(sorted(new))] if new else [],
+        cursor=json.dumps({"after": start_after}),
+    )
+
+
+@dg.asset_sensor(
+    asset_key=dg.AssetKey("images"), job=predict_job,
+    default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
+    description="When a batch is ingested, predicts its shards with the champion version.",
+)
+def new_shards_sensor(
+    context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry, mlflow: MlflowResource
+):
+    batch = asset_event.dagster_event.partition
+    shards = [s for s in context.instance.get_dynamic_partitions(SHARD) if batch_of_shard(s) == batch]
+    config = ChampionConfig()
+    version = _alias_version(mlflow.registry(), config)
+    if version is None:
+        yield dg.SkipReason(f"no {config.alias!r} model registered yet; batch {batch} waits for one")
+        return
+    key = model_version_key(config.model_name, version)
+    for shard in shards:
+        yield dg.RunRequest(
+            run_key=f"predict:{key}:{shard}:{asset_event.storage_id}",
+            partition_key=prediction_key(key, shard),
+        )
+
+
+@dg.sensor(
+    jobs=[predict_job, refresh_views_job], minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Polls the MLflow registry: a new class-score model version is predicted on "
+    "every shard; an alias move refreshes the views.",
+)
+def new_model_version_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowResource):
+    config = ChampionConfig()
+    cursor = json.loads(context.cursor) if context.cursor else {"max_version": 0, "alias": None}
+    registry = mlflow.registry()  # unreachable -> RegistryError: the tick fails, cursor kept
+    versions = [v for v in registry.versions(config.model_name) if v > cursor["max_version"]]
+    alias = _alias_version(registry, config)
+    keys = [model_version_key(config.model_name, v) for v in versions]
+    shards = context.instance.get_dynamic_partitions(SHARD)
+    requests = [dg.RunRequest(run_key=f"predict:{key}:{shard}", job_name=predict_job.name,
+                              partition_key=prediction_key(key, shard))
+                for key in keys for shard in shards]
+    if alias is not None and alias != cursor["alias"] and not versions:
+        requests.append(dg.RunRequest(run_key=f"views:{config.alias}:{alias}",
+                                      job_name=refresh_views_job.name))
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[model_version_partitions.build_add_request(keys)] if keys else [],
+        cursor=json.dumps({"max_version": max(versions, default=cursor["max_version"]),
+                           "alias": alias}),
+    )
+
+
+def _alias_version(registry, config: ChampionConfig) -> int | None:
+    from al_assets.core.registry import RegistryError
+
+    try:
+        return int(registry.resolve(config.model_name, alias=config.alias).version)
+    except RegistryError as exc:
+        if "is not set" in str(exc) or "does not exist" in str(exc):
+            return None
+        raise
+
+
+SENSORS = [new_data_sensor, new_shards_sensor, new_model_version_sensor]
