@@ -1,5 +1,7 @@
 """The Dagster code location: assets, resources, sensors and schedules of al_assets."""
 
+import os
+
 import dagster as dg
 
 from al_assets.orchestration.assets import (
@@ -28,7 +30,8 @@ def default_resources() -> dict:
     return {
         "storage": storage,
         "coco_source": CocoSourceResource(),
-        "mlflow": MlflowResource(storage=storage),
+        # Read once here: mlflow.set_tracking_uri() rewrites MLFLOW_TRACKING_URI at run time.
+        "mlflow": MlflowResource(storage=storage, tracking_uri=os.environ.get("MLFLOW_TRACKING_URI")),
         "device": DeviceResource(),
     }
 

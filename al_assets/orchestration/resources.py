@@ -85,8 +85,7 @@ class MlflowResource(dg.ConfigurableResource):
     """
 
     tracking_uri: str | None = Field(
-        default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI"),
-        description="Default: sqlite:///<local storage root>/mlflow/mlflow.db",
+        default=None, description="Default: sqlite:///<local storage root>/mlflow/mlflow.db",
     )
     registry_uri: str | None = None
     artifact_location: str | None = None

@@ -15,10 +15,10 @@ from al_assets.orchestration.champion import ChampionConfig
 from al_assets.orchestration.jobs import ingest_job, predict_job, refresh_views_job
 from al_assets.orchestration.partitions import (
     BATCH,
+    MODEL_VERSION,
     SHARD,
-    batch_partitions,
+    add_partitions,
     model_version_key,
-    model_version_partitions,
     prediction_key,
 )
 from al_assets.orchestration.resources import CocoSourceResource, MlflowResource
@@ -48,10 +48,10 @@ def new_data_sensor(context: dg.SensorEvaluationContext, coco_source: CocoSource
         if not more:
             start_after = None  # a full pass done: the next tick starts over from the top
             break
+    add_partitions(context.instance, BATCH, sorted(new))  # before the runs that need them
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=f"ingest:{batch}:{etag}", partition_key=batch)
                       for batch, etag in sorted(new.items())],
-        dynamic_partitions_requests=[batch_partitions.build_add_request(sorted(new))] if new else [],
         cursor=json.dumps({"after": start_after}),
     )
 
@@ -74,7 +74,7 @@ def new_shards_sensor(
     key = model_version_key(config.model_name, version)
     for shard in shards:
         yield dg.RunRequest(
-            run_key=f"predict:{key}:{shard}:{asset_event.storage_id}",
+            run_key=f"predict:{key}:{shard}:{asset_event.run_id}",
             partition_key=prediction_key(key, shard),
         )
 
@@ -99,9 +99,9 @@ def new_model_version_sensor(context: dg.SensorEvaluationContext, mlflow: Mlflow
     if alias is not None and alias != cursor["alias"] and not versions:
         requests.append(dg.RunRequest(run_key=f"views:{config.alias}:{alias}",
                                       job_name=refresh_views_job.name))
+    add_partitions(context.instance, MODEL_VERSION, keys)
     return dg.SensorResult(
         run_requests=requests,
-        dynamic_partitions_requests=[model_version_partitions.build_add_request(keys)] if keys else [],
         cursor=json.dumps({"max_version": max(versions, default=cursor["max_version"]),
                            "alias": alias}),
     )

@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from al_assets.core.errors import AlAssetsError
 
-class CategoryError(ValueError):
+
+class CategoryError(AlAssetsError, ValueError):
     """A category list or a category id that cannot be mapped."""
 
 

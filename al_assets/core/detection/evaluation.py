@@ -23,12 +23,8 @@ from torch import Tensor, nn
 from al_assets.core.detection.categories import CategoryError, CategoryMap
 from al_assets.core.detection.extractor import ClassScoreExtractor
 from al_assets.core.detection.factory import DetectorError, model_num_classes
-from al_assets.core.detection.training import (
-    CocoDetectionDataset,
-    DatasetError,
-    ImageReadError,
-    read_coco,
-)
+from al_assets.core.detection.training import CocoDetectionDataset, DatasetError, read_coco
+from al_assets.core.errors import ImageDecodeError
 
 _STAT_NAMES = ("map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
 Detections = Mapping[int, Mapping[str, Tensor]]
@@ -111,7 +107,7 @@ def _predict(
         for index in range(start, min(start + batch_size, len(dataset))):
             try:
                 images.append(dataset.load_image(index))
-            except ImageReadError as exc:
+            except ImageDecodeError as exc:
                 skipped[str(dataset.records[index].path)] = str(exc)
                 continue
             image_ids.append(dataset.records[index].image_id)

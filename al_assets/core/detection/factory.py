@@ -36,6 +36,7 @@ from torchvision.models.detection.ssd import SSD
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from al_assets.core.detection.categories import CategoryMap
+from al_assets.core.errors import AlAssetsError
 
 CHECKPOINT_FORMAT_VERSION = 1
 CHECKPOINT_KEYS = ("arch", "num_classes", "category_ids", "category_names", "state_dict", "meta")
@@ -53,15 +54,15 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 _FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 
 
-class DetectorError(ValueError):
+class DetectorError(AlAssetsError, ValueError):
     """A detector that cannot be built as asked (unknown arch, bad weights name, bad class count)."""
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(AlAssetsError, RuntimeError):
     """torchvision weights that would have to be downloaded, on a machine that cannot."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(AlAssetsError, ValueError):
     """A checkpoint file that is unreadable, malformed, or made for another detector."""
 
 
@@ -91,7 +92,7 @@ class DetectorCheckpoint:
 def build_detector(
     arch: str,
     num_classes: int,
-    weights: str = "none",
+    weights: str | Path = "none",
     checkpoint: Path | None = None,
     **kwargs: Any,
 ) -> nn.Module:
@@ -106,10 +107,10 @@ def build_detector(
     builder = _builder(arch)
     if num_classes < 2:
         raise DetectorError(f"num_classes={num_classes}: it counts the background, so it is >= 2")
-    if checkpoint is None and _looks_like_path(weights):
+    if checkpoint is None and (isinstance(weights, Path) or _looks_like_path(weights)):
         checkpoint, weights = Path(weights), "none"
     if checkpoint is not None:
-        if weights.lower() != "none":
+        if str(weights).lower() != "none":
             raise DetectorError(f"give weights={weights!r} or checkpoint={checkpoint}, not both")
         return _from_checkpoint(arch, num_classes, load_checkpoint(checkpoint), kwargs)
     if weights.lower() == "none":

@@ -35,12 +35,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
 from torch import Tensor, nn
 
 from al_assets.core.detection.categories import CategoryError, CategoryMap
 from al_assets.core.detection.factory import build_detector, load_checkpoint
+from al_assets.core.errors import AlAssetsError, CocoFormatError, ImageDecodeError
+from al_assets.core.images import decode_rgb
 
 RECOMMENDED_MALLOC_ENV = {
     "MALLOC_MMAP_MAX_": "0",
@@ -57,15 +58,11 @@ _OPTIMIZERS = ("sgd", "adamw")
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4  # glibc malloc.h
 
 
-class DatasetError(ValueError):
+class DatasetError(CocoFormatError, ValueError):
     """A COCO file that cannot be used for training or evaluation."""
 
 
-class ImageReadError(OSError):
-    """One image that cannot be read; callers skip and report it."""
-
-
-class TrainingError(RuntimeError):
+class TrainingError(AlAssetsError, RuntimeError):
     """Training that cannot go on (diverged loss, no readable image)."""
 
 
@@ -106,19 +103,18 @@ class CocoDetectionDataset:
         return self.load_image(index), self.target(index)
 
     def load_image(self, index: int) -> Tensor:
-        """Float RGB tensor (3, H, W) in [0, 1]; ImageReadError names the file and the cause."""
+        """Float RGB tensor (3, H, W) in [0, 1]; ImageDecodeError names the file and the cause.
+
+        Decoding is ``al_assets.core.images.decode_rgb``'s, the one prediction uses, so the
+        model trains on pixels exactly as it will later see them (EXIF, 16-bit, alpha, ...).
+        """
         record = self.records[index]
         try:
-            with Image.open(record.path) as image:
-                array = np.asarray(image.convert("RGB"))
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise ImageReadError(f"cannot read image {record.path}: {exc}") from exc
-        if array.shape[:2] != (record.height, record.width):
-            raise ImageReadError(
-                f"image {record.path} is {array.shape[1]}x{array.shape[0]} but {self.coco_json} "
-                f"says {record.width}x{record.height}; its boxes would not fit"
-            )
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
+            data = record.path.read_bytes()
+        except OSError as exc:
+            raise ImageDecodeError(f"{record.path}: cannot read the file ({exc})") from exc
+        size = (record.width, record.height)
+        return decode_rgb(data, str(record.path), expected_size=size).float().div_(255)
 
     def target(self, index: int) -> dict[str, Tensor]:
         """torchvision target: ``boxes`` float32 (N, 4) xyxy, ``labels`` int64 model labels."""
@@ -296,7 +292,7 @@ class _BatchStream:
             index = self._next_index()
             try:
                 image = self.dataset.load_image(index)
-            except ImageReadError as exc:
+            except ImageDecodeError as exc:
                 self._skip(index, exc)
                 continue
             image, target = _maybe_flip(image, self.dataset.target(index), self.generator)
@@ -314,7 +310,7 @@ class _BatchStream:
             self._order = torch.randperm(len(self.dataset), generator=self.generator).tolist()
         return self._order.pop()
 
-    def _skip(self, index: int, exc: ImageReadError) -> None:
+    def _skip(self, index: int, exc: ImageDecodeError) -> None:
         path = self.dataset.records[index].path
         if path not in self.skipped:
             warnings.warn(f"skipping image in training: {exc}", stacklevel=2)

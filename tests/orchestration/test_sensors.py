@@ -1,0 +1,119 @@
+"""Sensors evaluated with build_sensor_context on a real instance and a real MLflow registry."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from al_assets.core.demo.generator import add_demo_batch
+from al_assets.core.registry import RegistryError
+from al_assets.orchestration.partitions import BATCH, MODEL_VERSION
+from al_assets.orchestration.resources import MlflowResource, StorageResource
+from al_assets.orchestration.runs import discover_batches, ingest, register
+from al_assets.orchestration.sensors import (
+    new_data_sensor,
+    new_model_version_sensor,
+    new_shards_sensor,
+)
+from tests.conftest import free_port
+from tests.orchestration.conftest import make_pipeline
+
+
+def tick(sensor, instance, cursor, **resources):
+    """One evaluation, as the daemon runs it (run keys and partitions validated)."""
+    from dagster._core.definitions.partitions.context import partition_loading_context
+
+    from al_assets.orchestration.definitions import defs
+
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources,
+                                 repository_def=defs.get_repository_def()) as context, \
+            partition_loading_context(dynamic_partitions_store=instance):
+        return sensor.evaluate_tick(context)
+
+
+def test_new_data_sensor_requests_only_new_batches(instance, demo_copy, tmp_path) -> None:
+    p = make_pipeline(instance, demo_copy, tmp_path)
+    first = tick(new_data_sensor, instance, None, coco_source=p.source)
+    assert sorted(r.partition_key for r in first.run_requests) == ["batch-000", "batch-001"]
+    assert instance.get_dynamic_partitions(BATCH) == ["batch-000", "batch-001"]
+    assert all(r.run_key.startswith("ingest:batch-00") for r in first.run_requests)
+
+    again = tick(new_data_sensor, instance, first.cursor, coco_source=p.source)
+    assert again.run_requests == []
+
+    add_demo_batch(demo_copy, 6)
+    third = tick(new_data_sensor, instance, again.cursor, coco_source=p.source)
+    assert [r.partition_key for r in third.run_requests] == ["batch-002"]
+    assert instance.get_dynamic_partitions(BATCH)[-1] == "batch-002"
+
+
+def test_new_data_sensor_pages_through_a_large_prefix(instance, demo_copy, tmp_path, monkeypatch):
+    """Many annotation files: every one is found although each listing call returns a page."""
+    import al_assets.orchestration.sensors as sensors
+
+    for index in range(25):
+        (demo_copy / "annotations" / f"extra-{index:03d}.json").write_text("{}")
+    monkeypatch.setattr(sensors, "PAGE_SIZE", 4)  # a constant, not a function: real listing
+    p = make_pipeline(instance, demo_copy, tmp_path)
+    data = tick(new_data_sensor, instance, None, coco_source=p.source)
+    assert len(data.run_requests) == 27
+
+
+def test_model_version_sensor_predicts_every_shard_of_new_versions_only(
+    ingested, checkpoints
+) -> None:
+    p = ingested
+    mlflow = p.mlflow
+    shards = p.instance.get_dynamic_partitions("shard")
+    empty = tick(new_model_version_sensor, p.instance, None, mlflow=mlflow)
+    assert empty.run_requests == []
+
+    register(p.defs, p.instance, {"weights": str(checkpoints[0])})
+    first = tick(new_model_version_sensor, p.instance, empty.cursor, mlflow=mlflow)
+    assert sorted(r.partition_key for r in first.run_requests) == sorted(
+        f"al-class-scores-v1|{s}" for s in shards)
+
+    register(p.defs, p.instance, {"weights": str(checkpoints[1])})
+    second = tick(new_model_version_sensor, p.instance, first.cursor, mlflow=mlflow)
+    keys = [r.partition_key for r in second.run_requests]
+    assert sorted(keys) == sorted(f"al-class-scores-v2|{s}" for s in shards)
+    assert not any("v1" in k for k in keys)
+    assert "al-class-scores-v2" in p.instance.get_dynamic_partitions(MODEL_VERSION)
+    assert tick(new_model_version_sensor, p.instance, second.cursor, mlflow=mlflow).run_requests == []
+
+    # an alias moved back to v1: no new predictions, one refresh of the views
+    mlflow.registry().client.set_registered_model_alias("al-class-scores", "champion", "1")
+    moved = tick(new_model_version_sensor, p.instance, second.cursor, mlflow=mlflow)
+    assert [(r.job_name, r.run_key) for r in moved.run_requests] == [
+        ("refresh_views_job", "views:champion:1")]
+
+
+def test_model_version_sensor_fails_clearly_when_the_registry_is_down_then_recovers(
+    ingested, checkpoints
+) -> None:
+    p = ingested
+    register(p.defs, p.instance, {"weights": str(checkpoints[0])})
+    down = MlflowResource(storage=StorageResource(root=p.storage.root),
+                          tracking_uri=f"http://127.0.0.1:{free_port()}", http_max_retries=0)
+    with pytest.raises(Exception, match="unreachable") as info:
+        tick(new_model_version_sensor, p.instance, None, mlflow=down)
+    assert isinstance(info.value, RegistryError) or "RegistryError" in repr(info.value)
+    recovered = tick(new_model_version_sensor, p.instance, None, mlflow=p.mlflow)
+    keys = [r.run_key for r in recovered.run_requests]
+    assert len(keys) == len(p.instance.get_dynamic_partitions("shard")), keys
+
+
+def test_new_shards_sensor_predicts_an_ingested_batch_with_the_champion(
+    instance, demo_copy, tmp_path, checkpoints
+) -> None:
+    p = make_pipeline(instance, demo_copy, tmp_path)
+    ingest(p.defs, instance, discover_batches(p.source, instance), {"verify_images": "exists"})
+    register(p.defs, instance, {"weights": str(checkpoints[0])})
+    first = tick(new_shards_sensor, instance, None, mlflow=p.mlflow)
+    assert first.run_requests == [] or all("v1|" in r.partition_key for r in first.run_requests)
+
+    add_demo_batch(demo_copy, 6)
+    ingest(p.defs, instance, discover_batches(p.source, instance), {"verify_images": "exists"})
+    data = tick(new_shards_sensor, instance, first.cursor, mlflow=p.mlflow)
+    assert [r.partition_key for r in data.run_requests] == ["al-class-scores-v1|batch-002.s000"]
+    assert tick(new_shards_sensor, instance, data.cursor, mlflow=p.mlflow).run_requests == []
