@@ -118,13 +118,14 @@ def test_frozen_batchnorm_checkpoint_round_trip(offline_torch_home: Path, tmp_pa
     cached = offline_torch_home / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[-1]
     cached.parent.mkdir(parents=True)
     torch.save(frozen_state, cached)
-    pretrained = build_detector(RCNN, 6, weights="default", box_score_thresh=0.0)
+    small = {"box_score_thresh": 0.0, "min_size": 128, "max_size": 160}
+    pretrained = build_detector(RCNN, 6, weights="default", **small)
     assert any(isinstance(m, FrozenBatchNorm2d) for m in pretrained.modules())
 
     path = save_checkpoint(
         tmp_path / "rcnn.pt", pretrained, arch=RCNN, categories=CATEGORIES, half=False
     )
-    reloaded, _ = load_detector(path, box_score_thresh=0.0)
+    reloaded, _ = load_detector(path, **small)
 
     assert any(isinstance(m, FrozenBatchNorm2d) for m in reloaded.modules())
     for expected, got in zip(_outputs(pretrained), _outputs(reloaded)):

@@ -15,7 +15,8 @@ import pyarrow.compute as pc
 import pytest
 
 from al_assets.core import schemas
-from al_assets.orchestration.runs import predict, register
+from al_assets.orchestration.partitions import prediction_key
+from al_assets.orchestration.runs import predict, register, run_job
 from tests.orchestration.conftest import Pipeline, make_pipeline
 
 FAST = {"score_thresh": 0.05, "detections_per_img": 20, "num_workers": 1, "batch_size": 4}
@@ -52,9 +53,14 @@ def test_two_shards_by_two_versions(ingested: Pipeline, checkpoints) -> None:
     two = p.store.read("detections", f"{versions[1]}/{shards[0]}")
     assert one["detections"].to_pylist() != two["detections"].to_pylist()
 
-    # re-running one partition replaces it and touches nothing else
+    # re-running one partition replaces it and touches nothing else; its checks pass
     before = {v: _files(p.store, "detections", v) for v in versions}
-    predict(p.defs, p.instance, versions[0], shards[:1], FAST)
+    rerun = run_job(p.defs, "predict_job", p.instance,
+                    partition_key=prediction_key(versions[0], shards[0]),
+                    run_config={"ops": {"predictions": {"config": FAST}}})
+    checks = {e.check_name: e.passed for e in rerun.get_asset_check_evaluations()}
+    assert checks == {"schema_matches": True, "distributions_sum_to_one": True,
+                      "no_duplicate_detections": True, "every_image_accounted_for": True}
     after = {v: _files(p.store, "detections", v) for v in versions}
     assert after[versions[1]] == before[versions[1]]
     assert after[versions[0]][f"{shards[1]}.parquet"] == before[versions[0]][f"{shards[1]}.parquet"]

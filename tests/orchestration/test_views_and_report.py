@@ -48,6 +48,8 @@ def test_full_chain_views_queue_analysis_report(ingested: Pipeline, checkpoints)
 
     queue = p.store.read("labeling_queue")
     assert 0 < queue.num_rows <= 50
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"queue_size_as_asked": True}
     assert queue["queue_rank"].to_pylist() == list(range(1, queue.num_rows + 1))
     export = _local(p.store.file_uri("queue", "labeling_queue.coco.json"))
     coco = COCO(str(export))

@@ -6,6 +6,7 @@ import pyarrow.compute as pc
 from al_assets.core import schemas
 from al_assets.core.coco.categories import unique_categories
 from al_assets.core.detection.compatibility import check_categories
+from al_assets.core.prediction import validation
 from al_assets.core.prediction.devices import lease_device
 from al_assets.core.prediction.loader import ShardImages
 from al_assets.core.prediction.runner import (
@@ -75,6 +76,15 @@ def storage_partition(context: dg.AssetExecutionContext) -> str:
             group_name=PREDICTION, kinds={"parquet"}, owners=["team:ml"],
         ),
     ],
+    check_specs=[
+        dg.AssetCheckSpec(name, asset="detections", blocking=True, description=doc)
+        for name, doc in (
+            ("schema_matches", "The written Parquet file has the documented PREDICTIONS schema."),
+            ("distributions_sum_to_one", "Every stored class distribution sums to 1."),
+            ("no_duplicate_detections", "No image twice; no box+label twice in one image."),
+            ("every_image_accounted_for", "Every shard image has a prediction or an error row."),
+        )
+    ],
     partitions_def=prediction_partitions,
     pool=GPU_POOL,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
@@ -130,6 +140,23 @@ def predictions(
         asset_key="prediction_errors",
         metadata={"dagster/row_count": errors.num_rows, "dagster/uri": errors_uri},
     )
+    yield from _checks(store.read("detections", partition), images["image_id"], errors)
+
+
+def _checks(written, image_ids, errors):
+    """Blocking checks: a failure stops the scores of this partition in the same run."""
+    outcomes = {
+        "schema_matches": validation.schema_matches(written),
+        "distributions_sum_to_one": validation.distributions_sum_to_one(written),
+        "no_duplicate_detections": validation.no_duplicate_detections(written),
+        "every_image_accounted_for": validation.every_image_accounted_for(
+            image_ids.combine_chunks(), written, errors),
+    }
+    for name, outcome in outcomes.items():
+        yield dg.AssetCheckResult(
+            asset_key="detections", check_name=name, passed=outcome.passed,
+            description=outcome.description, metadata=outcome.metadata,
+        )
 
 
 def _shard_images(store: TableStore, shard: str):

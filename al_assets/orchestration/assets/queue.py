@@ -1,6 +1,7 @@
 """The labeling queue: top-N images by a strategy, exported for COCO tools and Label Studio."""
 
 import json
+from collections.abc import Iterator
 
 import dagster as dg
 import pyarrow as pa
@@ -43,13 +44,16 @@ class QueueConfig(ChampionConfig):
 
 @dg.asset(
     group_name="uncertainty", kinds={"parquet", "json"}, deps=["image_rankings"],
+    check_specs=[dg.AssetCheckSpec("queue_size_as_asked", asset="labeling_queue",
+                                   description="The queue has `size` images, or every "
+                                   "eligible image when fewer are left.")],
     automation_condition=VIEW_REFRESH,
     description="The images to label next, with COCO, Label Studio and CSV exports.",
 )
 def labeling_queue(
     context: dg.AssetExecutionContext, config: QueueConfig, storage: StorageResource,
     mlflow: MlflowResource, coco_source: CocoSourceResource,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
     store = storage.tables()
     key = champion_key(config, mlflow)
     rankings = store.read("image_rankings")
@@ -67,12 +71,25 @@ def labeling_queue(
     images = store.read_many("images", store.partitions("images"), schema=schemas.IMAGES)
     files = _export(store, queue, predictions, images, categories, key, config)
     uri = store.write("labeling_queue", queue)
-    return dg.MaterializeResult(
+    yield _size_check(queue.num_rows, config.size, ranked.num_rows, candidates.num_rows)
+    yield dg.MaterializeResult(
         metadata={
             **table_metadata(queue, uri, preview_rows=10),
             "model_version": key, "strategy": config.strategy, "requested_size": config.size,
             **{f"export/{name}": dg.MetadataValue.path(path) for name, path in files.items()},
         }
+    )
+
+
+def _size_check(rows: int, size: int, ranked: int, candidates: int) -> dg.AssetCheckResult:
+    """Short only when the candidates ran out (caps, duplicates, exclusions took the rest)."""
+    exhausted = candidates >= ranked
+    passed = rows == size or (rows < size and exhausted)
+    return dg.AssetCheckResult(
+        check_name="queue_size_as_asked", passed=passed,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{rows} of {size} asked ({ranked} ranked images, {candidates} candidates)",
+        metadata={"rows": rows, "asked": size, "ranked_images": ranked},
     )
 
 
