@@ -32,7 +32,10 @@ CATEGORIES = CategoryMap((1, 3, 4, 7, 9), ("a", "b", "c", "d", "e"))
 
 def _outputs(model: torch.nn.Module, seed: int = 0) -> list[dict[str, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
-    images = [torch.rand(3, 96, 128, generator=generator), torch.rand(3, 80, 64, generator=generator)]
+    images = [
+        torch.rand(3, 96, 128, generator=generator),
+        torch.rand(3, 80, 64, generator=generator),
+    ]
     with torch.inference_mode():
         return model.eval()(images)
 
@@ -128,7 +131,7 @@ def test_frozen_batchnorm_checkpoint_round_trip(offline_torch_home: Path, tmp_pa
     reloaded, _ = load_detector(path, **small)
 
     assert any(isinstance(m, FrozenBatchNorm2d) for m in reloaded.modules())
-    for expected, got in zip(_outputs(pretrained), _outputs(reloaded)):
+    for expected, got in zip(_outputs(pretrained), _outputs(reloaded), strict=True):
         torch.testing.assert_close(got["boxes"], expected["boxes"])
         torch.testing.assert_close(got["scores"], expected["scores"])
 
@@ -155,13 +158,17 @@ def test_float16_checkpoint_is_small_and_loads_as_float32(tmp_path: Path) -> Non
 def test_checkpoint_reloads_the_same_detector(tmp_path: Path) -> None:
     model = build_detector(SSDLITE, 6)
     path = save_checkpoint(
-        tmp_path / "m.pt", model, arch=SSDLITE, categories=CATEGORIES, meta={"steps": 3},
+        tmp_path / "m.pt",
+        model,
+        arch=SSDLITE,
+        categories=CATEGORIES,
+        meta={"steps": 3},
         half=False,
     )
     by_path = build_detector(SSDLITE, 6, weights=str(path))
     loaded, ckpt = load_detector(path)
     assert ckpt.meta["steps"] == 3
-    for expected, a, b in zip(_outputs(model), _outputs(by_path), _outputs(loaded)):
+    for expected, a, b in zip(_outputs(model), _outputs(by_path), _outputs(loaded), strict=True):
         assert torch.equal(a["boxes"], expected["boxes"]) and torch.equal(b["boxes"], a["boxes"])
         assert torch.equal(a["scores"], expected["scores"])
 

@@ -29,7 +29,10 @@ RANDOM_INIT = {
     "ssdlite320_mobilenet_v3_large": {"score_thresh": 0.01},
     "ssd300_vgg16": {"score_thresh": 1e-6, "detections_per_img": 2000},
     "fasterrcnn_mobilenet_v3_large_fpn": {
-        "min_size": 128, "max_size": 160, "box_score_thresh": 0.01, "box_detections_per_img": 300,
+        "min_size": 128,
+        "max_size": 160,
+        "box_score_thresh": 0.01,
+        "box_detections_per_img": 300,
     },
 }
 ATOL = 1e-5
@@ -38,7 +41,13 @@ ATOL = 1e-5
 def write_shapes_coco(root: Path, n_images: int, seed: int = 0) -> tuple[Path, Path]:
     """Tiny COCO set: coloured squares, discs and triangles on noise, ids with gaps."""
     rng = np.random.default_rng(seed)
-    colours = {1: (220, 30, 30), 3: (230, 140, 20), 4: (30, 60, 220), 7: (30, 200, 220), 9: (40, 190, 60)}
+    colours = {
+        1: (220, 30, 30),
+        3: (230, 140, 20),
+        4: (30, 60, 220),
+        7: (30, 200, 220),
+        9: (40, 190, 60),
+    }
     (root / "images").mkdir(parents=True)
     images, annotations = [], []
     for image_id in range(1, n_images + 1):
@@ -53,16 +62,28 @@ def write_shapes_coco(root: Path, n_images: int, seed: int = 0) -> tuple[Path, P
             elif cat in (4, 7):
                 draw.ellipse(shape, fill=colours[cat])
             else:
-                draw.polygon([(x, y + size), (x + size, y + size), (x + size / 2, y)], fill=colours[cat])
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": cat,
-                "bbox": [x, y, size + 1, size + 1], "area": float((size + 1) ** 2), "iscrowd": 0,
-            })
+                draw.polygon(
+                    [(x, y + size), (x + size, y + size), (x + size / 2, y)], fill=colours[cat]
+                )
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": cat,
+                    "bbox": [x, y, size + 1, size + 1],
+                    "area": float((size + 1) ** 2),
+                    "iscrowd": 0,
+                }
+            )
         image.save(root / "images" / f"{image_id:04d}.png")
-        images.append({"id": image_id, "file_name": f"{image_id:04d}.png", "width": 128, "height": 96})
+        images.append(
+            {"id": image_id, "file_name": f"{image_id:04d}.png", "width": 128, "height": 96}
+        )
     categories = [{"id": c, "name": f"shape{c}", "supercategory": "shape"} for c in CATEGORY_IDS]
     coco_json = root / "annotations.json"
-    coco_json.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    coco_json.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
     return coco_json, root / "images"
 
 
@@ -85,7 +106,10 @@ def random_case(request: pytest.FixtureRequest) -> dict:
     torch.manual_seed(0)
     model = build_detector(request.param, len(CATEGORY_IDS) + 1, **RANDOM_INIT[request.param])
     generator = torch.Generator().manual_seed(1)
-    images = [torch.rand(3, 120, 160, generator=generator), torch.rand(3, 200, 100, generator=generator)]
+    images = [
+        torch.rand(3, 120, 160, generator=generator),
+        torch.rand(3, 200, 100, generator=generator),
+    ]
     return run_both(model, CATEGORY_IDS, images)
 
 
@@ -107,7 +131,7 @@ def trained_case(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def assert_full_rows_equal_plain(case: dict) -> None:
     assert len(case["full"]) == len(case["plain"])
-    for plain, full in zip(case["plain"], case["full"]):
+    for plain, full in zip(case["plain"], case["full"], strict=True):
         assert len(full["boxes"]) == len(plain["boxes"]) > 0
         torch.testing.assert_close(full["boxes"], plain["boxes"], atol=ATOL, rtol=0)
         torch.testing.assert_close(full["scores"], plain["scores"], atol=ATOL, rtol=0)
@@ -115,20 +139,22 @@ def assert_full_rows_equal_plain(case: dict) -> None:
 
 
 def assert_every_row_is_a_plain_detection(case: dict) -> None:
-    for plain, dedup in zip(case["plain"], case["dedup"]):
+    for plain, dedup in zip(case["plain"], case["dedup"], strict=True):
         plain_labels = case["lookup"][plain["labels"]]
-        for box, score, label in zip(dedup["boxes"], dedup["scores"], dedup["labels"]):
+        for box, score, label in zip(dedup["boxes"], dedup["scores"], dedup["labels"], strict=True):
             same = (
                 (plain["boxes"] - box).abs().amax(dim=1).le(ATOL)
                 & (plain["scores"] - score).abs().le(ATOL)
                 & plain_labels.eq(label)
             )
-            assert same.any(), f"extractor row {box.tolist()} {label} {score} is not in the plain output"
+            assert same.any(), (
+                f"extractor row {box.tolist()} {label} {score} is not in the plain output"
+            )
 
 
 def assert_best_label_of_each_anchor_kept(case: dict) -> None:
     """Each anchor appears once, with its highest-scoring kept label (ties left out)."""
-    for full, dedup in zip(case["full"], case["dedup"]):
+    for full, dedup in zip(case["full"], case["dedup"], strict=True):
         assert dedup["anchor_idx"].unique().numel() == dedup["anchor_idx"].numel()
         assert set(dedup["anchor_idx"].tolist()) == set(full["anchor_idx"].tolist())
         kept = {int(a): i for i, a in enumerate(dedup["anchor_idx"])}
@@ -140,7 +166,9 @@ def assert_best_label_of_each_anchor_kept(case: dict) -> None:
             best = rows[full["scores"][rows].argmax()]
             row = kept[anchor]
             assert int(dedup["labels"][row]) == int(full["labels"][best])
-            assert float(dedup["scores"][row]) == pytest.approx(float(full["scores"][best]), abs=ATOL)
+            assert float(dedup["scores"][row]) == pytest.approx(
+                float(full["scores"][best]), abs=ATOL
+            )
             torch.testing.assert_close(dedup["boxes"][row], full["boxes"][best], atol=ATOL, rtol=0)
 
 
@@ -153,7 +181,9 @@ def assert_distributions_are_consistent(case: dict) -> None:
         torch.testing.assert_close(dist.sum(dim=1), torch.ones(len(dist)), atol=1e-5, rtol=0)
         topk_scores, topk_labels = dedup["topk_scores"], dedup["topk_labels"]
         assert bool((topk_scores[:, :-1] >= topk_scores[:, 1:]).all())
-        assert bool(torch.isin(topk_labels, ids).all()) and bool(torch.isin(dedup["labels"], ids).all())
+        assert bool(torch.isin(topk_labels, ids).all()) and bool(
+            torch.isin(dedup["labels"], ids).all()
+        )
         columns = (topk_labels.unsqueeze(-1) == ids).int().argmax(dim=-1)
         torch.testing.assert_close(dist.gather(1, columns), topk_scores)
         torch.testing.assert_close(topk_scores[:, 0], dist.max(dim=1).values)
@@ -168,7 +198,10 @@ def test_every_extractor_row_matches_a_plain_detection(random_case: dict) -> Non
 
 
 def test_one_row_per_anchor_with_its_best_label(random_case: dict) -> None:
-    duplicated = sum(len(f["boxes"]) - len(d["boxes"]) for f, d in zip(random_case["full"], random_case["dedup"]))
+    duplicated = sum(
+        len(f["boxes"]) - len(d["boxes"])
+        for f, d in zip(random_case["full"], random_case["dedup"], strict=True)
+    )
     assert duplicated > 0, "settings must make NMS keep some anchor under two labels"
     assert_best_label_of_each_anchor_kept(random_case)
 
@@ -188,8 +221,11 @@ def test_options_and_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = build_detector("ssdlite320_mobilenet_v3_large", 6, score_thresh=0.01).eval()
     path = save_checkpoint(
-        tmp_path / "m.pt", model, arch="ssdlite320_mobilenet_v3_large",
-        categories=CategoryMap(CATEGORY_IDS, tuple(f"c{c}" for c in CATEGORY_IDS)), half=False,
+        tmp_path / "m.pt",
+        model,
+        arch="ssdlite320_mobilenet_v3_large",
+        categories=CategoryMap(CATEGORY_IDS, tuple(f"c{c}" for c in CATEGORY_IDS)),
+        half=False,
     )
     loaded = ClassScoreExtractor.from_checkpoint(
         path, detector_kwargs={"score_thresh": 0.01}, topk=9, with_distribution=False

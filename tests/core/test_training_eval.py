@@ -30,7 +30,13 @@ from al_assets.core.errors import ImageDecodeError
 
 ARCH = "ssdlite320_mobilenet_v3_large"
 CATEGORY_IDS = (1, 3, 4, 7, 9)
-COLOURS = {1: (220, 30, 30), 3: (230, 140, 20), 4: (30, 60, 220), 7: (30, 200, 220), 9: (40, 190, 60)}
+COLOURS = {
+    1: (220, 30, 30),
+    3: (230, 140, 20),
+    4: (30, 60, 220),
+    7: (30, 200, 220),
+    9: (40, 190, 60),
+}
 
 
 def write_shapes_coco(root: Path, n_images: int, seed: int = 0) -> tuple[Path, Path]:
@@ -41,10 +47,16 @@ def write_shapes_coco(root: Path, n_images: int, seed: int = 0) -> tuple[Path, P
     images, annotations = [], []
 
     def annotate(image_id: int, cat: int, bbox: list[float], iscrowd: int = 0) -> None:
-        annotations.append({
-            "id": len(annotations) + 1, "image_id": image_id, "category_id": cat, "bbox": bbox,
-            "area": float(bbox[2] * bbox[3]), "iscrowd": iscrowd,
-        })
+        annotations.append(
+            {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": cat,
+                "bbox": bbox,
+                "area": float(bbox[2] * bbox[3]),
+                "iscrowd": iscrowd,
+            }
+        )
 
     for image_id in range(1, n_images + 1):
         image = Image.fromarray(rng.integers(0, 90, (96, 128, 3), dtype=np.uint8))
@@ -57,15 +69,21 @@ def write_shapes_coco(root: Path, n_images: int, seed: int = 0) -> tuple[Path, P
             elif cat in (4, 7):
                 draw.ellipse([x, y, x + size, y + size], fill=COLOURS[cat])
             else:
-                draw.polygon([(x, y + size), (x + size, y + size), (x + size / 2, y)], fill=COLOURS[cat])
+                draw.polygon(
+                    [(x, y + size), (x + size, y + size), (x + size / 2, y)], fill=COLOURS[cat]
+                )
             annotate(image_id, cat, [x, y, size + 1, size + 1])
         image.save(root / "images" / f"{image_id:04d}.png")
-        images.append({"id": image_id, "file_name": f"{image_id:04d}.png", "width": 128, "height": 96})
+        images.append(
+            {"id": image_id, "file_name": f"{image_id:04d}.png", "width": 128, "height": 96}
+        )
     annotate(1, 4, [0, 0, 60, 40], iscrowd=1)
     annotate(2, 7, [10, 10, 0, 12])
     categories = [{"id": c, "name": f"shape{c}", "supercategory": "shape"} for c in CATEGORY_IDS]
     coco_json = root / "annotations.json"
-    coco_json.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    coco_json.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
     return coco_json, root / "images"
 
 
@@ -82,7 +100,9 @@ def trained(shapes: tuple[Path, Path]) -> tuple[torch.nn.Module, list[dict]]:
     records: list[dict] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = train_detector(*shapes, steps=9, batch_size=4, lr=0.02, seed=0, log=records.append, log_every=3)
+        model = train_detector(
+            *shapes, steps=9, batch_size=4, lr=0.02, seed=0, log=records.append, log_every=3
+        )
     assert any("0005.png" in str(w.message) for w in caught)
     return model, records
 
@@ -112,14 +132,18 @@ def test_dataset_errors_name_the_problem(shapes: tuple[Path, Path], tmp_path: Pa
     data["annotations"][0]["category_id"] = 2
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(data))
-    with pytest.raises(DatasetError, match=f"annotation {data['annotations'][0]['id']} has category_id 2"):
+    with pytest.raises(
+        DatasetError, match=f"annotation {data['annotations'][0]['id']} has category_id 2"
+    ):
         CocoDetectionDataset(bad, image_dir)
     dataset = CocoDetectionDataset(coco_json, image_dir)
     with pytest.raises(ImageDecodeError, match="0005.png"):
         dataset.load_image(4)
 
 
-def test_training_logs_and_returns_an_eval_model(trained: tuple[torch.nn.Module, list[dict]]) -> None:
+def test_training_logs_and_returns_an_eval_model(
+    trained: tuple[torch.nn.Module, list[dict]],
+) -> None:
     model, records = trained
     assert not model.training and model_num_classes(model) == len(CATEGORY_IDS) + 1
     assert [r["step"] for r in records] == [3, 6, 9]
@@ -145,7 +169,9 @@ def test_warm_start_continues_from_checkpoint(
 ) -> None:
     model, _ = trained
     categories = CategoryMap.from_coco_json(shapes[0])
-    path = save_checkpoint(tmp_path / "round0.pt", model, arch=ARCH, categories=categories, half=False)
+    path = save_checkpoint(
+        tmp_path / "round0.pt", model, arch=ARCH, categories=categories, half=False
+    )
     resumed = train_detector(*shapes, steps=1, batch_size=2, lr=0.0, init_checkpoint=path)
     saved = load_checkpoint(path).state_dict
     for name, param in resumed.named_parameters():
@@ -171,7 +197,9 @@ def test_evaluation_of_trained_model_and_extractor(
     assert model.training  # mode restored
     assert 0.0 <= result["map"] <= result["ap50"] <= 1.0
     assert set(result["per_category"]) == set(CATEGORY_IDS)
-    assert result["num_images"] == 31 and list(result["skipped_images"]) == [str(shapes[1] / "0005.png")]
+    assert result["num_images"] == 31 and list(result["skipped_images"]) == [
+        str(shapes[1] / "0005.png")
+    ]
     extractor = ClassScoreExtractor(model, CATEGORY_IDS, one_per_anchor=False)
     same = evaluate_coco_map(extractor, *shapes, batch_size=5)
     assert {k: same[k] for k in ("map", "ap50", "ap75", "num_detections")} == {
@@ -186,7 +214,9 @@ def test_evaluation_refuses_a_model_for_other_categories(shapes: tuple[Path, Pat
 
 def _ground_truth(coco_json: Path) -> dict[int, dict[str, torch.Tensor]]:
     data = json.loads(coco_json.read_text())
-    detections = {image["id"]: {"boxes": [], "labels": [], "scores": []} for image in data["images"]}
+    detections = {
+        image["id"]: {"boxes": [], "labels": [], "scores": []} for image in data["images"]
+    }
     for ann in data["annotations"]:
         x, y, w, h = ann["bbox"]
         if ann["iscrowd"] or w <= 0 or h <= 0:
@@ -221,7 +251,9 @@ def test_map_of_known_detections(shapes: tuple[Path, Path], tmp_path: Path) -> N
     result = coco_map_from_detections(coco_json, relabelled)
     assert result["per_category"][9] == 0.0 and result["per_category"][4] == pytest.approx(1.0)
 
-    shifted = {i: {**d, "boxes": d["boxes"] + torch.tensor([4.0, 0, 4.0, 0])} for i, d in truth.items()}
+    shifted = {
+        i: {**d, "boxes": d["boxes"] + torch.tensor([4.0, 0, 4.0, 0])} for i, d in truth.items()
+    }
     result = coco_map_from_detections(coco_json, shifted)
     assert result["ap50"] == pytest.approx(1.0) and result["ap75"] < 1.0
 
