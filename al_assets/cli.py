@@ -171,8 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-demo", help="train and evaluate the demo detector")
     p.add_argument("--out", default=None)
     p.add_argument("--workdir", default="data/demo-training")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--train-images", type=int, default=600)
+    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--train-images", type=int, default=800)
     p.set_defaults(func=cmd_train_demo)
 
     p = sub.add_parser("download-coco", help="fetch the COCO 2017 val zips (resumable)")

@@ -23,10 +23,10 @@ TRAIN_SEED, HOLDOUT_SEED = 1000, 2000  # the demo pool uses seed 0
 
 @dataclass(frozen=True)
 class DemoTraining:
-    train_images: int = 600
+    train_images: int = 800
     holdout_images: int = 100
-    steps: int = 1500
-    batch_size: int = 16
+    steps: int = 1200
+    batch_size: int = 8
     seed: int = 0
 
 

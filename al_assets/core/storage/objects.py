@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -177,6 +178,7 @@ class ObjectStore:
             final.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create folder {final.parent}: {exc}") from exc
+        _remove_stale_temporaries(final)
         tmp = final.parent / f".{final.name}.{uuid.uuid4().hex}.tmp"
         try:
             yield tmp
@@ -215,3 +217,21 @@ class ObjectStore:
         if is_not_found(exc):
             return FileNotFoundError(f"{uri} does not exist")
         return translate_s3_error(exc, uri, action)
+
+
+STALE_AFTER_S = 3600.0
+
+
+def _remove_stale_temporaries(final: Path) -> None:
+    """Delete temporaries of ``final`` left by writers killed over an hour ago.
+
+    Readers never see them (hidden names, never listed); this only reclaims the space. Recent
+    ones may belong to a writer still running and are kept.
+    """
+    cutoff = time.time() - STALE_AFTER_S
+    for tmp in final.parent.glob(f".{final.name}.*.tmp"):
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+        except OSError:
+            pass  # a concurrent writer finished or removed it first

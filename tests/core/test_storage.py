@@ -1,0 +1,107 @@
+"""Storage root: atomic writes, partitions, local and S3 (moto server), clear errors."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pyarrow as pa
+import pytest
+
+from al_assets.core.errors import StorageError
+from al_assets.core.storage import S3Settings, TableStore
+from al_assets.core.storage import objects as objects_module
+
+SCHEMA = pa.schema([("a", pa.int64())])
+
+
+def table(*values: int) -> pa.Table:
+    return pa.table({"a": list(values)}, schema=SCHEMA)
+
+
+def test_failed_write_keeps_the_previous_version(tmp_path) -> None:
+    store = TableStore(tmp_path)
+    store.write("t", table(1, 2), "p1")
+    with pytest.raises(RuntimeError):
+        with store.writer("t", SCHEMA, "p1") as writer:
+            writer.write_table(table(9))
+            raise RuntimeError("crash mid-write")
+    assert store.read("t", "p1")["a"].to_pylist() == [1, 2]
+    assert os.listdir(tmp_path / "tables" / "t") == ["p1.parquet"]
+
+
+def test_partitions_ignore_temporaries_and_stale_ones_are_swept(tmp_path) -> None:
+    store = TableStore(tmp_path)
+    store.write("t", table(1), "mv/s1")
+    folder = tmp_path / "tables" / "t" / "mv"
+    stale = folder / ".s1.parquet.dead.tmp"
+    fresh = folder / ".s1.parquet.live.tmp"
+    for path in (stale, fresh):
+        path.write_bytes(b"half a file")
+    old = time.time() - objects_module.STALE_AFTER_S - 10
+    os.utime(stale, (old, old))
+    assert store.partitions("t", under="mv") == ["mv/s1"]
+    store.write("t", table(2), "mv/s1")
+    assert not stale.exists() and fresh.exists()
+    assert store.read("t", "mv/s1")["a"].to_pylist() == [2]
+
+
+def test_missing_partition_names_the_table(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="table 'images' partition 'b9' not found"):
+        TableStore(tmp_path).read("images", "b9")
+
+
+def test_unsafe_names_are_refused(tmp_path) -> None:
+    store = TableStore(tmp_path)
+    for bad in ("../x", "a/../../b", "with space"):
+        with pytest.raises(StorageError, match="invalid partition name"):
+            store.uri("t", bad)
+
+
+def _s3_store(s3_server, bucket: str, **keys: str) -> TableStore:
+    return TableStore(f"s3://{bucket}/root", S3Settings(
+        endpoint_url=s3_server.endpoint_url, region="us-east-1",
+        access_key_id=keys.get("key", s3_server.access_key_id),
+        secret_access_key=keys.get("secret", s3_server.secret_access_key)))
+
+
+def test_s3_round_trip_listing_and_files(s3_server, s3_bucket, monkeypatch) -> None:
+    store = _s3_store(s3_server, s3_bucket)
+    for index in range(5):
+        store.write("t", table(index), f"mv/s{index}")
+    store.write("t", table(7))
+    monkeypatch.setattr(store.objects, "list", _paged(store.objects.list, 2))
+    assert store.partitions("t", under="mv") == [f"mv/s{i}" for i in range(5)]
+    assert store.read("t", "mv/s3")["a"].to_pylist() == [3]
+    assert store.read("t")["a"].to_pylist() == [7]
+    uri = store.write_file(b"<html>", "report", "index.html")
+    assert uri == f"s3://{s3_bucket}/root/files/report/index.html"
+    assert store.read_file("report", "index.html") == b"<html>"
+
+
+def _paged(list_fn, page):
+    """Force small listing pages so the paging loop is exercised against the real server."""
+    def listing(prefix, *, suffix="", start_after=None, max_keys=1000):
+        return list_fn(prefix, suffix=suffix, start_after=start_after, max_keys=page)
+    return listing
+
+
+def test_s3_failed_upload_keeps_the_previous_object(s3_server, s3_bucket) -> None:
+    store = _s3_store(s3_server, s3_bucket)
+    store.write("t", table(1), "p")
+    with pytest.raises(RuntimeError):
+        with store.writer("t", SCHEMA, "p") as writer:
+            writer.write_table(table(5))
+            raise RuntimeError("crash before upload")
+    assert store.read("t", "p")["a"].to_pylist() == [1]
+
+
+def test_s3_wrong_credentials_and_missing_bucket(s3_server, s3_bucket) -> None:
+    bad = _s3_store(s3_server, s3_bucket, key="AKIAWRONG", secret="nope")
+    with pytest.raises(StorageError, match="rejected the credentials"):
+        bad.write("t", table(1), "p")
+    with pytest.raises(StorageError, match="rejected the credentials"):
+        bad.read("t", "p")
+    missing = _s3_store(s3_server, "no-such-bucket-at-all")
+    with pytest.raises(StorageError, match="bucket does not exist"):
+        missing.write("t", table(1), "p")
