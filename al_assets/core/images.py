@@ -44,7 +44,12 @@ def read_header(data: bytes, uri: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
                 width, height = img.size
                 orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
                 header = ImageHeader(img.format, img.mode, width, height, orientation)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(
+            f"{uri}: {exc} - refused by the decompression-bomb guard; raise max_pixels if this "
+            "is a real image"
+        ) from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageDecodeError(f"{uri}: not a readable image ({exc})") from exc
     if width <= 0 or height <= 0:
         raise ImageDecodeError(f"{uri}: image declares an empty size {width}x{height}")
