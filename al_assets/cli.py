@@ -126,6 +126,53 @@ def cmd_download_coco(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import time
+    from dataclasses import fields
+
+    from al_assets.core.simulation import (
+        CocoSplit,
+        SimulationConfig,
+        Tracking,
+        demo_splits,
+        run_simulation,
+        split_holdout,
+        write_outputs,
+    )
+
+    started = time.perf_counter()
+    names = {f.name for f in fields(SimulationConfig)}
+    overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    config = SimulationConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in overrides.items()})
+    out = Path(args.out)
+    if args.coco:
+        pool = CocoSplit(Path(args.coco), Path(args.images or Path(args.coco).parent))
+        pool, holdout = (
+            (pool, CocoSplit(Path(args.holdout_coco), Path(args.holdout_images)))
+            if args.holdout_coco else split_holdout(pool, args.holdout_size, 0, out / "split"))
+    else:
+        pool, holdout = demo_splits(out / "data", args.pool_size, args.holdout_size)
+    tracking = Tracking(args.tracking_uri or _default_tracking_uri(), args.experiment,
+                        str((out / "mlflow-artifacts").resolve()))
+    print(f"simulating {config} on {pool.coco_json} (held out: {holdout.coco_json}); "
+          f"MLflow {tracking.tracking_uri}, experiment {tracking.experiment}", flush=True)
+    table = run_simulation(pool, holdout, config, out / "work", tracking,
+                           log=lambda line: print(line, flush=True))
+    paths = write_outputs(table, out, args.target_map)
+    print(paths["markdown"].read_text())
+    print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+    print(f"wall time: {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def _default_tracking_uri() -> str:
+    """The project's MLflow store: $MLFLOW_TRACKING_URI, else SQLite under the storage root."""
+    from al_assets.orchestration.definitions import defs
+
+    return defs.resources["mlflow"].registry().tracking_uri
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="al-assets", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -171,9 +218,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-demo", help="train and evaluate the demo detector")
     p.add_argument("--out", default=None)
     p.add_argument("--workdir", default="data/demo-training")
-    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--steps", type=int, default=800)
     p.add_argument("--train-images", type=int, default=800)
     p.set_defaults(func=cmd_train_demo)
+
+    p = sub.add_parser("simulate", help="replay active learning: strategies vs random, mAP curves")
+    p.add_argument("--strategies", nargs="+", default=None,
+                   help="random | <measure>[_diverse][:<agg>] (default random entropy margin)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 2")
+    p.add_argument("--rounds", type=int, default=None, help="selection rounds after round 0")
+    p.add_argument("--budget", type=int, default=None, help="images labeled per round")
+    p.add_argument("--initial-size", type=int, default=None, help="random seed set of round 0")
+    p.add_argument("--initial-steps", type=int, default=None, help="round 0, from scratch")
+    p.add_argument("--round-steps", type=int, default=None, help="later rounds, warm-started")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--score-thresh", type=float, default=None, help="boxes selection looks at")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out", default="data/simulation", help="results, data and checkpoints")
+    p.add_argument("--coco", default=None, help="labeled pool (COCO json); default: demo data")
+    p.add_argument("--images", default=None, help="image folder of --coco")
+    p.add_argument("--holdout-coco", default=None, help="held-out COCO json (else split --coco)")
+    p.add_argument("--holdout-images", default=None)
+    p.add_argument("--holdout-size", type=int, default=150, help="held-out images (split/demo)")
+    p.add_argument("--pool-size", type=int, default=400, help="demo pool images")
+    p.add_argument("--tracking-uri", default=None, help="default: the project's MLflow store")
+    p.add_argument("--experiment", default="al_assets_simulation")
+    p.add_argument("--target-map", type=float, nargs="+", default=None,
+                   help="labels-saved targets (default 90%% and 100%% of random's final mAP)")
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("download-coco", help="fetch the COCO 2017 val zips (resumable)")
     p.add_argument("--dest", default="data/coco")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -118,16 +120,17 @@ class ModelRegistry:
         from al_assets.core.detection import pyfunc_entry
 
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-        info = mlflow.pyfunc.log_model(
-            name=kind,
-            python_model=pyfunc_entry.__file__,  # models-from-code: no pickled objects
-            model_config={"kind": kind, "topk": topk},
-            artifacts={"checkpoint": str(checkpoint)},
-            code_paths=[str(PACKAGE_DIR)],
-            signature=sig,
-            pip_requirements=PIP_REQUIREMENTS,
-            registered_model_name=name,
-        )
+        with tempfile.TemporaryDirectory(prefix="al_assets-code-") as staging:
+            info = mlflow.pyfunc.log_model(
+                name=kind,
+                python_model=pyfunc_entry.__file__,  # models-from-code: no pickled objects
+                model_config={"kind": kind, "topk": topk},
+                artifacts={"checkpoint": str(checkpoint)},
+                code_paths=[_package_code(Path(staging))],
+                signature=sig,
+                pip_requirements=PIP_REQUIREMENTS,
+                registered_model_name=name,
+            )
         return RegisteredVersion(name, int(info.registered_model_version), info.run_id, None)
 
     def _tag_version(self, version: RegisteredVersion, tags: Mapping[str, str]) -> None:
@@ -202,6 +205,14 @@ class ModelRegistry:
                 hint = ("the registry is unreachable or failed; check the tracking URI, that the "
                         "server is up, and retry")
             raise RegistryError(f"{action} at {self.registry_uri}: {hint} ({text[:300]})") from exc
+
+
+def _package_code(staging: Path) -> str:
+    """The package's source for ``code_paths``: no shipped weights, caches or bytecode."""
+    target = staging / PACKAGE_DIR.name
+    shutil.copytree(PACKAGE_DIR, target, ignore=shutil.ignore_patterns(
+        "weights", "__pycache__", "*.pyc"))
+    return str(target)
 
 
 def sqlite_uri(folder: Path) -> str:

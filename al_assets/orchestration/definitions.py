@@ -11,6 +11,7 @@ from al_assets.orchestration.assets import (
     prediction,
     queue,
     report,
+    simulation,
     uncertainty,
 )
 from al_assets.orchestration.automation import automation_sensor
@@ -53,6 +54,7 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
             analysis.class_frequency,
             analysis.model_evaluation,
             report.uncertainty_report,
+            simulation.active_learning_simulation,
         ],
         jobs=JOBS,
         sensors=[*SENSORS, automation_sensor],

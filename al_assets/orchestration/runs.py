@@ -82,8 +82,9 @@ def _errors(result: dg.ExecuteInProcessResult) -> str:
     messages = []
     for event in result.get_step_failure_events():
         error = event.step_failure_data.error
-        while error is not None and error.cause is not None:
-            error = error.cause
+        while error is not None and error.cause is not None and (error.cls_name or "").startswith(
+                "Dagster"):
+            error = error.cause  # Dagster's wrapper -> the error the asset raised
         messages.append(f"{event.step_key}: {error.message.strip() if error else 'unknown'}")
     for event in result.all_events:
         if event.event_type_value == "RUN_FAILURE" and not messages:

@@ -59,14 +59,17 @@ class Pipeline:
         return self.storage.tables()
 
 
-def make_pipeline(instance: dg.DagsterInstance, source_root: Path, work: Path) -> Pipeline:
-    storage = StorageResource(root=str(work / "store"))
+def make_pipeline(
+    instance: dg.DagsterInstance, source_root: Path, work: Path, *, gpu_slots: int = 1,
+    storage: StorageResource | None = None, mlflow: MlflowResource | None = None,
+) -> Pipeline:
+    storage = storage or StorageResource(root=str(work / "store"))
     source = CocoSourceResource(root=str(source_root))
-    mlflow = MlflowResource(storage=storage)
+    mlflow = mlflow or MlflowResource(storage=storage)
     resources = {"storage": storage, "coco_source": source, "mlflow": mlflow,
                  "device": DeviceResource(device="cpu", lease_dir=str(work / "leases"))}
     defs = build_definitions(resources)
-    configure_gpu_pool(instance, 1)
+    configure_gpu_pool(instance, gpu_slots)
     return Pipeline(defs, instance, storage, mlflow, source)
 
 

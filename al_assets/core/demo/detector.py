@@ -25,7 +25,7 @@ TRAIN_SEED, HOLDOUT_SEED = 1000, 2000  # the demo pool uses seed 0
 class DemoTraining:
     train_images: int = 800
     holdout_images: int = 100
-    steps: int = 1200
+    steps: int = 800
     batch_size: int = 8
     seed: int = 0
 

@@ -102,6 +102,7 @@ def _predict(
 ) -> tuple[dict[int, dict[str, Tensor]], dict[str, str]]:
     detections: dict[int, dict[str, Tensor]] = {}
     skipped: dict[str, str] = {}
+    device = next(module.parameters()).device
     for start in range(0, len(dataset), batch_size):
         images, image_ids = [], []
         for index in range(start, min(start + batch_size, len(dataset))):
@@ -114,8 +115,8 @@ def _predict(
         if not images:
             continue
         with torch.inference_mode():
-            outputs = module(images)
-        for image_id, output in zip(image_ids, outputs):
+            outputs = module([image.to(device) for image in images])
+        for image_id, output in zip(image_ids, outputs, strict=True):
             detections[image_id] = {**output, "labels": to_category_ids(output["labels"])}
     return detections, skipped
 
@@ -129,7 +130,8 @@ def _evaluate(coco: COCO, categories: CategoryMap, detections: Detections) -> di
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    stats = {name: _ap_or_none(v) for name, v in zip(_STAT_NAMES, evaluator.stats)}
+    first_stats = evaluator.stats[: len(_STAT_NAMES)]  # AP rows of COCOeval.summarize()
+    stats = {name: _ap_or_none(v) for name, v in zip(_STAT_NAMES, first_stats, strict=True)}
     # precision: [iou thresholds, recall points, categories, area ranges, max dets]
     precision = evaluator.eval["precision"][:, :, :, 0, -1]
     per_category = {
@@ -152,7 +154,7 @@ def _coco_rows(image_id: int, det: Mapping[str, Tensor]) -> list[dict]:
     scores = torch.as_tensor(det["scores"]).detach().cpu().reshape(-1).tolist()
     return [
         {"image_id": int(image_id), "category_id": int(c), "bbox": b, "score": float(s)}
-        for b, c, s in zip(xywh, category_ids, scores)
+        for b, c, s in zip(xywh, category_ids, scores, strict=True)
     ]
 
 

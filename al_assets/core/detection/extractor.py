@@ -127,7 +127,9 @@ class ClassScoreExtractor(nn.Module):
 
 
 def _check_supported(model: nn.Module) -> None:
-    if isinstance(model, FasterRCNN) and (model.roi_heads.has_mask() or model.roi_heads.has_keypoint()):
+    if isinstance(model, FasterRCNN) and (
+        model.roi_heads.has_mask() or model.roi_heads.has_keypoint()
+    ):
         raise DetectorError(
             f"{type(model).__name__} has mask or keypoint heads; the extractor returns boxes only "
             "and supports plain SSD, SSDlite and Faster R-CNN detectors"
@@ -149,7 +151,7 @@ def _first_occurrences(index: Tensor) -> Tensor:
     return first.sort().values
 
 
-def _backbone_features(model: nn.Module, batch: ImageList) -> "OrderedDict[str, Tensor]":
+def _backbone_features(model: nn.Module, batch: ImageList) -> OrderedDict[str, Tensor]:
     features = model.backbone(batch.tensors)
     if isinstance(features, Tensor):
         features = OrderedDict([("0", features)])
@@ -163,8 +165,12 @@ def _ssd_detections(model: SSD, batch: ImageList) -> list[dict[str, Tensor]]:
     anchors = model.anchor_generator(batch, features)
     pred_scores = F.softmax(head_outputs["cls_logits"], dim=-1)
     per_image = zip(
-        head_outputs["bbox_regression"], pred_scores, head_outputs["cls_logits"], anchors,
+        head_outputs["bbox_regression"],
+        pred_scores,
+        head_outputs["cls_logits"],
+        anchors,
         batch.image_sizes,
+        strict=True,
     )
     return [
         _ssd_image(model, regression, scores, logits, image_anchors, shape)
@@ -173,7 +179,11 @@ def _ssd_detections(model: SSD, batch: ImageList) -> list[dict[str, Tensor]]:
 
 
 def _ssd_image(
-    model: SSD, regression: Tensor, scores: Tensor, logits: Tensor, anchors: Tensor,
+    model: SSD,
+    regression: Tensor,
+    scores: Tensor,
+    logits: Tensor,
+    anchors: Tensor,
     image_shape: tuple[int, int],
 ) -> dict[str, Tensor]:
     boxes = model.box_coder.decode_single(regression, anchors)
@@ -217,6 +227,7 @@ def _rcnn_detections(model: FasterRCNN, batch: ImageList) -> list[dict[str, Tens
         pred_scores.split(boxes_per_image, 0),
         class_logits.split(boxes_per_image, 0),
         batch.image_sizes,
+        strict=True,
     )
     return [_rcnn_image(model, *parts) for parts in per_image]
 

@@ -55,7 +55,7 @@ _FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 
 
 class DetectorError(AlAssetsError, ValueError):
-    """A detector that cannot be built as asked (unknown arch, bad weights name, bad class count)."""
+    """A detector that cannot be built as asked (unknown arch, weights name, class count)."""
 
 
 class WeightsUnavailableError(AlAssetsError, RuntimeError):
