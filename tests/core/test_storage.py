@@ -105,3 +105,38 @@ def test_s3_wrong_credentials_and_missing_bucket(s3_server, s3_bucket) -> None:
     missing = _s3_store(s3_server, "no-such-bucket-at-all")
     with pytest.raises(StorageError, match="bucket does not exist"):
         missing.write("t", table(1), "p")
+
+
+def test_read_only_location_fails_clearly() -> None:
+    store = TableStore("/proc/al_assets_read_only")  # read-only even for root
+    with pytest.raises(StorageError, match="cannot create folder /proc/al_assets_read_only"):
+        store.write("t", table(1), "p")
+
+
+FULL_DISK = """
+import resource, signal, sys
+import pyarrow as pa
+from al_assets.core.errors import StorageError
+from al_assets.core.storage import TableStore
+store = TableStore(sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # the disk is "full" past 4 KiB
+try:
+    store.write("t", pa.table({"a": list(range(200_000))}), "p")
+except StorageError as exc:
+    print("STORAGE ERROR:", exc)
+"""
+
+
+def test_full_disk_fails_clearly_and_keeps_the_previous_version(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    store = TableStore(tmp_path)
+    store.write("t", table(1, 2, 3), "p")
+    out = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path)], capture_output=True,
+                         text=True, timeout=120)
+    assert "STORAGE ERROR:" in out.stdout, out.stderr[-2000:]
+    assert "the previous version is intact" in out.stdout
+    assert store.read("t", "p")["a"].to_pylist() == [1, 2, 3]
+    assert os.listdir(tmp_path / "tables" / "t") == ["p.parquet"]
