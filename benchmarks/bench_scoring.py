@@ -5,15 +5,18 @@ Not a test: it prints a table, asserts nothing. Targets: >= 200x the per-row
 (``probs.sum(axis=1)``: every score read once, the memory-bound floor).
 
     python benchmarks/bench_scoring.py [--detections 1000000] [--classes 91] [--workers N]
+                                       [--json results.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -49,7 +52,9 @@ def main() -> None:
     )
     entropy = scores.column("entropy").to_numpy()[:loop_rows]
     error = float(np.max(np.abs(entropy - np.asarray(reference)), initial=0.0))
-    _report(args, probs, predictions, loop_rows, times, error)
+    results = _report(args, probs, predictions, loop_rows, times, error)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def _parse_args() -> argparse.Namespace:
@@ -67,6 +72,8 @@ def _parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the figures to this JSON file (run_all.py uses it)")
     return parser.parse_args()
 
 
@@ -171,12 +178,13 @@ def _interleaved_best(fns: dict[str, Callable[[], object]], repeat: int) -> dict
     return best
 
 
-def _report(args, probs, predictions, loop_rows, times: dict[str, float], error: float) -> None:
+def _report(args, probs, predictions, loop_rows, times: dict[str, float], error: float) -> dict:
     n = len(probs)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     workers = args.workers or cpus
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"machine : {platform.platform()}, {platform.machine()}, {cpus} usable CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}, "
+          f"os.getloadavg() = ({load}), "
           f"numpy {np.__version__}, pyarrow {pa.__version__}")
     print(f"inputs  : {n:,} detections = {predictions.num_rows:,} images x {args.per_image}, "
           f"{args.classes}-class float32 softmax distributions + top-{args.top_k} scores "
@@ -203,6 +211,20 @@ def _report(args, probs, predictions, loop_rows, times: dict[str, float], error:
           f"the loop, {times['one:cpu'] / times['floor:cpu']:.2f}x the numpy floor, "
           f"np.log alone {times['log:cpu'] / times['floor:cpu']:.2f}x the floor")
     print(f"check: max |box_scores entropy - scipy loop| over the {loop_rows:,} rows = {error:.1e}")
+    loop_ratio, floor_ratio = times["loop"] / times["fast"], times["fast"] / times["floor"]
+    return {
+        "benchmark": "scoring",
+        "machine": {"platform": platform.platform(), "cpus": cpus, "workers": workers,
+                    "load_average": list(os.getloadavg()), "numpy": np.__version__,
+                    "pyarrow": pa.__version__},
+        "inputs": {"detections": n, "images": predictions.num_rows, "classes": args.classes,
+                   "top_k": args.top_k, "loop_rows": loop_rows, "repeat": args.repeat},
+        "times_s": times,
+        "ratios": {"faster_than_loop": loop_ratio, "x_numpy_floor": floor_ratio,
+                   "targets": {"faster_than_loop": 200, "x_numpy_floor": 4},
+                   "target_met": loop_ratio >= 200 and floor_ratio <= 4},
+        "max_abs_error_vs_scipy": error,
+    }
 
 
 if __name__ == "__main__":

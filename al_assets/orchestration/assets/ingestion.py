@@ -5,7 +5,6 @@ from collections.abc import Iterator
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from al_assets.core import schemas
 from al_assets.core.coco.categories import merge_categories
@@ -102,5 +101,4 @@ def _image_ids_of_other_batches(store: TableStore, batch: str) -> set[int]:
 
 def _categories_of_other_batches(store: TableStore, batch: str) -> pa.Table:
     others = [p for p in store.partitions("categories") if p != batch]
-    table = store.read_many("categories", others, schema=schemas.CATEGORIES)
-    return table.filter(pc.invert(pc.equal(table["batch"], batch))) if table.num_rows else table
+    return store.read_many("categories", others, schema=schemas.CATEGORIES)
