@@ -1,7 +1,7 @@
 """Predict one shard: stream decoded batches through the model, write row groups as they come.
 
-Memory is bounded by ``batch_size`` x prefetch (decoded images) plus one row group of results,
-whatever the shard size. Images that fail to read, decode or predict become error rows; the
+Memory is bounded by ``batch_size`` x prefetch (decoded images) plus one row group of results
+(``rows_per_group`` images), whatever the shard size. Images that fail to read, decode or predict become error rows; the
 shard carries on.
 """
 
@@ -26,9 +26,17 @@ Detect = Callable[[list[torch.Tensor]], list[dict[str, torch.Tensor]]]
 @dataclass(frozen=True)
 class PredictOptions:
     batch_size: int = 8
-    num_workers: int = 2
+    num_workers: int = 0
     mixed_precision: bool = True  # float16 autocast, on CUDA only
-    rows_per_group: int = 1024  # images per Parquet row group
+    rows_per_group: int = 256  # images per Parquet row group (bounds the results held)
+
+
+def default_workers(requested: int | None, device: torch.device) -> int:
+    """Decoding workers: as asked, else 2 on a GPU (decode overlaps the GPU) and 0 on the CPU
+    (workers compete with the model for the same cores and fork a large process)."""
+    if requested is not None:
+        return requested
+    return 2 if device.type == "cuda" else 0
 
 
 @dataclass

@@ -13,6 +13,7 @@ from al_assets.core.prediction.runner import (
     PredictOptions,
     ShardRef,
     configure_postprocess,
+    default_workers,
     errors_table,
     predict_shard,
 )
@@ -38,8 +39,9 @@ GPU_POOL = "gpu"
 class PredictionConfig(dg.Config):
     batch_size: int = 8
     """Images per forward pass (the notebook used 64 on a T4)."""
-    num_workers: int = 2
-    """DataLoader worker processes decoding images ahead of the model."""
+    num_workers: int | None = None
+    """DataLoader worker processes decoding ahead; default 2 on a GPU, 0 on the CPU (forking
+    workers on a CPU-only host costs more than decoding in line: benchmarks/README.md)."""
     mixed_precision: bool = True
     """float16 autocast on CUDA (ignored on CPU)."""
     score_thresh: float | None = None
@@ -110,10 +112,11 @@ def predictions(
         topk_candidates=config.topk_candidates, detections_per_img=config.detections_per_img,
     )
     images = _shard_images(store, shard)
-    options = PredictOptions(config.batch_size, config.num_workers, config.mixed_precision)
     partition = storage_partition(context)
     with lease_device(device.device, device.lease_folder()) as dev:
         extractor.to(dev)
+        options = PredictOptions(config.batch_size, default_workers(config.num_workers, dev),
+                                 config.mixed_precision)
         with store.writer("detections", schemas.PREDICTIONS, partition) as writer:
             stats = predict_shard(
                 images, extractor, writer, ShardRef(model_name, version, shard), device=dev,

@@ -20,6 +20,7 @@ from al_assets.core.simulation import (
     run_simulation,
     split_holdout,
 )
+from al_assets.core.simulation.loop import DEMO_HOLDOUT_IMAGES, DEMO_POOL_IMAGES
 from al_assets.core.simulation.report import curves_png, markdown_summary
 from al_assets.core.storage.objects import join_uri
 from al_assets.orchestration.metadata import markdown_preview, table_metadata
@@ -48,8 +49,10 @@ class SimulationAssetConfig(dg.Config):
     pool_image_dir: str | None = None
     holdout_json: str | None = Field(default=None, description="Empty = split from the pool")
     holdout_image_dir: str | None = None
-    holdout_size: int = Field(default=150, description="Held-out images (split or demo)")
-    demo_pool_images: int = 400
+    holdout_size: int = Field(
+        default=DEMO_HOLDOUT_IMAGES, description="Held-out images (split or demo)"
+    )
+    demo_pool_images: int = DEMO_POOL_IMAGES
     experiment: str = "al_assets_simulation"
 
     def simulation(self) -> SimulationConfig:
