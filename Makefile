@@ -11,7 +11,7 @@ export MALLOC_MMAP_MAX_ ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 68719476736
 export MALLOC_TOP_PAD_ ?= 1073741824
 
-.PHONY: setup demo test test-fast bench ui train-demo clean
+.PHONY: setup demo test test-slow bench ui train-demo clean
 
 setup: $(VENV)/.installed
 	@$(BIN)/al-assets setup-instance
@@ -25,11 +25,11 @@ $(VENV)/.installed: pyproject.toml
 demo: setup  ## demo data -> detector in MLflow -> predictions -> queue, analysis, report
 	$(BIN)/al-assets demo
 
-test: setup  ## the whole suite, slow tests included (what CI runs)
-	$(BIN)/pytest -q
-
-test-fast: setup  ## without the tests marked slow
+test: setup  ## the default suite (about 10 minutes on 2 cores)
 	$(BIN)/pytest -q -m "not slow"
+
+test-slow: setup  ## real-process fault tests and training (CI runs them after `make test`)
+	$(BIN)/pytest -q -m slow
 
 bench: setup  ## benchmarks with ratios against baselines measured in the same run
 	$(BIN)/python benchmarks/run_all.py

@@ -112,7 +112,7 @@ def cmd_train_demo(args: argparse.Namespace) -> int:
     from al_assets.core.detection.sources import DEMO_CHECKPOINT
 
     out = Path(args.out or DEMO_CHECKPOINT)
-    spec = DemoTraining(steps=args.steps, train_images=args.train_images)
+    spec = DemoTraining(steps=args.steps, train_images=args.train_images, threads=args.threads)
     metrics = train_demo_detector(out, Path(args.workdir), spec)
     print(json.dumps({"checkpoint": str(out), **metrics}, indent=2, default=str))
     return 0
@@ -220,12 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="data/demo-training")
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--train-images", type=int, default=800)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     p.set_defaults(func=cmd_train_demo)
 
     p = sub.add_parser("simulate", help="replay active learning: strategies vs random, mAP curves")
     p.add_argument("--strategies", nargs="+", default=None,
                    help="random | <measure>[_diverse][:<agg>] (default random entropy margin)")
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 2")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1")
     p.add_argument("--rounds", type=int, default=None, help="selection rounds after round 0")
     p.add_argument("--budget", type=int, default=None, help="images labeled per round")
     p.add_argument("--initial-size", type=int, default=None, help="random seed set of round 0")
@@ -240,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", default=None, help="image folder of --coco")
     p.add_argument("--holdout-coco", default=None, help="held-out COCO json (else split --coco)")
     p.add_argument("--holdout-images", default=None)
-    p.add_argument("--holdout-size", type=int, default=150, help="held-out images (split/demo)")
+    p.add_argument("--holdout-size", type=int, default=100, help="held-out images (split/demo)")
     p.add_argument("--pool-size", type=int, default=400, help="demo pool images")
     p.add_argument("--tracking-uri", default=None, help="default: the project's MLflow store")
     p.add_argument("--experiment", default="al_assets_simulation")

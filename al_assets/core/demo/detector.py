@@ -28,6 +28,7 @@ class DemoTraining:
     steps: int = 800
     batch_size: int = 8
     seed: int = 0
+    threads: int | None = None  # torch threads; None = torch's default (all cores)
 
 
 def demo_splits(workdir: Path, spec: DemoTraining) -> tuple[Path, Path]:
@@ -45,7 +46,8 @@ def train_demo_detector(out: Path, workdir: Path, spec: DemoTraining = DemoTrain
     start = time.perf_counter()
     model = train_detector(
         train / "annotations" / "batch-000.json", train / "images", arch=ARCH, steps=spec.steps,
-        batch_size=spec.batch_size, seed=spec.seed, log=log, log_every=50,
+        batch_size=spec.batch_size, seed=spec.seed, num_threads=spec.threads, log=log,
+        log_every=50,
     )
     seconds = time.perf_counter() - start
     metrics = evaluate_coco_map(model, holdout / "annotations" / "batch-000.json", holdout / "images")
