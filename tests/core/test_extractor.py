@@ -16,14 +16,14 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-import al_assets
 from al_assets.core.detection.categories import CategoryMap
 from al_assets.core.detection.extractor import ClassScoreExtractor
 from al_assets.core.detection.factory import DetectorError, build_detector, save_checkpoint
+from al_assets.core.detection.sources import DEMO_CHECKPOINT
 from al_assets.core.detection.training import CocoDetectionDataset, train_detector
 
 CATEGORY_IDS = (1, 3, 4, 7, 9)
-SHIPPED_DETECTOR = Path(al_assets.__file__).parent / "assets" / "demo_detector.pt"
+SHIPPED_DETECTOR = DEMO_CHECKPOINT
 # Thresholds lowered so that random-init models keep boxes, and anchors under several labels.
 RANDOM_INIT = {
     "ssdlite320_mobilenet_v3_large": {"score_thresh": 0.01},

@@ -266,7 +266,7 @@ def test_mean_curves_and_summary() -> None:
 def tiny_splits(tmp_path_factory: pytest.TempPathFactory) -> tuple[CocoSplit, CocoSplit]:
     root = tmp_path_factory.mktemp("sim")
     (pool_json,) = generate_demo_dataset(root / "pool", n_images=24, seed=5)
-    (holdout_json,) = generate_demo_dataset(root / "holdout", n_images=6, seed=6)
+    (holdout_json,) = generate_demo_dataset(root / "holdout", n_images=3, seed=6)
     return CocoSplit(pool_json, root / "pool" / "images"), CocoSplit(
         holdout_json, root / "holdout" / "images"
     )
@@ -282,7 +282,7 @@ def test_tiny_loop_end_to_end(tiny_splits: tuple[CocoSplit, CocoSplit], tmp_path
         initial_size=4,
         budget=4,
         rounds=2,
-        initial_steps=2,
+        initial_steps=1,
         round_steps=1,
         batch_size=2,
         score_thresh=0.0,
@@ -308,6 +308,12 @@ def test_tiny_loop_end_to_end(tiny_splits: tuple[CocoSplit, CocoSplit], tmp_path
             assert len(picked) == 12 == len(set(picked))  # never the same image twice
             boxes = [r["labeled_boxes"] for r in rows]
             assert boxes == sorted(boxes) and all(r["map"] is not None for r in rows)
+    for row in table.to_pylist():
+        seen = row["pool_with_boxes"]
+        if row["strategy"] == "random" or row["round"] == 0:
+            assert seen is None
+        else:
+            assert 0.0 <= seen <= 1.0
     round0 = [r for r in table.to_pylist() if r["round"] == 0 and r["seed"] == 0]
     assert round0[0]["selected_ids"] == round0[1]["selected_ids"]  # one seed set per seed
 

@@ -22,6 +22,7 @@ from al_assets.core.report.html import ReportImage, ReportSection
 
 LoadImage = Callable[[str], Image.Image]
 GALLERY_SIZE = 12
+QUEUE_ROWS = 20
 
 
 @dataclass(frozen=True)
@@ -65,20 +66,35 @@ def report_sections(inputs: ReportInputs, load: LoadImage) -> list[ReportSection
 
 def _queue_section(inputs: ReportInputs) -> ReportSection:
     text = (f"The {inputs.queue.num_rows} images to label next, most uncertain first, according "
-            f"to model version {inputs.model_version}.")
+            f"to model version {inputs.model_version}; the first {QUEUE_ROWS} are shown, the "
+            "whole queue is in the exports (COCO JSON, Label Studio tasks, CSV).")
     columns = [c for c in ("queue_rank", "image_id", "uri", "strategy", "uncertainty", "reason")
                if c in inputs.queue.column_names]
-    return ReportSection("Labeling queue", text, tables=[inputs.queue.select(columns)])
+    return ReportSection("Labeling queue", text,
+                         tables=[inputs.queue.select(columns).slice(0, QUEUE_ROWS)])
 
 
 def _gallery_section(
     title: str, file_name: str, table: pa.Table, names: dict[int, str], load: LoadImage,
     value: str, text: str,
 ) -> ReportSection:
-    rows = table.slice(0, GALLERY_SIZE).to_pylist()
-    items = [_gallery_item(row, names, load, value) for row in rows]
+    items = [_gallery_item(row, names, load, value) for row in _one_per_image(table)]
     image = ReportImage(file_name, to_png(gallery(items, columns=4, thumb_size=256)), title)
     return ReportSection(title, text, images=[image])
+
+
+def _one_per_image(table: pa.Table) -> list[dict]:
+    """The first (most uncertain) detection of up to GALLERY_SIZE distinct images."""
+    seen: set[int] = set()
+    rows = []
+    for batch in table.to_batches(max_chunksize=256):
+        for row in batch.to_pylist():
+            if row["image_id"] not in seen:
+                seen.add(row["image_id"])
+                rows.append(row)
+                if len(rows) == GALLERY_SIZE:
+                    return rows
+    return rows
 
 
 def _gallery_item(row: dict, names: dict[int, str], load: LoadImage, value: str) -> GalleryItem:

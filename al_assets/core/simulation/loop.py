@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from torch import nn
 
@@ -66,10 +67,17 @@ from al_assets.core.storage.objects import to_uri
 ARCH = "ssdlite320_mobilenet_v3_large"
 DEFAULT_STRATEGIES = ("random", "entropy", "margin")
 DEMO_POOL_SEED, DEMO_HOLDOUT_SEED = 3000, 4000  # the demo pool and demo detector use 0, 1000, 2000
+DEMO_POOL_IMAGES, DEMO_HOLDOUT_IMAGES = 400, 100
 _INITIAL_STREAM, _SELECT_STREAM = 1, 2  # numpy seed-sequence streams, one per purpose
 Log = Callable[[str], None]
+_TRACKED = ("map", "ap50", "labeled_images", "labeled_boxes", "train_seconds", "pool_with_boxes")
 _POSITIVE_FIELDS = (
-    "initial_size", "budget", "rounds", "initial_steps", "round_steps", "batch_size",
+    "initial_size",
+    "budget",
+    "rounds",
+    "initial_steps",
+    "round_steps",
+    "batch_size",
     "candidates_factor",
 )
 
@@ -88,19 +96,24 @@ class CocoSplit:
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    """What to replay. The defaults finish on the demo data on 2 CPU cores in under 40 min."""
+    """What to replay.
+
+    The defaults are sized for the demo data on 2 CPU cores (about 8 training and 30 inference
+    images/s): 2 x (250 + 3 strategies x 3 rounds x 50) steps of 8 images is about 23 min of
+    training, plus about 5 min of prediction and evaluation. Larger budgets: see the CLI flags.
+    """
 
     strategies: tuple[str, ...] = DEFAULT_STRATEGIES
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1)
     initial_size: int = 20  # random seed set of round 0
     budget: int = 20  # images labeled per round
-    rounds: int = 4  # selection rounds after round 0
-    initial_steps: int = 300  # round 0, from scratch
-    round_steps: int = 100  # each later round, warm-started
+    rounds: int = 3  # selection rounds after round 0
+    initial_steps: int = 250  # round 0, from scratch
+    round_steps: int = 50  # each later round, warm-started
     batch_size: int = 8
     lr: float | None = None  # None: train_detector's default (SGD 0.05)
     arch: str = ARCH
-    score_thresh: float = 0.3  # boxes below it are ignored by selection (not by evaluation)
+    score_thresh: float = 0.2  # boxes below it are ignored by selection (not by evaluation)
     candidates_factor: int = 3  # *_diverse strategies: top factor x budget candidates
     device: str = "auto"  # prediction and evaluation; training runs where train_detector runs
 
@@ -140,7 +153,7 @@ class Tracking:
 
 
 def demo_splits(
-    root: Path, pool_images: int = 500, holdout_images: int = 150
+    root: Path, pool_images: int = DEMO_POOL_IMAGES, holdout_images: int = DEMO_HOLDOUT_IMAGES
 ) -> tuple[CocoSplit, CocoSplit]:
     """Generate (or reuse) a demo pool and a held-out set drawn with different seeds."""
     root = Path(root)
@@ -290,7 +303,7 @@ def _start_seed(run: _Run, log: Log | None) -> None:
     rng = np.random.default_rng([run.seed, _INITIAL_STREAM])
     run.initial = select_random(run.pool.image_ids, run.config.initial_size, rng)
     run.start = _train_round(run, run.initial, 0, None, run.workdir / "round-0")
-    _log_round(log, run, "all", 0, run.initial, run.start)
+    _log_round(log, _row(run, "all", 0, run.initial, run.initial, run.start, None))
 
 
 def _tracked(tracker: _Tracker, run: _Run, strategy: Strategy, log: Log | None) -> list[dict]:
@@ -308,25 +321,26 @@ def _simulate_strategy(
     run: _Run, strategy: Strategy, record: Callable[[dict], None], log: Log | None
 ) -> list[dict]:
     labeled, result = list(run.initial), run.start
-    rows = [_row(run, strategy.name, 0, labeled, run.initial, result)]
+    rows = [_row(run, strategy.name, 0, labeled, run.initial, result, None)]
     record(rows[-1])
     folder = run.workdir / strategy.name.replace(":", "-")
     for rnd in range(1, run.config.rounds + 1):
-        picks = _select(run, strategy, rnd, labeled, result.model)
+        picks, with_boxes = _select(run, strategy, rnd, labeled, result.model)
         labeled += picks
         previous = result
         result = _train_round(run, labeled, rnd, previous.checkpoint, folder / f"round-{rnd}")
         if rnd > 1:
             previous.checkpoint.unlink(missing_ok=True)  # round 0's is shared by every strategy
-        rows.append(_row(run, strategy.name, rnd, labeled, picks, result))
+        rows.append(_row(run, strategy.name, rnd, labeled, picks, result, with_boxes))
         record(rows[-1])
-        _log_round(log, run, strategy.name, rnd, labeled, result)
+        _log_round(log, rows[-1])
     return rows
 
 
 def _select(
     run: _Run, strategy: Strategy, rnd: int, labeled: list[int], model: nn.Module
-) -> list[int]:
+) -> tuple[list[int], float | None]:
+    """The round's picks, and the fraction of the unlabeled pool with a box to rank by."""
     taken = set(labeled)
     unlabeled = [i for i in run.pool.image_ids if i not in taken]
     predictions = None
@@ -337,7 +351,7 @@ def _select(
             predictions = run.start_predictions
         else:
             predictions = _predict(run, model, unlabeled)
-    return select_images(
+    picks = select_images(
         strategy,
         run.config.budget,
         unlabeled_ids=unlabeled,
@@ -347,6 +361,10 @@ def _select(
         labeled_ids=labeled,
         candidates_factor=run.config.candidates_factor,
     )
+    if predictions is None:
+        return picks, None
+    counts = pc.list_value_length(predictions["detections"]).to_numpy(zero_copy_only=False)
+    return picks, float(np.mean(counts > 0))
 
 
 def _train_round(
@@ -418,7 +436,13 @@ def _score_threshold(model: nn.Module, score_thresh: float) -> Iterator[None]:
 
 
 def _row(
-    run: _Run, strategy: str, rnd: int, labeled: list[int], picks: list[int], result: _RoundResult
+    run: _Run,
+    strategy: str,
+    rnd: int,
+    labeled: list[int],
+    picks: list[int],
+    result: _RoundResult,
+    pool_with_boxes: float | None,
 ) -> dict:
     return {
         "strategy": strategy,
@@ -430,23 +454,23 @@ def _row(
         "ap50": result.metrics["ap50"],
         "train_seconds": result.train_seconds,
         "selected_ids": list(picks),
+        "pool_with_boxes": pool_with_boxes,
     }
 
 
-def _log_round(
-    log: Log | None, run: _Run, strategy: str, rnd: int, labeled: list[int], result: _RoundResult
-) -> None:
+def _log_round(log: Log | None, row: Mapping[str, object]) -> None:
     if log is None:
         return
-    m = result.metrics
+    seen = row["pool_with_boxes"]
     log(
-        f"[seed {run.seed}] {strategy} round {rnd}: {len(labeled)} images, "
-        f"{run.pool.labeled_boxes(labeled)} boxes, mAP {_fmt(m['map'])} (AP50 {_fmt(m['ap50'])}), "
-        f"trained {result.train_seconds:.0f} s"
+        f"[seed {row['seed']}] {row['strategy']} round {row['round']}: "
+        f"{row['labeled_images']} images, {row['labeled_boxes']} boxes, "
+        f"mAP {_fmt(row['map'])} (AP50 {_fmt(row['ap50'])}), trained {row['train_seconds']:.0f} s"
+        + ("" if seen is None else f"; {seen:.0%} of the pool had boxes to rank")
     )
 
 
-def _fmt(value: float | None) -> str:
+def _fmt(value: object) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
@@ -483,7 +507,7 @@ class _Tracker:
         now = int(time.time() * 1000)
         metrics = [
             Metric(key, float(row[key]), now, int(row["round"]))
-            for key in ("map", "ap50", "labeled_images", "labeled_boxes", "train_seconds")
+            for key in _TRACKED
             if row[key] is not None
         ]
         self.client.log_batch(run_id, metrics=metrics)

@@ -35,6 +35,9 @@ SIMULATION_CURVES = pa.schema(
         pa.field("ap50", pa.float64()),
         pa.field("train_seconds", pa.float64(), nullable=False),
         pa.field("selected_ids", pa.list_(pa.int64()), nullable=False),  # labeled this round
+        # Fraction of the unlabeled pool that had a box >= score_thresh when this round's
+        # images were selected (what uncertainty could rank by); null for random and round 0.
+        pa.field("pool_with_boxes", pa.float64()),
     ]
 )
 """One row per strategy x seed x round. Round 0 is shared by every strategy of a seed (same
@@ -241,7 +244,9 @@ def _chart_curves(table: pa.Table, x_column: str) -> dict[str, Curve]:
     std = {}
     for row in mean_curves(table).to_pylist():
         std.setdefault(row["strategy"], []).append(row["map_std"])
-    return {s: (x, y, std[s]) for s, (x, y) in _mean_xy(table, x_column).items()}
+    curves = _mean_xy(table, x_column)
+    order = sorted(curves, key=lambda s: (s != BASELINE, s))  # random first: same colour always
+    return {s: (curves[s][0], curves[s][1], std[s]) for s in order}
 
 
 def _mean_std(row: Mapping[str, object] | None) -> str:
