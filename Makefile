@@ -11,7 +11,7 @@ export MALLOC_MMAP_MAX_ ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 68719476736
 export MALLOC_TOP_PAD_ ?= 1073741824
 
-.PHONY: setup demo test test-slow bench ui train-demo clean
+.PHONY: setup demo test test-slow bench ui train-demo simulate clean
 
 setup: $(VENV)/.installed
 	@$(BIN)/al-assets setup-instance
@@ -39,6 +39,9 @@ ui: setup  ## Dagster UI on http://127.0.0.1:3000 (webserver + daemon)
 
 train-demo: setup  ## retrain the shipped demo detector (about 10 minutes on 2 cores)
 	$(BIN)/al-assets train-demo
+
+simulate: setup  ## active-learning replay on the demo data: strategies vs random (about 30 min)
+	$(BIN)/al-assets simulate
 
 clean:
 	rm -rf .storage .dagster_home data

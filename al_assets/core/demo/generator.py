@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -44,6 +43,7 @@ from pycocotools import mask as mask_utils
 from al_assets.core.demo.render import encode_image, render_image
 from al_assets.core.demo.scene import CrowdLayout, ImageLayout, ObjectLayout, plan_image
 from al_assets.core.demo.shapes import CATEGORY_ID, DEMO_CATEGORIES, LOOKALIKE_PAIRS
+from al_assets.core.storage.files import write_bytes_atomic
 
 __all__ = [
     "DEMO_CATEGORIES",
@@ -241,21 +241,10 @@ def _coco_document(batch: str, seed: int, plans: list[_ImagePlan], annotations: 
     }
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary sibling and rename, so readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_if_changed(path: Path, data: bytes) -> None:
     if path.is_file() and path.read_bytes() == data:
         return
-    _atomic_write(path, data)
+    write_bytes_atomic(path, data)
 
 
 def _read_coco(path: Path) -> dict:

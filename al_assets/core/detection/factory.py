@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torchvision
 from torch import Tensor, nn
-from torchvision.models import detection, get_model_weights
+from torchvision.models import WeightsEnum, detection, get_model_weights
 from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor
 from torchvision.models.detection.ssd import SSD
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -204,17 +204,22 @@ def _looks_like_path(weights: str) -> bool:
     return "/" in weights or os.sep in weights or weights.endswith((".pt", ".pth"))
 
 
+def torchvision_weights(arch: str, name: str) -> WeightsEnum:
+    """torchvision's weights enum member for ``name`` ('default' or a member name)."""
+    enum_cls = get_model_weights(arch)
+    try:
+        return enum_cls.verify("DEFAULT" if name.lower() == "default" else name)
+    except KeyError:
+        raise DetectorError(
+            f"unknown weights {name!r} for {arch}: use 'none', 'default', one of "
+            f"{list(enum_cls.__members__)} or a checkpoint path"
+        ) from None
+
+
 def _from_torchvision_weights(
     arch: str, num_classes: int, name: str, kwargs: dict[str, Any]
 ) -> nn.Module:
-    enum_cls = get_model_weights(arch)
-    try:
-        chosen = enum_cls.verify("DEFAULT" if name.lower() == "default" else name)
-    except KeyError:
-        raise DetectorError(
-            f"unknown weights {name!r} for {arch}; use 'none', 'default', one of "
-            f"{list(enum_cls.__members__)} or a checkpoint path"
-        ) from None
+    chosen = torchvision_weights(arch, name)
     builder = _builder(arch)
     with _download_guard(arch, chosen):
         model = builder(weights=chosen, **kwargs)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torchvision.models import get_model_weights
-
 from al_assets.core.detection.categories import CategoryMap
-from al_assets.core.detection.factory import DetectorError, build_detector, save_checkpoint
+from al_assets.core.detection.factory import (
+    DetectorError,
+    build_detector,
+    save_checkpoint,
+    torchvision_weights,
+)
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 DEMO_CHECKPOINT = WEIGHTS_DIR / "demo_detector.pt"
@@ -35,14 +38,7 @@ def resolve_checkpoint(spec: str, arch: str, workdir: Path) -> tuple[Path, str]:
 
 
 def _torchvision_checkpoint(arch: str, weights: str, workdir: Path) -> Path:
-    enum = get_model_weights(arch)
-    try:
-        chosen = enum.verify("DEFAULT" if weights.lower() == "default" else weights)
-    except KeyError:
-        raise DetectorError(
-            f"unknown weights {weights!r} for {arch}: use 'demo', a checkpoint path, or one of "
-            f"{['DEFAULT', *enum.__members__]}"
-        ) from None
+    chosen = torchvision_weights(arch, weights)
     names = list(chosen.meta["categories"])  # index = torchvision label, 0 = background
     model = build_detector(arch, len(names), weights=weights)
     categories = CategoryMap(tuple(range(1, len(names))), tuple(names[1:]))

@@ -11,13 +11,14 @@ from __future__ import annotations
 import base64
 import html
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import pyarrow as pa
+
+from al_assets.core.storage.files import write_bytes_atomic
 
 MAX_TABLE_ROWS = 100
 MAX_LIST_ITEMS = 10
@@ -109,8 +110,8 @@ def write_html_report(
     if not embed_images:
         for section in sections:
             for image in section.images:
-                _write_atomic(path.parent / image.name, image.data)
-    _write_atomic(path, page.encode("utf-8"))
+                write_bytes_atomic(path.parent / image.name, image.data)
+    write_bytes_atomic(path, page.encode("utf-8"))
     return path
 
 
@@ -217,16 +218,3 @@ def _check_image_names(sections: Sequence[ReportSection]) -> None:
 def _esc(text: object) -> str:
     """HTML-escaped text, quotes included (safe in attributes too)."""
     return html.escape(str(text), quote=True)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so readers never see half a file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)

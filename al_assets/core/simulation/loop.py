@@ -516,12 +516,22 @@ class _Tracker:
         self.client.set_terminated(run_id, status)
 
 
+def _skipped_hint(pool: LabeledPool) -> str:
+    """Why images were left out: usually the image folder is not the one the JSON refers to."""
+    if not pool.skipped:
+        return ""
+    first = next(iter(pool.skipped.values()))
+    return (f" ({len(pool.skipped)} images could not be read from {pool.split.image_dir}, "
+            f"e.g. {first}; is that the right image folder?)")
+
+
 def _check_sizes(pool: LabeledPool, holdout: CocoSplit, config: SimulationConfig) -> None:
     if config.final_size > len(pool.image_ids):
         raise SimulationError(
             f"{config.initial_size} + {config.rounds} rounds x {config.budget} = "
             f"{config.final_size} images, but the pool {pool.split.coco_json} has "
             f"{len(pool.image_ids)} usable ones; use a larger pool or fewer/smaller rounds"
+            + _skipped_hint(pool)
         )
     dataset = CocoDetectionDataset(holdout.coco_json, holdout.image_dir)
     if not any(len(r.category_ids) for r in dataset.records):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from al_assets.core.report.charts import Curve, learning_curves_chart
+from al_assets.core.storage.files import write_bytes_atomic
 
 SIMULATION_CURVES = pa.schema(
     [
@@ -221,11 +221,11 @@ def write_outputs(
         for s in labels_saved(table, t, unit=unit)
     ]
     paths = {
-        "curves": _write(out_dir / "curves.parquet", _parquet_bytes(table)),
-        "summary": _write(out_dir / "summary.parquet", _parquet_bytes(mean_curves(table))),
-        "labels_saved": _write(out_dir / "labels_saved.json", json.dumps(saved, indent=2).encode()),
-        "png": _write(out_dir / "curves.png", curves_png(table)),
-        "markdown": _write(out_dir / "summary.md", markdown_summary(table, targets).encode()),
+        "curves": write_bytes_atomic(out_dir / "curves.parquet", _parquet_bytes(table)),
+        "summary": write_bytes_atomic(out_dir / "summary.parquet", _parquet_bytes(mean_curves(table))),
+        "labels_saved": write_bytes_atomic(out_dir / "labels_saved.json", json.dumps(saved, indent=2).encode()),
+        "png": write_bytes_atomic(out_dir / "curves.png", curves_png(table)),
+        "markdown": write_bytes_atomic(out_dir / "summary.md", markdown_summary(table, targets).encode()),
     }
     return paths
 
@@ -263,14 +263,3 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
-
-
-def _write(path: Path, data: bytes) -> Path:
-    """Temporary sibling + rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
