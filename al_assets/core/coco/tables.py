@@ -69,39 +69,55 @@ def _images_table(parsed: ParsedCoco, batch: str, image_root: str, shard_size: i
 
 
 def _annotations_table(parsed: ParsedCoco, batch: str, rejects: list[Reject]) -> pa.Table:
+    """Column-wise: per-annotation Python work is only the RLE conversion (the costly part)."""
     coco = parsed.coco
-    rows: dict[str, list[Any]] = {name: [] for name in schemas.ANNOTATIONS.names}
+    kept: list[dict[str, Any]] = []
+    rles: list[dict[str, Any] | None] = []
     for ann in coco.dataset["annotations"]:
         try:
-            rle = _rle(coco, ann)
+            rles.append(_rle(coco, ann))
         except Exception as exc:  # pycocotools raises bare Exception/TypeError/IndexError
             rejects.append(Reject("annotation", ann["id"], f"invalid segmentation ({exc})"))
             continue
-        _append_annotation(rows, ann, coco.cats[ann["category_id"]], rle, batch)
-    return pa.Table.from_pydict(rows, schema=schemas.ANNOTATIONS)
+        kept.append(ann)
+    return _annotation_columns(kept, rles, coco.cats, batch)
 
 
-def _append_annotation(
-    rows: dict[str, list[Any]], ann: dict[str, Any], cat: dict[str, Any],
-    rle: dict[str, Any] | None, batch: str,
-) -> None:
-    x, y, w, h = (float(v) for v in ann["bbox"])
+def _annotation_columns(
+    anns: list[dict[str, Any]], rles: list[dict[str, Any] | None],
+    cats: dict[int, dict[str, Any]], batch: str,
+) -> pa.Table:
+    xywh = np.array([ann["bbox"] for ann in anns], dtype=np.float64).reshape(-1, 4)
+    x, y, w, h = xywh.T
+    corners = [pa.array(v, pa.float32()) for v in (x, y, x + w, y + h)]
+    labels = [cats[ann["category_id"]] for ann in anns]
+    columns = {
+        "ann_id": [ann["id"] for ann in anns],
+        "image_id": [ann["image_id"] for ann in anns],
+        "category_id": [ann["category_id"] for ann in anns],
+        "label": [cat["name"] for cat in labels],
+        "supercategory": [cat.get("supercategory") for cat in labels],
+        "bbox": pa.StructArray.from_arrays(corners, fields=list(schemas.BOX2D)),
+        "bbox_xywh": pa.FixedSizeListArray.from_arrays(
+            pa.array(xywh.ravel(), pa.float32()), 4),
+        "area": [_area(ann, rle, width * height)
+                 for ann, rle, width, height in zip(anns, rles, w, h, strict=True)],
+        "iscrowd": [bool(ann.get("iscrowd", 0)) for ann in anns],
+        "segmentation": [
+            {"size": [int(v) for v in rle["size"]], "counts": rle["counts"]} if rle else None
+            for rle in rles
+        ],
+        "batch": [batch] * len(anns),
+    }
+    return pa.Table.from_pydict(columns, schema=schemas.ANNOTATIONS)
+
+
+def _area(ann: dict[str, Any], rle: dict[str, Any] | None, box_area: float) -> float:
+    """COCO's own area when valid, else the mask's, else the box's."""
     area = ann.get("area")
-    if not isinstance(area, int | float) or area <= 0:
-        area = float(mask_utils.area(rle)) if rle else w * h
-    rows["ann_id"].append(ann["id"])
-    rows["image_id"].append(ann["image_id"])
-    rows["category_id"].append(ann["category_id"])
-    rows["label"].append(cat["name"])
-    rows["supercategory"].append(cat.get("supercategory"))
-    rows["bbox"].append({"xmin": x, "ymin": y, "xmax": x + w, "ymax": y + h})
-    rows["bbox_xywh"].append([x, y, w, h])
-    rows["area"].append(float(area))
-    rows["iscrowd"].append(bool(ann.get("iscrowd", 0)))
-    rows["segmentation"].append(
-        {"size": [int(v) for v in rle["size"]], "counts": rle["counts"]} if rle else None
-    )
-    rows["batch"].append(batch)
+    if isinstance(area, int | float) and area > 0:
+        return float(area)
+    return float(mask_utils.area(rle)) if rle else float(box_area)
 
 
 def _rle(coco: Any, ann: dict[str, Any]) -> dict[str, Any] | None:
