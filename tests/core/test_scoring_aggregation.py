@@ -213,3 +213,19 @@ def test_predictions_to_ranked_images() -> None:
                                   empty_images="highest")
     assert by_entropy.column("image_id").to_pylist() == [11, 12, 10, 13]
     assert _by_id(by_entropy, "uncertainty")[12] == pytest.approx(1.0, rel=1e-6)
+
+
+def test_noise_below_min_score_is_left_out_and_its_image_counts_as_empty() -> None:
+    from al_assets.core.scoring.views import confident
+
+    boxes = pa.table({"image_id": [1, 1, 2], "score": pa.array([0.9, 0.01, 0.05], pa.float32()),
+                      "entropy": [0.1, 1.0, 1.9]})
+    images = pa.table({"image_id": [1, 2], "uri": ["a", "b"]})
+    kept = confident(boxes, 0.2)
+    assert kept["image_id"].to_pylist() == [1] and boxes.num_rows == 3  # input untouched
+    assert confident(boxes, 0.0) is boxes
+    ranked = aggregate_images(kept, images, measure="entropy", empty_images="lowest")
+    assert ranked["image_id"].to_pylist() == [1, 2]  # the noisy image no longer leads
+    assert ranked["n_detections"].to_pylist() == [1, 0]
+    noisy = aggregate_images(boxes, images, measure="entropy")
+    assert noisy["image_id"].to_pylist() == [2, 1]  # without the filter, noise leads the queue

@@ -11,6 +11,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from al_assets.core import schemas
+from al_assets.core.scoring.views import DEFAULT_MIN_SCORE
 from al_assets.orchestration.runs import predict, refresh_views, register
 from tests.orchestration.conftest import Pipeline
 from tests.orchestration.test_prediction import FAST
@@ -31,13 +32,15 @@ def test_full_chain_views_queue_analysis_report(ingested: Pipeline, checkpoints)
     # notebook tables: ordered, limited, from the champion only
     least = p.store.read("least_confidence")
     scores = least["score"].to_pylist()
-    assert scores == sorted(scores) and least.num_rows <= 1000
+    assert scores == sorted(scores) and 0 < least.num_rows <= 1000
+    assert scores[0] >= DEFAULT_MIN_SCORE  # background noise below it is left out
     margin = p.store.read("least_margin")["margin"].to_pylist()
     assert margin == sorted(margin)
     entropy = p.store.read("entropy")["entropy"].to_pylist()
     assert entropy == sorted(entropy, reverse=True)
     all_boxes = p.store.read_many("box_scores", p.store.partitions("box_scores", under=champion))
-    assert max(entropy) == max(all_boxes["entropy"].to_pylist())
+    confident_boxes = all_boxes.filter(pc.greater_equal(all_boxes["score"], DEFAULT_MIN_SCORE))
+    assert max(entropy) == max(confident_boxes["entropy"].to_pylist())
 
     rankings = p.store.read("image_rankings")
     assert rankings.schema.equals(schemas.IMAGE_SCORES)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from al_assets.core import schemas
@@ -77,3 +78,23 @@ def predictions_batch(
         ],
         schema=schemas.PREDICTIONS,
     )
+
+
+def confident_detections(predictions: pa.Table, min_score: float) -> pa.Table:
+    """PREDICTIONS with each image's detections below ``min_score`` removed (rows all kept).
+
+    Column-wise: the flattened detections are filtered once and the lists rebuilt from the
+    surviving counts per image, so the cost does not depend on Python loops over boxes.
+    """
+    if min_score <= 0 or predictions.num_rows == 0:
+        return predictions
+    lists = predictions.column("detections").combine_chunks()
+    flat = pc.list_flatten(lists)
+    keep = pc.greater_equal(pc.struct_field(flat, "score"), pa.scalar(min_score, pa.float32()))
+    parents = pc.list_parent_indices(lists).to_numpy()
+    counts = np.bincount(parents[keep.to_numpy(zero_copy_only=False)],
+                         minlength=predictions.num_rows)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+    kept = pa.ListArray.from_arrays(offsets, flat.filter(keep), type=lists.type)
+    index = predictions.schema.get_field_index("detections")
+    return predictions.set_column(index, predictions.schema.field(index), kept)

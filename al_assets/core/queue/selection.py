@@ -180,7 +180,8 @@ def _check_detection_counts(
         i = int(np.argmax(differ))
         raise ValueError(
             f"image_id {ids[i]} has {expected[i]} detections in image_scores but "
-            f"{lengths[rows[i]]} in predictions; pass tables of the same model version"
+            f"{lengths[rows[i]]} in predictions; pass tables of the same model version, with "
+            "detections below the scores' min_score removed (confident_detections)"
         )
 
 

@@ -18,6 +18,21 @@ from al_assets.core.schemas import IMAGE_SCORES
 from al_assets.core.scoring.aggregation import rank_order
 
 
+DEFAULT_MIN_SCORE = 0.2
+"""Detector score below which a box is background noise, not a detection to rank.
+
+torchvision detectors keep up to 300 boxes per image down to score 0.001-0.01; most are
+background whose foreground distribution is near uniform, so they top every uncertainty
+measure and would fill the views, the queue and the confused pairs with noise."""
+
+
+def confident(table: pa.Table, min_score: float) -> pa.Table:
+    """The rows (detections) whose detector ``score`` is at least ``min_score``."""
+    if min_score <= 0:
+        return table
+    return table.filter(pc.greater_equal(table["score"], pa.scalar(min_score, pa.float32())))
+
+
 def top_rows(
     tables: Iterable[pa.Table], column: str, *, limit: int, descending: bool,
     tie_breakers: tuple[str, ...] = ("image_id", "det_index"),

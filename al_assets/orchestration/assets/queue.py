@@ -18,6 +18,8 @@ from al_assets.core.queue import (
     queue_csv,
     select_queue,
 )
+from al_assets.core.prediction.arrow import confident_detections
+from al_assets.core.scoring.views import DEFAULT_MIN_SCORE
 from al_assets.core.storage import TableStore
 from al_assets.orchestration.automation import VIEW_REFRESH
 from al_assets.orchestration.champion import ChampionConfig, champion_key, read_partitions
@@ -40,6 +42,8 @@ class QueueConfig(ChampionConfig):
     """Skip images that already have ground-truth annotations in the pool."""
     preannotation_score: float = 0.3
     """Only boxes at or above this detector score go into the exports as pre-annotations."""
+    min_score: float = DEFAULT_MIN_SCORE
+    """Detections below it are noise (class balancing ignores them); image_scores' value."""
 
 
 @dg.asset(
@@ -59,7 +63,8 @@ def labeling_queue(
     rankings = store.read("image_rankings")
     ranked = rankings.filter(pc.equal(rankings["measure"], config.strategy))
     candidates = ranked.slice(0, config.size * CANDIDATE_FACTOR + _labeled_count(store, config))
-    predictions = _predictions_of(store, key, candidates["image_id"])
+    predictions = confident_detections(
+        _predictions_of(store, key, candidates["image_id"]), config.min_score)
     duplicates = _duplicates(candidates, coco_source, config, context) if config.deduplicate else None
     queue = select_queue(
         candidates, predictions, size=config.size, max_per_class=config.max_per_class,

@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 from al_assets.core import schemas
 from al_assets.core.scoring.aggregation import aggregate_images
 from al_assets.core.scoring.box_scores import box_scores as score_boxes
-from al_assets.core.scoring.views import rerank, top_rows
+from al_assets.core.scoring.views import DEFAULT_MIN_SCORE, confident, rerank, top_rows
 from al_assets.orchestration.assets.prediction import storage_partition
 from al_assets.orchestration.automation import PARTITION_FOLLOWS_UPSTREAM, VIEW_REFRESH
 from al_assets.orchestration.champion import ChampionConfig, champion_partitions, read_partitions
@@ -29,6 +29,8 @@ class ScoringConfig(dg.Config):
     """k of topk_mean."""
     empty_images: str = "lowest"
     """Images without detections: lowest (certain) | highest (worth a look) | exclude."""
+    min_score: float = DEFAULT_MIN_SCORE
+    """Boxes below this detector score are noise, not aggregated (box_scores keeps them all)."""
 
 
 @dg.multi_asset(
@@ -55,8 +57,9 @@ def shard_scores(
     predictions = store.read("detections", partition)
     boxes = score_boxes(predictions)
     images = predictions.select(["image_id", "uri"])
+    kept = confident(boxes, config.min_score)
     ranked = pa.concat_tables([
-        aggregate_images(boxes, images, measure=m, agg=config.agg, top_k=config.top_k,
+        aggregate_images(kept, images, measure=m, agg=config.agg, top_k=config.top_k,
                          empty_images=config.empty_images)
         for m in STRATEGIES
     ])
@@ -66,13 +69,16 @@ def shard_scores(
     )
     yield dg.MaterializeResult(
         asset_key="image_scores",
-        metadata=table_metadata(ranked, store.write("image_scores", ranked, partition)),
+        metadata={**table_metadata(ranked, store.write("image_scores", ranked, partition)),
+                  "min_score": config.min_score, "boxes_ranked": kept.num_rows},
     )
 
 
 class DetectionViewConfig(ChampionConfig):
     limit: int = 1000
     """Rows kept (the notebook: 1,000 least confident, 10,000 least margin, 1,000 entropy)."""
+    min_score: float = DEFAULT_MIN_SCORE
+    """Detections below this detector score are background noise and left out (0 keeps all)."""
 
 
 def _view_config(name: str, limit: int) -> type[DetectionViewConfig]:
@@ -97,14 +103,15 @@ def _detection_view(name: str, column: str, descending: bool, limit: int, doc: s
     ) -> dg.MaterializeResult:
         store = storage.tables()
         key, partitions = champion_partitions(config, mlflow, store, "box_scores")
-        tables = read_partitions(store, "box_scores", partitions, list(dict.fromkeys(columns)))
+        tables = (confident(t, config.min_score) for t in read_partitions(
+            store, "box_scores", partitions, list(dict.fromkeys(columns))))
         best = top_rows(tables, column, limit=config.limit, descending=descending)
         best = best if best is not None else schemas.BOX_SCORES.empty_table().select(
             list(dict.fromkeys(columns)))
         uri = store.write(name, best)
         return dg.MaterializeResult(
             metadata={**table_metadata(best, uri, preview_rows=10), "model_version": key,
-                      "shards": len(partitions)}
+                      "shards": len(partitions), "min_score": config.min_score}
         )
 
     return view
