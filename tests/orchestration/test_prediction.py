@@ -110,8 +110,14 @@ def _declare_dead_runs_failed(instance) -> None:
 
 
 KILL_SCRIPT = """
-import sys, dagster as dg
+import sys, time, dagster as dg
 sys.path.insert(0, {repo!r})
+from al_assets.core.detection.extractor import ClassScoreExtractor
+forward = ClassScoreExtractor.forward
+def slow_forward(self, *args, **kwargs):  # a wide window for the kill, whatever the load
+    time.sleep(0.5)
+    return forward(self, *args, **kwargs)
+ClassScoreExtractor.forward = slow_forward
 from tests.orchestration.conftest import make_pipeline
 from al_assets.orchestration.runs import predict
 from pathlib import Path
@@ -139,9 +145,10 @@ def test_run_killed_mid_shard_leaves_the_previous_output(ingested: Pipeline, che
     folder = Path(p.store.uri("detections", f"{version}/{shard}")[len("file://"):]).parent
     deadline = time.monotonic() + 240
     while not list(folder.glob(".*.tmp")) and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert list(folder.glob(".*.tmp")), "the child never started writing"
-    time.sleep(1.0)
+    time.sleep(0.3)  # mid-shard: 8 images at batch 1 take >= 4 s in the child
+    assert child.poll() is None, "the child finished before it could be killed"
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=30)
     _declare_dead_runs_failed(p.instance)

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -97,17 +98,20 @@ def postgres(tmp_path):
     bindir = _postgres_binaries()
     if bindir is None:
         pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
-    data, port = tmp_path / "pgdata", free_port()
+    # Not under tmp_path: pytest's root (/tmp/pytest-of-<user>) is 0700, closed to `postgres`.
+    home = Path(tempfile.mkdtemp(prefix="al-assets-pg-"))
+    data, port = home / "pgdata", free_port()
     data.mkdir()
     as_user: list[str] = []
     if os.geteuid() == 0:
-        shutil.chown(tmp_path, "postgres")
+        shutil.chown(home, "postgres")
         shutil.chown(data, "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U",
-                    "postgres"], check=True, capture_output=True)
+    init = subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U",
+                           "postgres"], capture_output=True, text=True)
+    assert init.returncode == 0, f"initdb failed: {init.stderr[-2000:]}"
     server = subprocess.Popen([*as_user, str(bindir / "postgres"), "-D", str(data), "-p", str(port),
-                               "-k", str(tmp_path), "-h", "127.0.0.1"],
+                               "-k", str(home), "-h", "127.0.0.1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port)
@@ -118,6 +122,7 @@ def postgres(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -127,6 +132,7 @@ def test_four_concurrent_partition_runs_on_postgres(postgres, demo_root, tmp_pat
     config = (REPO / "dagster.yaml").read_text() + (
         "\nstorage:\n  postgres:\n    postgres_db:\n      hostname: 127.0.0.1\n"
         f"      username: postgres\n      password: ''\n      db_name: dagster\n      port: {postgres}\n"
+        "      scheme: postgresql+psycopg2\n"  # as docs/deployment.md: SQLAlchemy 2.1's default is psycopg 3
     )
     (home / "dagster.yaml").write_text(config)
     _check_four_runs(home, demo_root, tmp_path, checkpoints[0])
