@@ -69,7 +69,8 @@ def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=96, help="demo images in the shard")
     parser.add_argument("--batch-size", type=int, default=8, help="pipeline default: 8")
-    parser.add_argument("--num-workers", type=int, default=2, help="pipeline default: 2")
+    parser.add_argument("--num-workers", type=int, default=0,
+                        help="default 0: the prediction asset's CPU default (2 on a GPU)")
     parser.add_argument("--repeat", type=int, default=2, help="best of this many timed runs")
     parser.add_argument("--grid-images", type=int, default=32, help="images per grid cell")
     parser.add_argument("--grid-workers", type=int, nargs="+", default=[0, 1, 2])
