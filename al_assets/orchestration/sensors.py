@@ -72,7 +72,7 @@ def new_shards_sensor(
         yield dg.SkipReason(f"no {config.alias!r} model registered yet; batch {batch} waits for one")
         return
     key = model_version_key(config.model_name, version)
-    for shard in shards:
+    for shard in _stale(context.instance, key, shards, since=asset_event.timestamp):
         yield dg.RunRequest(
             run_key=f"predict:{key}:{shard}:{asset_event.run_id}",
             partition_key=prediction_key(key, shard),
@@ -95,7 +95,7 @@ def new_model_version_sensor(context: dg.SensorEvaluationContext, mlflow: Mlflow
     shards = context.instance.get_dynamic_partitions(SHARD)
     requests = [dg.RunRequest(run_key=f"predict:{key}:{shard}", job_name=predict_job.name,
                               partition_key=prediction_key(key, shard))
-                for key in keys for shard in shards]
+                for key in keys for shard in _stale(context.instance, key, shards, since=0.0)]
     if alias is not None and alias != cursor["alias"] and not versions:
         requests.append(dg.RunRequest(run_key=f"views:{config.alias}:{alias}",
                                       job_name=refresh_views_job.name))
@@ -105,6 +105,24 @@ def new_model_version_sensor(context: dg.SensorEvaluationContext, mlflow: Mlflow
         cursor=json.dumps({"max_version": max(versions, default=cursor["max_version"]),
                            "alias": alias}),
     )
+
+
+def _stale(instance: dg.DagsterInstance, key: str, shards: list[str], since: float) -> list[str]:
+    """Shards without a ``detections`` materialization under ``key`` newer than ``since``.
+
+    A pipeline run by hand or by the CLI (``make demo``) has already predicted what the
+    sensors see as new on their first tick; predicting it again would only cost GPU time.
+    """
+    stale = []
+    for shard in shards:
+        latest = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("detections"),
+                                  asset_partitions=[prediction_key(key, shard)]),
+            limit=1, ascending=False,
+        ).records
+        if not latest or latest[0].timestamp < since:
+            stale.append(shard)
+    return stale
 
 
 def _alias_version(registry, config: ChampionConfig) -> int | None:

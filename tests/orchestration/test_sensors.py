@@ -9,7 +9,7 @@ from al_assets.core.demo.generator import add_demo_batch
 from al_assets.core.registry import RegistryError
 from al_assets.orchestration.partitions import BATCH, MODEL_VERSION
 from al_assets.orchestration.resources import MlflowResource, StorageResource
-from al_assets.orchestration.runs import discover_batches, ingest, register
+from al_assets.orchestration.runs import discover_batches, ingest, predict, register
 from al_assets.orchestration.sensors import (
     new_data_sensor,
     new_model_version_sensor,
@@ -17,6 +17,7 @@ from al_assets.orchestration.sensors import (
 )
 from tests.conftest import free_port
 from tests.orchestration.conftest import make_pipeline
+from tests.orchestration.test_prediction import FAST
 
 
 def tick(sensor, instance, cursor, **resources):
@@ -73,10 +74,11 @@ def test_model_version_sensor_predicts_every_shard_of_new_versions_only(
     assert sorted(r.partition_key for r in first.run_requests) == sorted(
         f"al-class-scores-v1|{s}" for s in shards)
 
-    register(p.defs, p.instance, {"weights": str(checkpoints[1])})
+    v2 = register(p.defs, p.instance, {"weights": str(checkpoints[1])})
+    predict(p.defs, p.instance, v2, shards[:1], FAST)  # by hand, before a tick
     second = tick(new_model_version_sensor, p.instance, first.cursor, mlflow=mlflow)
     keys = [r.partition_key for r in second.run_requests]
-    assert sorted(keys) == sorted(f"al-class-scores-v2|{s}" for s in shards)
+    assert sorted(keys) == sorted(f"al-class-scores-v2|{s}" for s in shards[1:])  # not again
     assert not any("v1" in k for k in keys)
     assert "al-class-scores-v2" in p.instance.get_dynamic_partitions(MODEL_VERSION)
     assert tick(new_model_version_sensor, p.instance, second.cursor, mlflow=mlflow).run_requests == []
