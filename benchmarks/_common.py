@@ -154,9 +154,14 @@ def self_peak_rss_mib() -> float:
 
 
 def current_rss_mib() -> float:
+    return proc_status_mib("VmRSS")
+
+
+def proc_status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM, ...) in MiB; NaN where absent."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -172,20 +177,9 @@ def demo_detector(workdir: Path, seed: int = 0) -> tuple[Path, str]:
 
     if DEMO_CHECKPOINT.is_file():
         return DEMO_CHECKPOINT, f"shipped demo detector ({DEMO_CHECKPOINT.name})"
-    import torch
+    from al_assets.core.demo.detector import random_demo_checkpoint
 
-    from al_assets.core.demo.generator import DEMO_CATEGORIES
-    from al_assets.core.detection.categories import CategoryMap
-    from al_assets.core.detection.factory import build_detector, save_checkpoint
-
-    torch.manual_seed(seed)
-    categories = CategoryMap.from_coco_categories(DEMO_CATEGORIES)
-    model = build_detector(DEMO_ARCH, categories.num_classes)
-    with torch.no_grad():
-        for param in model.head.classification_head.parameters():
-            param.normal_(0.0, 0.3)
-    path = save_checkpoint(workdir / RANDOM_CHECKPOINT, model, arch=DEMO_ARCH,
-                           categories=categories)
+    path = random_demo_checkpoint(workdir / RANDOM_CHECKPOINT, seed)
     return path, (f"random-init {DEMO_ARCH}, class head perturbed (seed {seed}); "
                   f"{DEMO_CHECKPOINT.relative_to(DEMO_CHECKPOINT.parents[2])} is not present")
 

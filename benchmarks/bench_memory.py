@@ -99,22 +99,16 @@ def _child(args) -> None:
     else:
         workload = _predict if args.child == "predict" else _views
         run = workload(args)  # setup; returns the workload to measure
-        report = {"setup_rss_mib": common.current_rss_mib(), "setup_hwm_mib": _hwm()}
+        report = {"setup_rss_mib": common.current_rss_mib(),
+                  "setup_hwm_mib": common.proc_status_mib("VmHWM")}
         _reset_hwm()
         started = time.perf_counter()
         report |= run()
-        report |= {"workload_s": time.perf_counter() - started, "workload_hwm_mib": _hwm(),
+        report |= {"workload_s": time.perf_counter() - started,
+                   "workload_hwm_mib": common.proc_status_mib("VmHWM"),
                    "end_rss_mib": common.current_rss_mib()}
     report["child_s"] = time.perf_counter() - start
     print(json.dumps(report))
-
-
-def _hwm() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _reset_hwm() -> None:

@@ -93,9 +93,11 @@ def new_model_version_sensor(context: dg.SensorEvaluationContext, mlflow: Mlflow
     alias = _alias_version(registry, config)
     keys = [model_version_key(config.model_name, v) for v in versions]
     shards = context.instance.get_dynamic_partitions(SHARD)
+    done = context.instance.get_materialized_partitions(dg.AssetKey("detections")) if keys else set()
     requests = [dg.RunRequest(run_key=f"predict:{key}:{shard}", job_name=predict_job.name,
                               partition_key=prediction_key(key, shard))
-                for key in keys for shard in _stale(context.instance, key, shards, since=0.0)]
+                for key in keys for shard in shards
+                if prediction_key(key, shard) not in done]  # e.g. predicted by hand or the CLI
     if alias is not None and alias != cursor["alias"] and not versions:
         requests.append(dg.RunRequest(run_key=f"views:{config.alias}:{alias}",
                                       job_name=refresh_views_job.name))

@@ -7,11 +7,8 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-import torch
 
-from al_assets.core.demo.generator import DEMO_CATEGORIES
-from al_assets.core.detection.categories import CategoryMap
-from al_assets.core.detection.factory import build_detector, save_checkpoint
+from al_assets.core.demo.detector import random_demo_checkpoint
 from al_assets.orchestration.definitions import build_definitions
 from al_assets.orchestration.instance import configure_gpu_pool
 from al_assets.orchestration.resources import (
@@ -22,28 +19,12 @@ from al_assets.orchestration.resources import (
 )
 from al_assets.orchestration.runs import discover_batches, ingest
 
-ARCH = "ssdlite320_mobilenet_v3_large"
-
-
-def random_checkpoint(path: Path, seed: int) -> Path:
-    """A random-init demo-category detector; different seeds give different predictions.
-
-    torchvision starts the class head near zero (uniform scores); noise on it makes the
-    distributions uneven and each seed's output distinct.
-    """
-    torch.manual_seed(seed)
-    categories = CategoryMap.from_coco_categories(DEMO_CATEGORIES)
-    model = build_detector(ARCH, categories.num_classes)
-    with torch.no_grad():
-        for param in model.head.classification_head.parameters():
-            param.normal_(0.0, 0.3)
-    return save_checkpoint(path, model, arch=ARCH, categories=categories)
-
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("checkpoints")
-    return random_checkpoint(folder / "one.pt", 1), random_checkpoint(folder / "two.pt", 2)
+    return (random_demo_checkpoint(folder / "one.pt", 1),
+            random_demo_checkpoint(folder / "two.pt", 2))
 
 
 @dataclass

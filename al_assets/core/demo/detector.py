@@ -63,3 +63,23 @@ def train_demo_detector(out: Path, workdir: Path, spec: DemoTraining = DemoTrain
         },
     )
     return {"train_seconds": seconds, **summary, "per_category": metrics["per_category"]}
+
+
+def random_demo_checkpoint(path: Path, seed: int) -> Path:
+    """A random-init demo-category detector for tests and benchmarks, distinct per seed.
+
+    torchvision starts the class head near zero (uniform scores); noise on it makes the
+    distributions uneven and each seed's output different.
+    """
+    import torch
+
+    from al_assets.core.demo.generator import DEMO_CATEGORIES
+    from al_assets.core.detection.factory import build_detector
+
+    torch.manual_seed(seed)
+    categories = CategoryMap.from_coco_categories(DEMO_CATEGORIES)
+    model = build_detector(ARCH, categories.num_classes)
+    with torch.no_grad():
+        for param in model.head.classification_head.parameters():
+            param.normal_(0.0, 0.3)
+    return save_checkpoint(path, model, arch=ARCH, categories=categories)
