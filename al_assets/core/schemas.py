@@ -262,3 +262,55 @@ MODEL_EVALUATION = pa.schema(
     ]
 )
 """COCOeval of stored predictions against the ground-truth tables, overall row first."""
+
+
+# --- the loop: labels back, fixed split, model versions ---
+
+LABELED_IMAGES = pa.schema(
+    [
+        pa.field("image_id", pa.int64(), nullable=False),  # the pool's image id
+        pa.field("batch", pa.string(), nullable=False),  # label batch = label file stem
+        pa.field("source", pa.string(), nullable=False),  # the label file
+        pa.field("record_id", pa.string(), nullable=False),  # LS task id or COCO image id there
+        pa.field("n_boxes", pa.int32(), nullable=False),  # 0 = labeled as containing nothing
+        pa.field("format", pa.string(), nullable=False),  # label_studio | coco
+    ]
+)
+"""One row per image a label file labels (its boxes are ANNOTATIONS rows of the same batch).
+
+ANNOTATIONS alone cannot tell an image labeled empty from an unlabeled one; this table can.
+"""
+
+SPLITS = pa.schema(
+    [
+        pa.field("image_id", pa.int64(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),  # train | heldout
+        pa.field("labeled", pa.bool_(), nullable=False),  # has ground truth (ingested or imported)
+        pa.field("label_batch", pa.string()),  # batch of its effective labels; null: unlabeled
+        pa.field("n_boxes", pa.int32(), nullable=False),  # effective non-crowd boxes
+    ]
+)
+"""Every pool image's split, a pure function of its id (al_assets.core.splits), never moved."""
+
+MODEL_VERSIONS = pa.schema(
+    [
+        pa.field("evaluated_at", pa.string(), nullable=False),  # ISO 8601 UTC
+        pa.field("model_version", pa.string(), nullable=False),  # challenger partition key
+        pa.field("champion_version", pa.string()),  # the champion it was compared with
+        pa.field("label_batches", pa.list_(pa.string()), nullable=False),  # training lineage
+        pa.field("train_images", pa.int64(), nullable=False),
+        pa.field("train_boxes", pa.int64(), nullable=False),
+        pa.field("heldout_images", pa.int64(), nullable=False),
+        pa.field("map", pa.float64()),  # challenger COCO mAP on the held-out split
+        pa.field("map_low", pa.float64()),  # bootstrap interval over held-out images
+        pa.field("map_high", pa.float64()),
+        pa.field("champion_map", pa.float64()),
+        pa.field("delta_map", pa.float64()),  # challenger - champion
+        pa.field("delta_low", pa.float64()),  # paired bootstrap interval of the delta
+        pa.field("delta_high", pa.float64()),
+        pa.field("ap50", pa.float64()),
+        pa.field("promoted", pa.bool_(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),  # why promoted or kept
+    ]
+)
+"""One row per evaluation-gate decision, oldest first: the loop's history for the report."""
