@@ -136,7 +136,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         Tracking,
         demo_splits,
         run_simulation,
-        split_holdout,
         write_outputs,
     )
 
@@ -148,14 +147,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.coco:
         pool = CocoSplit(Path(args.coco), Path(args.images or Path(args.coco).parent))
-        pool, holdout = (
-            (pool, CocoSplit(Path(args.holdout_coco), Path(args.holdout_images)))
-            if args.holdout_coco else split_holdout(pool, args.holdout_size, 0, out / "split"))
+        holdout = (CocoSplit(Path(args.holdout_coco), Path(args.holdout_images or
+                                                            Path(args.holdout_coco).parent))
+                   if args.holdout_coco else None)
     else:
         pool, holdout = demo_splits(out / "data", args.pool_size, args.holdout_size)
     tracking = Tracking(args.tracking_uri or _default_tracking_uri(), args.experiment,
                         str((out / "mlflow-artifacts").resolve()))
-    print(f"simulating {config} on {pool.coco_json} (held out: {holdout.coco_json}); "
+    held = holdout.coco_json if holdout else "the production split"
+    print(f"simulating {config} on {pool.coco_json} (held out: {held}); "
           f"MLflow {tracking.tracking_uri}, experiment {tracking.experiment}", flush=True)
     table = run_simulation(pool, holdout, config, out / "work", tracking,
                            log=lambda line: print(line, flush=True))
@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="replay active learning: strategies vs random, mAP curves")
     p.add_argument("--strategies", nargs="+", default=None,
-                   help="random | <measure>[_diverse][:<agg>] (default random entropy margin)")
+                   help="random | least_confidence | margin | ratio | entropy "
+                   "(default random entropy margin)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1")
     p.add_argument("--rounds", type=int, default=None, help="selection rounds after round 0")
     p.add_argument("--budget", type=int, default=None, help="images labeled per round")
@@ -234,14 +235,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-steps", type=int, default=None, help="later rounds, warm-started")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--score-thresh", type=float, default=None, help="boxes selection looks at")
+    p.add_argument("--agg", default=None, help="per-image aggregation: max | mean | sum | topk_mean")
+    p.add_argument("--min-score", type=float, default=None, help="noise floor of the ranking")
+    p.add_argument("--max-per-class", type=int, default=None, help="the queue's class cap")
+    p.add_argument("--min-improvement", type=float, default=None, help="the gate's margin")
+    p.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples per round")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", default="data/simulation", help="results, data and checkpoints")
     p.add_argument("--coco", default=None, help="labeled pool (COCO json); default: demo data")
     p.add_argument("--images", default=None, help="image folder of --coco")
-    p.add_argument("--holdout-coco", default=None, help="held-out COCO json (else split --coco)")
+    p.add_argument("--holdout-coco", default=None,
+                   help="held-out COCO json (else the production split of --coco)")
     p.add_argument("--holdout-images", default=None)
-    p.add_argument("--holdout-size", type=int, default=100, help="held-out images (split/demo)")
+    p.add_argument("--holdout-size", type=int, default=100, help="held-out images (demo data)")
     p.add_argument("--pool-size", type=int, default=400, help="demo pool images")
     p.add_argument("--tracking-uri", default=None, help="default: the project's MLflow store")
     p.add_argument("--experiment", default="al_assets_simulation")

@@ -137,6 +137,25 @@ class ModelRegistry:
         for key, value in tags.items():
             self.client.set_model_version_tag(version.name, str(version.version), key, value)
 
+    def move_alias(self, name: str, version: int, alias: str) -> None:
+        """Point ``alias`` at ``name`` v``version`` and at its paired model's version too."""
+        with self._translated(f"moving alias {alias!r} of {name!r}"):
+            found = self.client.get_model_version(name, str(version))
+            self.client.set_registered_model_alias(name, alias, str(version))
+            paired = found.tags.get("paired_model")
+            if paired:
+                other, _, other_version = paired.rpartition("/")
+                self.client.set_registered_model_alias(other, alias, other_version)
+
+    def alias_version(self, name: str, alias: str) -> int | None:
+        """The version ``alias`` points at, or None when the model or the alias is not set."""
+        try:
+            return int(self.resolve(name, alias=alias).version)
+        except RegistryError as exc:
+            if "is not set" in str(exc) or "does not exist" in str(exc):
+                return None
+            raise
+
     # -- lookup ----------------------------------------------------------------------------
     def resolve(self, name: str, *, version: int | None = None, alias: str | None = None):
         """The MLflow ModelVersion for an exact version or an alias, with clear errors."""

@@ -7,11 +7,13 @@ import dagster as dg
 from al_assets.orchestration.assets import (
     analysis,
     ingestion,
+    labels,
     models,
     prediction,
     queue,
     report,
     simulation,
+    training,
     uncertainty,
 )
 from al_assets.orchestration.automation import automation_sensor
@@ -42,7 +44,11 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=[
             ingestion.coco_batch,
+            labels.label_import,
+            labels.splits,
             models.registered_model,
+            training.challenger,
+            training.evaluation_gate,
             prediction.predictions,
             uncertainty.shard_scores,
             uncertainty.least_confidence,

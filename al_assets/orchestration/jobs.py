@@ -2,13 +2,19 @@
 
 import dagster as dg
 
-from al_assets.orchestration.partitions import batch_partitions, prediction_partitions
+from al_assets.orchestration.partitions import (
+    batch_partitions,
+    label_batch_partitions,
+    prediction_partitions,
+)
 
 INGESTION_KEYS = [dg.AssetKey(k) for k in ("categories", "images", "annotations", "ingestion_rejects")]
 PREDICTION_KEYS = [dg.AssetKey(k) for k in ("detections", "prediction_errors", "box_scores",
                                               "image_scores")]
+LABEL_KEYS = [dg.AssetKey(k) for k in ("labeled_images", "label_annotations", "label_rejects")]
+TRAIN_KEYS = [dg.AssetKey(k) for k in ("splits", "challenger", "evaluation_gate")]
 VIEW_KEYS = [dg.AssetKey(k) for k in (
-    "least_confidence", "least_margin", "entropy", "image_rankings", "labeling_queue",
+    "splits", "least_confidence", "least_margin", "entropy", "image_rankings", "labeling_queue",
     "confused_pairs", "class_frequency", "model_evaluation", "confusion_matrix",
     "uncertainty_report",
 )]
@@ -32,4 +38,13 @@ refresh_views_job = dg.define_asset_job(
     "refresh_views_job", selection=VIEWS,
     description="Recompute rankings, the labeling queue, the analysis and the report.",
 )
-JOBS = [ingest_job, register_job, predict_job, refresh_views_job]
+label_import_job = dg.define_asset_job(
+    "label_import_job", selection=dg.AssetSelection.assets(*LABEL_KEYS),
+    partitions_def=label_batch_partitions,
+    description="Import one label file from <source>/labels/ as a label batch.",
+)
+train_job = dg.define_asset_job(
+    "train_job", selection=dg.AssetSelection.assets(*TRAIN_KEYS),
+    description="Splits -> train a challenger on the labels -> evaluation gate (may promote).",
+)
+JOBS = [ingest_job, register_job, predict_job, refresh_views_job, label_import_job, train_job]

@@ -12,10 +12,13 @@ import dagster as dg
 BATCH = "batch"
 SHARD = "shard"
 MODEL_VERSION = "model_version"
+LABEL_BATCH = "label_batch"
 
 batch_partitions = dg.DynamicPartitionsDefinition(name=BATCH)
 shard_partitions = dg.DynamicPartitionsDefinition(name=SHARD)
 model_version_partitions = dg.DynamicPartitionsDefinition(name=MODEL_VERSION)
+label_batch_partitions = dg.DynamicPartitionsDefinition(name=LABEL_BATCH)
+"""One imported label file (``<source>/labels/<stem>.json`` -> ``labels-<stem>``)."""
 prediction_partitions = dg.MultiPartitionsDefinition(
     {MODEL_VERSION: model_version_partitions, SHARD: shard_partitions}
 )

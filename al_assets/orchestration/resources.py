@@ -62,6 +62,10 @@ class CocoSourceResource(dg.ConfigurableResource):
     )
     annotations_dir: str = "annotations"
     images_dir: str = "images"
+    labels_dir: str = "labels"
+    """Label files come back here (Label Studio JSON exports, COCO from any tool)."""
+    max_label_mb: int = 512
+    """Refuse label files larger than this."""
     s3: S3Config = Field(default_factory=S3Config)
 
     def objects(self) -> ObjectStore:
@@ -72,6 +76,24 @@ class CocoSourceResource(dg.ConfigurableResource):
 
     def annotation_uri(self, batch: str) -> str:
         return join_uri(self.annotations_uri(), f"{batch}.json")
+
+    def labels_uri(self) -> str:
+        return join_uri(to_uri(self.root), self.labels_dir)
+
+    def label_uri(self, label_batch: str) -> str:
+        """``labels-<stem>`` -> ``<root>/labels/<stem>.json``."""
+        from al_assets.core.splits import LABEL_BATCH_PREFIX
+
+        return join_uri(self.labels_uri(), f"{label_batch.removeprefix(LABEL_BATCH_PREFIX)}.json")
+
+    def read_label_file(self, uri: str) -> bytes:
+        from al_assets.core.errors import CocoFormatError
+
+        try:
+            return self.objects().read_bytes(uri, max_bytes=self.max_label_mb * 1024**2)
+        except FileNotFoundError:
+            raise CocoFormatError(f"label file {uri} not found: put the export into "
+                                  f"{self.labels_uri()}/ and name the batch after it") from None
 
     def image_root(self) -> str:
         return join_uri(to_uri(self.root), self.images_dir)
@@ -116,3 +138,11 @@ class DeviceResource(dg.ConfigurableResource):
     def lease_folder(self) -> str:
         home = os.environ.get("DAGSTER_HOME") or os.path.join(os.getcwd(), ".dagster_home")
         return self.lease_dir or os.path.join(home, "gpu-leases")
+
+
+def scratch_dir(*parts: str) -> str:
+    """A local working folder that survives a killed run (resumable training state)."""
+    home = os.environ.get("DAGSTER_HOME") or os.path.join(os.getcwd(), ".dagster_home")
+    path = os.path.join(home, "al_assets-work", *parts)
+    os.makedirs(path, exist_ok=True)
+    return path

@@ -12,9 +12,17 @@ import dagster as dg
 from al_assets.core.coco.discovery import list_batch_files
 from al_assets.core.sharding import batch_of_shard
 from al_assets.orchestration.champion import ChampionConfig
-from al_assets.orchestration.jobs import ingest_job, predict_job, refresh_views_job
+from al_assets.core.splits import LABEL_BATCH_PREFIX
+from al_assets.orchestration.jobs import (
+    ingest_job,
+    label_import_job,
+    predict_job,
+    refresh_views_job,
+    train_job,
+)
 from al_assets.orchestration.partitions import (
     BATCH,
+    LABEL_BATCH,
     MODEL_VERSION,
     SHARD,
     add_partitions,
@@ -28,32 +36,54 @@ TICK_BUDGET_S = 20.0  # Dagster cancels a tick after 60 s; stay well below
 
 
 @dg.sensor(
-    job=ingest_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Watches the source's annotations folder / S3 prefix; each new annotation "
-    "file becomes a batch partition and one ingestion run.",
+    jobs=[ingest_job, label_import_job], minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Watches the source's annotations/ and labels/ folders (or S3 prefixes): each "
+    "new annotation file becomes a batch and one ingestion run, each new label file a label "
+    "batch and one label-import run.",
 )
 def new_data_sensor(context: dg.SensorEvaluationContext, coco_source: CocoSourceResource):
     cursor = json.loads(context.cursor) if context.cursor else {}
-    known = set(context.instance.get_dynamic_partitions(BATCH))
-    start_after, deadline = cursor.get("after"), time.monotonic() + TICK_BUDGET_S
+    deadline = time.monotonic() + TICK_BUDGET_S
+    batches, cursor["after"] = _new_files(context, coco_source, coco_source.annotations_uri(),
+                                          BATCH, cursor.get("after"), deadline, "")
+    labels, cursor["labels_after"] = _new_files(
+        context, coco_source, coco_source.labels_uri(), LABEL_BATCH, cursor.get("labels_after"),
+        deadline, LABEL_BATCH_PREFIX, missing_ok=True)
+    requests = [dg.RunRequest(run_key=f"ingest:{b}:{etag}", partition_key=b,
+                              job_name=ingest_job.name) for b, etag in sorted(batches.items())]
+    requests += [dg.RunRequest(run_key=f"labels:{b}:{etag}", partition_key=b,
+                               job_name=label_import_job.name) for b, etag in sorted(labels.items())]
+    return dg.SensorResult(
+        run_requests=requests, cursor=json.dumps(cursor),
+        dynamic_partitions_requests=[
+            request for name, new in ((BATCH, batches), (LABEL_BATCH, labels)) if new
+            for request in [dg.AddDynamicPartitionsRequest(name, sorted(new))]],
+    )
+
+
+def _new_files(
+    context: dg.SensorEvaluationContext, source: CocoSourceResource, folder: str, partitions: str,
+    start_after: str | None, deadline: float, prefix: str, missing_ok: bool = False,
+) -> tuple[dict[str, str], str | None]:
+    """Files of ``folder`` not yet a partition: {partition key: etag}, and the paging cursor."""
+    known = set(context.instance.get_dynamic_partitions(partitions))
     new: dict[str, str] = {}
     while time.monotonic() < deadline:
-        batches, skipped, start_after, more = list_batch_files(
-            coco_source.objects(), coco_source.annotations_uri(), start_after=start_after,
-            page_size=PAGE_SIZE,
-        )
+        try:
+            found, skipped, start_after, more = list_batch_files(
+                source.objects(), folder, start_after=start_after, page_size=PAGE_SIZE)
+        except FileNotFoundError:
+            if missing_ok:  # no labels/ folder yet: nothing came back from labeling
+                return {}, None
+            raise
         for uri in skipped:
             context.log.warning(f"{uri}: file name unusable as a batch name; rename it")
-        new.update({b.batch: b.info.etag for b in batches if b.batch not in known})
+        new.update({prefix + f.batch: f.info.etag for f in found
+                    if prefix + f.batch not in known})
         if not more:
-            start_after = None  # a full pass done: the next tick starts over from the top
-            break
-    add_partitions(context.instance, BATCH, sorted(new))  # before the runs that need them
-    return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=f"ingest:{batch}:{etag}", partition_key=batch)
-                      for batch, etag in sorted(new.items())],
-        cursor=json.dumps({"after": start_after}),
-    )
+            return new, None  # a full pass done: the next tick starts over from the top
+    return new, start_after
 
 
 @dg.asset_sensor(
@@ -82,8 +112,9 @@ def new_shards_sensor(
 @dg.sensor(
     jobs=[predict_job, refresh_views_job], minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Polls the MLflow registry: a new class-score model version is predicted on "
-    "every shard; an alias move refreshes the views.",
+    description="Polls the MLflow registry: each new version becomes a model_version "
+    "partition; the champion's version is predicted on every shard not yet predicted with it "
+    "(a promotion predicts the pool); an alias move to a predicted version refreshes the views.",
 )
 def new_model_version_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowResource):
     config = ChampionConfig()
@@ -92,21 +123,39 @@ def new_model_version_sensor(context: dg.SensorEvaluationContext, mlflow: Mlflow
     versions = [v for v in registry.versions(config.model_name) if v > cursor["max_version"]]
     alias = _alias_version(registry, config)
     keys = [model_version_key(config.model_name, v) for v in versions]
-    shards = context.instance.get_dynamic_partitions(SHARD)
-    done = context.instance.get_materialized_partitions(dg.AssetKey("detections")) if keys else set()
-    requests = [dg.RunRequest(run_key=f"predict:{key}:{shard}", job_name=predict_job.name,
-                              partition_key=prediction_key(key, shard))
-                for key in keys for shard in shards
-                if prediction_key(key, shard) not in done]  # e.g. predicted by hand or the CLI
-    if alias is not None and alias != cursor["alias"] and not versions:
+    requests = []
+    if alias is not None:
+        key = model_version_key(config.model_name, alias)
+        shards = context.instance.get_dynamic_partitions(SHARD)
+        done = context.instance.get_materialized_partitions(dg.AssetKey("detections"))
+        requests = [dg.RunRequest(run_key=f"predict:{key}:{shard}", job_name=predict_job.name,
+                                  partition_key=prediction_key(key, shard))
+                    for shard in shards if prediction_key(key, shard) not in done]
+        keys.append(key)
+    if alias is not None and alias != cursor["alias"] and not requests:
         requests.append(dg.RunRequest(run_key=f"views:{config.alias}:{alias}",
                                       job_name=refresh_views_job.name))
-    add_partitions(context.instance, MODEL_VERSION, keys)
+    known = set(context.instance.get_dynamic_partitions(MODEL_VERSION))
+    new_keys = sorted({k for k in keys if k not in known})
     return dg.SensorResult(
         run_requests=requests,
         cursor=json.dumps({"max_version": max(versions, default=cursor["max_version"]),
                            "alias": alias}),
+        dynamic_partitions_requests=[dg.AddDynamicPartitionsRequest(MODEL_VERSION, new_keys)]
+        if new_keys else None,
     )
+
+
+@dg.asset_sensor(
+    asset_key=dg.AssetKey("labeled_images"), job=train_job,
+    default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
+    description="When a label file is imported, trains a challenger on every labeled "
+    "train-split image and runs the evaluation gate (which may promote it).",
+)
+def new_labels_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+    batch = asset_event.dagster_event.partition
+    return dg.RunRequest(run_key=f"train:{batch}:{asset_event.run_id}",
+                         tags={"al_assets/label_batch": str(batch)})
 
 
 def _stale(instance: dg.DagsterInstance, key: str, shards: list[str], since: float) -> list[str]:
@@ -138,4 +187,4 @@ def _alias_version(registry, config: ChampionConfig) -> int | None:
         raise
 
 
-SENSORS = [new_data_sensor, new_shards_sensor, new_model_version_sensor]
+SENSORS = [new_data_sensor, new_shards_sensor, new_model_version_sensor, new_labels_sensor]

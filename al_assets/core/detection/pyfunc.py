@@ -72,6 +72,8 @@ class DetectionModel(mlflow.pyfunc.PythonModel):
         if self.kind not in (DETECTOR, CLASS_SCORES):
             raise ValueError(f"kind must be {DETECTOR!r} or {CLASS_SCORES!r}, got {self.kind!r}")
         model, checkpoint = load_detector(path)
+        self.checkpoint_path = path  # training warm-starts from the registered weights
+        self.arch = checkpoint.arch
         self.extractor = ClassScoreExtractor(
             model.eval(), checkpoint.categories.category_ids, topk=self.topk,
             with_distribution=self.kind == CLASS_SCORES,

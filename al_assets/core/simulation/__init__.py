@@ -3,13 +3,12 @@
 from al_assets.core.simulation.loop import (
     DEFAULT_STRATEGIES,
     CocoSplit,
-    LabeledPool,
     SimulationConfig,
     SimulationError,
+    load_pool,
     Tracking,
     demo_splits,
     run_simulation,
-    split_holdout,
 )
 from al_assets.core.simulation.report import (
     SIMULATION_CURVES,
@@ -23,27 +22,14 @@ from al_assets.core.simulation.report import (
     mean_curves,
     write_outputs,
 )
-from al_assets.core.simulation.strategies import (
-    MEASURES,
-    Strategy,
-    parse_strategy,
-    select_images,
-    select_random,
-    select_spread_out,
-    select_uncertain,
-    uncertainty_ranking,
-)
-
 __all__ = [
     "DEFAULT_STRATEGIES",
-    "MEASURES",
     "SIMULATION_CURVES",
     "CocoSplit",
-    "LabeledPool",
     "LabelsSaved",
     "SimulationConfig",
     "SimulationError",
-    "Strategy",
+    "load_pool",
     "Tracking",
     "curves_png",
     "curves_table",
@@ -53,13 +39,6 @@ __all__ = [
     "labels_to_reach",
     "markdown_summary",
     "mean_curves",
-    "parse_strategy",
     "run_simulation",
-    "select_images",
-    "select_random",
-    "select_spread_out",
-    "select_uncertain",
-    "split_holdout",
-    "uncertainty_ranking",
     "write_outputs",
 ]

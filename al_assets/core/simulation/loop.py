@@ -1,85 +1,80 @@
-"""The closed active-learning loop, simulated on a fully labeled pool with a held-out split.
+"""The production loop, replayed with an oracle labeler on a fully labeled pool.
 
 Why simulate: whether uncertainty sampling beats random depends on the data, the detector and
-the budget, and the only honest answer is a replay. Labels are hidden, revealed only for the
-images a strategy selects; the detector is retrained on them and scored on the held-out split
-(COCO mAP, pycocotools) after every round. Per seed:
+the budget, and the only honest answer is a replay. There is no second implementation of any
+step here: every round runs the functions the assets run, in the same order.
 
-* round 0 trains from scratch on a random seed set of ``initial_size`` images; every strategy
-  of the seed starts from that same set and model, so their curves differ only by selection;
-* each later round predicts the unlabeled pool with the previous round's model (the production
-  ``predict_shard`` + ``ClassScoreExtractor`` path, boxes below ``score_thresh`` dropped), lets
-  the strategy pick ``budget`` images, and fine-tunes the previous checkpoint for
-  ``round_steps`` (warm start: a fixed cost per round instead of a growing from-scratch run).
-  Training seeds depend on (seed, round) only, so strategies get identical optimisation noise.
+* the pool is read with the ingestion core (``ingest_batch``: the one COCO reader and its
+  validation; unreadable images are rejected, never picked); ground truth is hidden from the
+  loop and known only to the oracle;
+* held-out images are the production split (``split_of``: a stable hash of the image id),
+  unless a separate held-out COCO file is given;
+* round 0: a random seed set of ``initial_size`` images is labeled by the oracle and imported
+  with ``import_labels``; a model is trained on it from scratch (``train_challenger``);
+* each later round: the champion predicts the unlabeled pool with the production runner,
+  ``rank_images`` + ``select_batch`` pick the queue (strategy, aggregation, class cap, de-dup,
+  exclusions), the queue is exported with ``label_studio_tasks``, the oracle answers that
+  export from ground truth (``oracle_export``), the answer is imported with ``import_labels``,
+  a challenger is fine-tuned from the champion on every labeled image, and the gate
+  (``compare_predictions`` + ``decide``) promotes it or keeps the champion.
 
-Every strategy x seed is one MLflow run (params + per-round metrics, step = round).
+Every strategy x seed is one MLflow run (params + per-round metrics, step = round). The curve
+value of a round is the challenger's held-out mAP: the model trained on that many labels.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from torch import nn
 
-from al_assets.core import schemas
+from al_assets.core.analysis.evaluation import compare_predictions
+from al_assets.core.analysis.gate import GatePolicy, decide
+from al_assets.core.coco.ingest import IngestOptions, ingest_batch
+from al_assets.core.coco.tables import CocoTables
 from al_assets.core.demo.generator import generate_demo_dataset
-from al_assets.core.detection.categories import CategoryMap
-from al_assets.core.detection.evaluation import evaluate_coco_map
+from al_assets.core.detection.factory import load_detector
 from al_assets.core.detection.extractor import ClassScoreExtractor
-from al_assets.core.detection.factory import save_checkpoint
-from al_assets.core.detection.training import (
-    RECOMMENDED_MALLOC_ENV,
-    CocoDetectionDataset,
-    malloc_env_is_set,
-    train_detector,
-)
+from al_assets.core.detection.training import RECOMMENDED_MALLOC_ENV, malloc_env_is_set
 from al_assets.core.errors import AlAssetsError
-from al_assets.core.images import decode_rgb
+from al_assets.core.labels import import_labels
+from al_assets.core.loop.evaluation import predict_images
+from al_assets.core.loop.oracle import oracle_export
+from al_assets.core.loop.selection import (
+    STRATEGIES,
+    ScoringSettings,
+    SelectionConfig,
+    rank_images,
+    select_batch,
+)
+from al_assets.core.loop.training import DEFAULT_ARCH, TrainSettings, train_challenger
+from al_assets.core.prediction.arrow import confident_detections
 from al_assets.core.prediction.devices import lease_device
-from al_assets.core.prediction.runner import (
-    PredictOptions,
-    ShardRef,
-    configure_postprocess,
-    predict_shard,
-)
-from al_assets.core.queue.dedup import dhash
+from al_assets.core.prediction.runner import ShardRef
+from al_assets.core.queue.dedup import perceptual_hashes
+from al_assets.core.queue.exports import label_studio_tasks
+from al_assets.core.scoring.views import DEFAULT_MIN_SCORE
 from al_assets.core.simulation.report import curves_table
-from al_assets.core.simulation.strategies import (
-    Strategy,
-    parse_strategy,
-    select_images,
-    select_random,
-)
-from al_assets.core.storage.objects import to_uri
+from al_assets.core.splits import HELDOUT, effective_labels, split_of
+from al_assets.core.storage.objects import ObjectStore, to_uri
 
-ARCH = "ssdlite320_mobilenet_v3_large"
 DEFAULT_STRATEGIES = ("random", "entropy", "margin")
 DEMO_POOL_SEED, DEMO_HOLDOUT_SEED = 3000, 4000  # the demo pool and demo detector use 0, 1000, 2000
 DEMO_POOL_IMAGES, DEMO_HOLDOUT_IMAGES = 400, 100
 _INITIAL_STREAM, _SELECT_STREAM = 1, 2  # numpy seed-sequence streams, one per purpose
+_MODEL_NAME = "simulation"
 Log = Callable[[str], None]
-_TRACKED = ("map", "ap50", "labeled_images", "labeled_boxes", "train_seconds", "pool_with_boxes")
-_POSITIVE_FIELDS = (
-    "initial_size",
-    "budget",
-    "rounds",
-    "initial_steps",
-    "round_steps",
-    "batch_size",
-    "candidates_factor",
-)
+_TRACKED = ("map", "ap50", "champion_map", "labeled_images", "labeled_boxes", "train_seconds",
+            "pool_with_boxes")
+_POSITIVE_FIELDS = ("initial_size", "budget", "rounds", "initial_steps", "round_steps",
+                    "batch_size")
 
 
 class SimulationError(AlAssetsError, ValueError):
@@ -96,26 +91,29 @@ class CocoSplit:
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    """What to replay.
+    """What to replay; selection and scoring fields mean what they mean for the queue.
 
-    The defaults are sized for the demo data on 2 CPU cores (about 8 training and 30 inference
-    images/s): 2 x (250 + 3 strategies x 3 rounds x 50) steps of 8 images is about 23 min of
-    training, plus about 5 min of prediction and evaluation. Larger budgets: see the CLI flags.
+    The defaults are sized for the demo data on 2 CPU cores (about 7 training and 30 inference
+    images/s): 2 x (250 + 3 strategies x 3 rounds x 50) steps of 8 images is about 25 min.
     """
 
-    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES  # random and/or the queue's measures
     seeds: tuple[int, ...] = (0, 1)
     initial_size: int = 20  # random seed set of round 0
-    budget: int = 20  # images labeled per round
+    budget: int = 20  # images labeled per round (the queue's size)
     rounds: int = 3  # selection rounds after round 0
     initial_steps: int = 250  # round 0, from scratch
-    round_steps: int = 50  # each later round, warm-started
+    round_steps: int = 50  # each later round, fine-tuned from the champion
     batch_size: int = 8
-    lr: float | None = None  # None: train_detector's default (SGD 0.05)
-    arch: str = ARCH
-    score_thresh: float = 0.2  # boxes below it are ignored by selection (not by evaluation)
-    candidates_factor: int = 3  # *_diverse strategies: top factor x budget candidates
-    device: str = "auto"  # prediction and evaluation; training runs where train_detector runs
+    lr: float | None = None  # None: train_detector's default
+    arch: str = DEFAULT_ARCH
+    agg: str = ScoringSettings.agg  # per-image aggregation of box uncertainty
+    min_score: float = DEFAULT_MIN_SCORE  # noise floor of the ranking (not of evaluation)
+    max_per_class: int | None = None  # the queue's class cap
+    deduplicate: bool = True  # the queue's near-duplicate filter
+    min_improvement: float = 0.0  # the gate's margin (0: promote whenever not worse)
+    n_boot: int = 100  # bootstrap resamples of the held-out images per round
+    device: str = "auto"  # prediction, evaluation and training
 
     def __post_init__(self) -> None:
         for name in _POSITIVE_FIELDS:
@@ -126,12 +124,11 @@ class SimulationConfig:
         for name, values in (("strategies", self.strategies), ("seeds", self.seeds)):
             if len(set(values)) != len(values):
                 raise SimulationError(f"{name} {values} must not repeat")
-        if not 0.0 <= self.score_thresh < 1.0:
-            raise SimulationError(f"score_thresh must be in [0, 1), got {self.score_thresh}")
-        try:
-            [parse_strategy(s) for s in self.strategies]
-        except ValueError as exc:
-            raise SimulationError(str(exc)) from exc
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown:
+            raise SimulationError(f"unknown strategies {unknown}; use {list(STRATEGIES)}")
+        if not 0.0 <= self.min_score < 1.0:
+            raise SimulationError(f"min_score must be in [0, 1), got {self.min_score}")
 
     @property
     def final_size(self) -> int:
@@ -141,6 +138,16 @@ class SimulationConfig:
         """MLflow params of one run: this config with the run's own strategy and seed."""
         values = {k: v for k, v in asdict(self).items() if k not in ("strategies", "seeds")}
         return {"strategy": strategy, "seed": str(seed), **{k: str(v) for k, v in values.items()}}
+
+    def selection(self, strategy: str, seed: int, rnd: int) -> SelectionConfig:
+        return SelectionConfig(strategy=strategy, size=self.budget,
+                               max_per_class=self.max_per_class, deduplicate=self.deduplicate,
+                               exclude_labeled=True, seed=seed * 1000 + rnd)
+
+    def training(self, seed: int, rnd: int) -> TrainSettings:
+        steps = self.initial_steps if rnd == 0 else self.round_steps
+        return TrainSettings(steps=steps, batch_size=self.batch_size, lr=self.lr,
+                             seed=seed * 1000 + rnd, checkpoint_every=max(steps, 1))
 
 
 @dataclass(frozen=True)
@@ -167,109 +174,72 @@ def demo_splits(
     )
 
 
-def split_holdout(
-    split: CocoSplit, holdout_images: int, seed: int, out_dir: Path
-) -> tuple[CocoSplit, CocoSplit]:
-    """Split one labeled COCO file into a pool and a random held-out set (same image folder)."""
-    document = _read_document(split.coco_json)
-    ids = sorted(int(image["id"]) for image in document["images"])
-    if not 0 < holdout_images < len(ids):
-        raise SimulationError(
-            f"holdout of {holdout_images} images is impossible with {len(ids)} images in "
-            f"{split.coco_json}; pass a size between 1 and {len(ids) - 1}"
-        )
-    held = {int(i) for i in np.random.default_rng(seed).choice(ids, holdout_images, replace=False)}
-    pool_json = _write_json(
-        out_dir / "pool.json", _subset(document, [i for i in ids if i not in held])
-    )
-    holdout_json = _write_json(out_dir / "holdout.json", _subset(document, sorted(held)))
-    return CocoSplit(pool_json, split.image_dir), CocoSplit(holdout_json, split.image_dir)
+@dataclass
+class Pool:
+    """The pool as the pipeline sees it (IMAGES, CATEGORIES) plus the oracle's ground truth."""
+
+    tables: CocoTables  # the candidates' images and ground truth
+    heldout: CocoTables  # held-out images and ground truth (a filtered view or its own file)
+    candidates: list[int]
+    hashes: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def categories(self) -> pa.Table:
+        return self.tables.categories
+
+    def images_of(self, ids: list[int]) -> pa.Table:
+        return self.tables.images.filter(pc.is_in(self.tables.images["image_id"],
+                                                  pa.array(ids, pa.int64())))
 
 
-class LabeledPool:
-    """The pool's COCO document, indexed for subsets, box counts, prediction inputs and dHash.
-
-    Every image is read once up front: an unreadable one is left out of the pool (listed in
-    ``skipped``) so that no strategy can pick an image the detector cannot see.
-    """
-
-    def __init__(self, split: CocoSplit, log: Log | None = None) -> None:
-        self.split = split
-        self.document = _read_document(split.coco_json)
-        self.records = {int(image["id"]): image for image in self.document["images"]}
-        self.boxes = dict.fromkeys(self.records, 0)
-        for ann in self.document.get("annotations", []):
-            if _is_trainable_box(ann) and int(ann["image_id"]) in self.boxes:
-                self.boxes[int(ann["image_id"])] += 1
-        self.hashes: dict[int, int] = {}
-        self.skipped: dict[int, str] = {}
-        for image_id in sorted(self.records):
-            self._inspect(image_id)
-        if self.skipped and log:
-            first = dict(list(self.skipped.items())[:3])
-            log(f"left {len(self.skipped)} unreadable pool images out, e.g. {first}")
-        self.image_ids = sorted(self.hashes)
-
-    def path(self, image_id: int) -> Path:
-        return self.split.image_dir / self.records[image_id]["file_name"]
-
-    def labeled_boxes(self, ids: Sequence[int]) -> int:
-        """Non-crowd boxes with an area: what training sees, hence what labeling costs."""
-        return sum(self.boxes[i] for i in ids)
-
-    def write_subset(self, ids: Sequence[int], path: Path) -> Path:
-        """The COCO file of the labeled images only (ground truth revealed for them)."""
-        return _write_json(path, _subset(self.document, ids))
-
-    def images_table(self, ids: Sequence[int]) -> pa.Table:
-        """image_id, uri, width, height: the prediction runner's input for these images."""
-        records = [self.records[i] for i in ids]
-        return pa.table(
-            {
-                "image_id": pa.array(list(ids), pa.int64()),
-                "uri": pa.array([to_uri(self.path(int(r["id"]))) for r in records], pa.string()),
-                "width": pa.array([int(r["width"]) for r in records], pa.int32()),
-                "height": pa.array([int(r["height"]) for r in records], pa.int32()),
-            }
-        )
-
-    def _inspect(self, image_id: int) -> None:
-        record, path = self.records[image_id], self.path(image_id)
-        try:
-            data = path.read_bytes()
-            decode_rgb(data, str(path), expected_size=(int(record["width"]), int(record["height"])))
-            self.hashes[image_id] = dhash(data, str(path))
-        except (OSError, AlAssetsError, ValueError) as exc:
-            self.skipped[image_id] = f"{path}: {exc}"
+def load_pool(pool: CocoSplit, holdout: CocoSplit | None, log: Log | None = None) -> Pool:
+    """Read the pool (and held-out file) with the ingestion core; split by the production hash."""
+    tables = _ingest(pool, "pool", log)
+    if holdout is None:
+        ids = tables.images["image_id"].to_numpy()
+        held = pa.array(ids[split_of(ids) == HELDOUT], pa.int64())
+        heldout = CocoTables(tables.categories, _keep(tables.images, held, True),
+                             _keep(tables.annotations, held, True), tables.rejects)
+        images = _keep(tables.images, held, False)
+        tables = CocoTables(tables.categories, images, _keep(tables.annotations, held, False),
+                            tables.rejects)
+    else:
+        heldout = _ingest(holdout, "holdout", log)
+        _check_disjoint(tables, heldout, holdout)
+    candidates = sorted(tables.images["image_id"].to_pylist())
+    hashes, _ = perceptual_hashes(tables.images["uri"].to_pylist(), ObjectStore())
+    by_id = {i: hashes[u] for i, u in zip(tables.images["image_id"].to_pylist(),
+                                          tables.images["uri"].to_pylist(), strict=True)
+             if u in hashes}
+    return Pool(tables, heldout, candidates, by_id)
 
 
 @dataclass
-class _RoundResult:
-    model: nn.Module
+class _Round:
     checkpoint: Path
-    metrics: dict
+    comparison: dict
+    promoted: bool
     train_seconds: float
 
 
 @dataclass
-class _Run:
-    """Shared state of one seed: its data, round-0 model and the predictions made with it."""
+class _Seed:
+    """One seed's shared state: pool, initial labels and the round-0 champion."""
 
-    pool: LabeledPool
-    holdout: CocoSplit
+    pool: Pool
     config: SimulationConfig
     seed: int
     workdir: Path
     device: object
-    categories: CategoryMap
     initial: list[int] = field(default_factory=list)
-    start: _RoundResult | None = None
+    initial_labels: list[tuple[pa.Table, pa.Table]] = field(default_factory=list)
+    start: _Round | None = None
     start_predictions: pa.Table | None = None
 
 
 def run_simulation(
     pool_split: CocoSplit,
-    holdout: CocoSplit,
+    holdout: CocoSplit | None,
     config: SimulationConfig,
     workdir: Path,
     tracking: Tracking,
@@ -277,37 +247,34 @@ def run_simulation(
 ) -> pa.Table:
     """Replay every strategy x seed; returns the SIMULATION_CURVES table (see ``report``)."""
     _warn_if_malloc_unset()
-    pool = LabeledPool(pool_split, log)
-    _check_sizes(pool, holdout, config)
+    pool = load_pool(pool_split, holdout, log)
+    _check_sizes(pool, config, pool_split)
     tracker = _Tracker(tracking)
     rows: list[dict] = []
     with lease_device(config.device) as device:
         for seed in config.seeds:
-            run = _Run(
-                pool,
-                holdout,
-                config,
-                seed,
-                Path(workdir) / f"seed-{seed}",
-                device,
-                CategoryMap.from_coco_categories(pool.document["categories"]),
-            )
+            run = _Seed(pool, config, seed, Path(workdir) / f"seed-{seed}", device)
             _start_seed(run, log)
-            for name in config.strategies:
-                rows += _tracked(tracker, run, parse_strategy(name), log)
+            for strategy in config.strategies:
+                rows += _tracked(tracker, run, strategy, log)
     return curves_table(rows)
 
 
-def _start_seed(run: _Run, log: Log | None) -> None:
-    """Round 0: the random seed set and the model trained on it from scratch."""
+def _start_seed(run: _Seed, log: Log | None) -> None:
+    """Round 0: a random seed set, labeled by the oracle, and a model trained on it."""
     rng = np.random.default_rng([run.seed, _INITIAL_STREAM])
-    run.initial = select_random(run.pool.image_ids, run.config.initial_size, rng)
-    run.start = _train_round(run, run.initial, 0, None, run.workdir / "round-0")
-    _log_round(log, _row(run, "all", 0, run.initial, run.initial, run.start, None))
+    run.initial = sorted(int(i) for i in rng.choice(run.pool.candidates, run.config.initial_size,
+                                                    replace=False))
+    tasks = [{"data": {"image": u, "image_id": i}} for i, u in zip(
+        run.initial, run.pool.images_of(run.initial).sort_by("image_id")["uri"].to_pylist(),
+        strict=True)]
+    run.initial_labels = [_oracle_labels(run.pool, tasks, "labels-r000")]
+    run.start = _train_and_gate(run, run.initial_labels, 0, None, run.workdir / "round-0")
+    _log_round(log, _row(run, "all", 0, run.initial, run.initial_labels, run.start, None))
 
 
-def _tracked(tracker: _Tracker, run: _Run, strategy: Strategy, log: Log | None) -> list[dict]:
-    run_id = tracker.start(run.config.params(strategy.name, run.seed), strategy.name, run.seed)
+def _tracked(tracker: _Tracker, run: _Seed, strategy: str, log: Log | None) -> list[dict]:
+    run_id = tracker.start(run.config.params(strategy, run.seed), strategy, run.seed)
     try:
         rows = _simulate_strategy(run, strategy, lambda row: tracker.log_round(run_id, row), log)
     except BaseException:
@@ -318,142 +285,124 @@ def _tracked(tracker: _Tracker, run: _Run, strategy: Strategy, log: Log | None) 
 
 
 def _simulate_strategy(
-    run: _Run, strategy: Strategy, record: Callable[[dict], None], log: Log | None
+    run: _Seed, strategy: str, record: Callable[[dict], None], log: Log | None
 ) -> list[dict]:
-    labeled, result = list(run.initial), run.start
-    rows = [_row(run, strategy.name, 0, labeled, run.initial, result, None)]
+    labeled, labels, champion = list(run.initial), list(run.initial_labels), run.start
+    rows = [_row(run, strategy, 0, labeled, labels, champion, None)]
     record(rows[-1])
-    folder = run.workdir / strategy.name.replace(":", "-")
+    folder = run.workdir / strategy
     for rnd in range(1, run.config.rounds + 1):
-        picks, with_boxes = _select(run, strategy, rnd, labeled, result.model)
+        predictions = _pool_predictions(run, champion, labeled, rnd)
+        queue = _select(run, strategy, rnd, labeled, predictions)
+        tasks = label_studio_tasks(queue, predictions, run.pool.categories,
+                                   model_version=f"round-{rnd - 1}")
+        labels.append(_oracle_labels(run.pool, tasks, f"labels-r{rnd:03d}"))
+        picks = queue["image_id"].to_pylist()
         labeled += picks
-        previous = result
-        result = _train_round(run, labeled, rnd, previous.checkpoint, folder / f"round-{rnd}")
-        if rnd > 1:
-            previous.checkpoint.unlink(missing_ok=True)  # round 0's is shared by every strategy
-        rows.append(_row(run, strategy.name, rnd, labeled, picks, result, with_boxes))
+        result = _train_and_gate(run, labels, rnd, champion, folder / f"round-{rnd}")
+        if result.promoted:
+            champion = result
+        counts = pc.list_value_length(predictions["detections"]).to_numpy(zero_copy_only=False)
+        rows.append(_row(run, strategy, rnd, picks, labels, result,
+                         float(np.mean(counts > 0)) if strategy != "random" else None,
+                         labeled_total=len(labeled), champion=champion))
         record(rows[-1])
         _log_round(log, rows[-1])
     return rows
 
 
-def _select(
-    run: _Run, strategy: Strategy, rnd: int, labeled: list[int], model: nn.Module
-) -> tuple[list[int], float | None]:
-    """The round's picks, and the fraction of the unlabeled pool with a box to rank by."""
+def _pool_predictions(run: _Seed, champion: _Round, labeled: list[int], rnd: int) -> pa.Table:
+    """The champion's confident detections on the unlabeled pool (round 1's are shared)."""
+    if rnd == 1 and run.start_predictions is not None:
+        return run.start_predictions
     taken = set(labeled)
-    unlabeled = [i for i in run.pool.image_ids if i not in taken]
-    predictions = None
-    if strategy.needs_predictions:
-        if rnd == 1:  # the round-0 model is shared, so are its predictions
-            if run.start_predictions is None:
-                run.start_predictions = _predict(run, model, unlabeled)
-            predictions = run.start_predictions
-        else:
-            predictions = _predict(run, model, unlabeled)
-    picks = select_images(
-        strategy,
-        run.config.budget,
-        unlabeled_ids=unlabeled,
-        rng=np.random.default_rng([run.seed, _SELECT_STREAM, rnd]),
-        predictions=predictions,
-        hashes=run.pool.hashes,
-        labeled_ids=labeled,
-        candidates_factor=run.config.candidates_factor,
-    )
-    if predictions is None:
-        return picks, None
-    counts = pc.list_value_length(predictions["detections"]).to_numpy(zero_copy_only=False)
-    return picks, float(np.mean(counts > 0))
+    unlabeled = [i for i in run.pool.candidates if i not in taken]
+    predictions = _predict(run, champion.checkpoint, run.pool.images_of(unlabeled))
+    predictions = confident_detections(predictions, run.config.min_score)
+    if rnd == 1:
+        run.start_predictions = predictions
+    return predictions
 
 
-def _train_round(
-    run: _Run, labeled: list[int], rnd: int, init: Path | None, stem: Path
-) -> _RoundResult:
-    """Train on the labeled set (from ``init`` when given), checkpoint, evaluate on the holdout."""
+def _select(run: _Seed, strategy: str, rnd: int, labeled: list[int],
+            predictions: pa.Table) -> pa.Table:
+    """The production selection: rank_images + select_batch, labeled images excluded."""
     config = run.config
-    coco_json = run.pool.write_subset(labeled, stem.with_suffix(".json"))
-    started = time.perf_counter()
-    model = train_detector(
-        coco_json,
-        run.pool.split.image_dir,
-        arch=config.arch,
-        steps=config.initial_steps if init is None else config.round_steps,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        seed=run.seed * 1000 + rnd,
-        init_checkpoint=init,
+    _, rankings = rank_images(predictions, ScoringSettings(agg=config.agg, min_score=0.0))
+    by_id = {i: k for k, i in enumerate(predictions["image_id"].to_pylist())}
+    queue = select_batch(
+        rankings, lambda ids: predictions.take(pa.array([by_id[i] for i in ids.to_pylist()],
+                                                        pa.int64())),
+        config.selection(strategy, run.seed, rnd), excluded=labeled,
+        hashes_of=lambda c: {i: run.pool.hashes[i] for i in c["image_id"].to_pylist()
+                             if i in run.pool.hashes},
     )
-    seconds = time.perf_counter() - started
-    checkpoint = save_checkpoint(
-        stem.with_suffix(".pt"),
-        model,
-        arch=config.arch,
-        categories=run.categories,
-        meta={"round": rnd, "seed": run.seed},
+    if queue.num_rows < config.budget:
+        raise SimulationError(f"round {rnd}: the queue offered {queue.num_rows} of "
+                              f"{config.budget} images; lower the budget or use a larger pool")
+    return queue
+
+
+def _oracle_labels(pool: Pool, tasks: list[dict], batch: str) -> tuple[pa.Table, pa.Table]:
+    """The oracle answers the export; the answer goes through the real label import."""
+    export = oracle_export(tasks, pool.tables.annotations, pool.tables.images, pool.categories)
+    imported = import_labels(json.dumps(export).encode(), f"oracle:{batch}", batch,
+                             pool.tables.images, pool.categories)
+    if imported.rejects.num_rows:
+        first = imported.rejects.slice(0, 1).to_pylist()[0]
+        raise SimulationError(f"the oracle's export was not imported cleanly: {first['reason']}")
+    return imported.labeled_images, imported.annotations
+
+
+def _train_and_gate(run: _Seed, labels: list[tuple[pa.Table, pa.Table]], rnd: int,
+                    champion: _Round | None, folder: Path) -> _Round:
+    """Train a challenger on every label batch so far, then the production gate."""
+    annotations, owners = effective_labels(run.pool.tables.annotations.slice(0, 0), labels)
+    images = run.pool.images_of(owners["image_id"].to_pylist())
+    result = train_challenger(
+        images, annotations, run.pool.categories,
+        init_checkpoint=champion.checkpoint if champion else None,
+        settings=run.config.training(run.seed, rnd), workdir=folder, arch=run.config.arch,
     )
-    model.to(run.device)
-    metrics = evaluate_coco_map(model, run.holdout.coco_json, run.holdout.image_dir)
-    return _RoundResult(model, checkpoint, metrics, seconds)
+    heldout = run.pool.heldout
+    challenger = _predict(run, result.checkpoint, heldout.images)
+    champ = (_predict(run, champion.checkpoint, heldout.images) if champion else None)
+    comparison = compare_predictions(
+        challenger, champ, heldout.annotations, heldout.images, run.pool.categories,
+        image_ids=heldout.images["image_id"].to_pylist(), n_boot=run.config.n_boot,
+        seed=run.seed)
+    policy = replace(GatePolicy(), min_improvement=run.config.min_improvement,
+                     min_heldout_images=1)
+    return _Round(result.checkpoint, comparison, decide(comparison, policy).promote,
+                  result.seconds)
 
 
-def _predict(run: _Run, model: nn.Module, ids: list[int]) -> pa.Table:
-    """PREDICTIONS of ``ids`` with the production runner; selection sees boxes >= score_thresh."""
-    extractor = ClassScoreExtractor(model, run.categories.category_ids).to(run.device).eval()
-    sink = pa.BufferOutputStream()
-    workers = 0 if getattr(run.device, "type", "cpu") == "cpu" else 2
-    with (
-        _score_threshold(model, run.config.score_thresh),
-        pq.ParquetWriter(sink, schemas.PREDICTIONS) as writer,
-    ):
-        stats = predict_shard(
-            run.pool.images_table(ids),
-            extractor,
-            writer,
-            ShardRef("simulation", 0, "pool"),
-            device=run.device,
-            options=PredictOptions(num_workers=workers),
-        )
-    if stats.error_rows:
-        first = stats.error_rows[0]
-        raise SimulationError(
-            f"{stats.errors} pool images failed in prediction, e.g. image {first['image_id']} "
-            f"({first['stage']}): {first['error']}"
-        )
-    return pq.read_table(pa.BufferReader(sink.getvalue()))
+def _predict(run: _Seed, checkpoint: Path, images: pa.Table) -> pa.Table:
+    model, ckpt = load_detector(checkpoint)
+    extractor = ClassScoreExtractor(model.eval(), ckpt.categories.category_ids)
+    predictions, errors = predict_images(extractor, images, ShardRef(_MODEL_NAME, 0, "pool"),
+                                         run.device)
+    if errors:
+        raise SimulationError(f"{len(errors)} images failed in prediction, e.g. image "
+                              f"{errors[0]['image_id']} ({errors[0]['stage']}): "
+                              f"{errors[0]['error']}")
+    return predictions
 
 
-@contextlib.contextmanager
-def _score_threshold(model: nn.Module, score_thresh: float) -> Iterator[None]:
-    """Selection's threshold for the duration of one prediction; evaluation keeps the model's."""
-    target = getattr(model, "roi_heads", model)
-    previous = target.score_thresh
-    configure_postprocess(model, score_thresh=score_thresh)
-    try:
-        yield
-    finally:
-        configure_postprocess(model, score_thresh=previous)
-
-
-def _row(
-    run: _Run,
-    strategy: str,
-    rnd: int,
-    labeled: list[int],
-    picks: list[int],
-    result: _RoundResult,
-    pool_with_boxes: float | None,
-) -> dict:
+def _row(run: _Seed, strategy: str, rnd: int, picks: list[int],
+         labels: list[tuple[pa.Table, pa.Table]], result: _Round, pool_with_boxes: float | None,
+         *, labeled_total: int | None = None, champion: _Round | None = None) -> dict:
+    annotations, owners = effective_labels(run.pool.tables.annotations.slice(0, 0), labels)
+    challenger = result.comparison["challenger"]
+    champ = (champion or result).comparison["challenger"]
     return {
-        "strategy": strategy,
-        "seed": run.seed,
-        "round": rnd,
-        "labeled_images": len(labeled),
-        "labeled_boxes": run.pool.labeled_boxes(labeled),
-        "map": result.metrics["map"],
-        "ap50": result.metrics["ap50"],
-        "train_seconds": result.train_seconds,
-        "selected_ids": list(picks),
+        "strategy": strategy, "seed": run.seed, "round": rnd,
+        "labeled_images": labeled_total if labeled_total is not None else owners.num_rows,
+        "labeled_boxes": int(pc.sum(pc.invert(annotations["iscrowd"])).as_py() or 0),
+        "map": challenger["map"], "ap50": challenger["ap50"],
+        "map_low": challenger.get("map_low"), "map_high": challenger.get("map_high"),
+        "champion_map": champ["map"], "promoted": result.promoted,
+        "train_seconds": result.train_seconds, "selected_ids": list(picks),
         "pool_with_boxes": pool_with_boxes,
     }
 
@@ -465,7 +414,9 @@ def _log_round(log: Log | None, row: Mapping[str, object]) -> None:
     log(
         f"[seed {row['seed']}] {row['strategy']} round {row['round']}: "
         f"{row['labeled_images']} images, {row['labeled_boxes']} boxes, "
-        f"mAP {_fmt(row['map'])} (AP50 {_fmt(row['ap50'])}), trained {row['train_seconds']:.0f} s"
+        f"mAP {_fmt(row['map'])} (AP50 {_fmt(row['ap50'])}), "
+        f"{'promoted' if row['promoted'] else 'champion kept'}, "
+        f"trained {row['train_seconds']:.0f} s"
         + ("" if seen is None else f"; {seen:.0%} of the pool had boxes to rank")
     )
 
@@ -505,52 +456,55 @@ class _Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [
-            Metric(key, float(row[key]), now, int(row["round"]))
-            for key in _TRACKED
-            if row[key] is not None
-        ]
+        metrics = [Metric(key, float(row[key]), now, int(row["round"]))
+                   for key in _TRACKED if row.get(key) is not None]
+        metrics.append(Metric("promoted", float(bool(row["promoted"])), now, int(row["round"])))
         self.client.log_batch(run_id, metrics=metrics)
 
     def finish(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status)
 
 
-def _skipped_hint(pool: LabeledPool) -> str:
-    """Why images were left out: usually the image folder is not the one the JSON refers to."""
-    if not pool.skipped:
-        return ""
-    first = next(iter(pool.skipped.values()))
-    return (f" ({len(pool.skipped)} images could not be read from {pool.split.image_dir}, "
-            f"e.g. {first}; is that the right image folder?)")
+def _ingest(split: CocoSplit, batch: str, log: Log | None) -> CocoTables:
+    try:
+        tables = ingest_batch(to_uri(split.coco_json), to_uri(split.image_dir), batch,
+                              ObjectStore(), IngestOptions(shard_size=10**9))
+    except AlAssetsError as exc:
+        raise SimulationError(f"{exc} (is {split.image_dir} the image folder of "
+                              f"{split.coco_json}?)") from exc
+    if tables.rejects.num_rows and log:
+        first = tables.rejects.slice(0, 3).to_pylist()
+        log(f"{split.coco_json}: {tables.rejects.num_rows} records left out, e.g. "
+            f"{[(r['record_type'], r['record_id'], r['reason']) for r in first]}")
+    return tables
 
 
-def _check_sizes(pool: LabeledPool, holdout: CocoSplit, config: SimulationConfig) -> None:
-    if config.final_size > len(pool.image_ids):
-        raise SimulationError(
-            f"{config.initial_size} + {config.rounds} rounds x {config.budget} = "
-            f"{config.final_size} images, but the pool {pool.split.coco_json} has "
-            f"{len(pool.image_ids)} usable ones; use a larger pool or fewer/smaller rounds"
-            + _skipped_hint(pool)
-        )
-    dataset = CocoDetectionDataset(holdout.coco_json, holdout.image_dir)
-    if not any(len(r.category_ids) for r in dataset.records):
-        raise SimulationError(f"held-out split {holdout.coco_json} has no boxes to evaluate mAP on")
-    pool_categories = CategoryMap.from_coco_categories(pool.document["categories"])
-    if dataset.categories != pool_categories:
-        raise SimulationError(
-            f"held-out split {holdout.coco_json} has categories "
-            f"{list(dataset.categories.category_ids)} but the pool has "
-            f"{list(pool_categories.category_ids)}; both must share one list"
-        )
-    overlap = {str(pool.path(i).resolve()) for i in pool.image_ids} & {
-        str(r.path.resolve()) for r in dataset.records
-    }
+def _keep(table: pa.Table, ids: pa.Array, inside: bool) -> pa.Table:
+    mask = pc.is_in(table["image_id"], ids)
+    return table.filter(mask if inside else pc.invert(mask))
+
+
+def _check_disjoint(pool: CocoTables, heldout: CocoTables, split: CocoSplit) -> None:
+    overlap = set(pool.images["uri"].to_pylist()) & set(heldout.images["uri"].to_pylist())
     if overlap:
         raise SimulationError(
-            f"{len(overlap)} images are in both the pool and the held-out split (e.g. "
-            f"{min(overlap)}); a held-out image must never be trained on"
-        )
+            f"{len(overlap)} images are in both the pool and the held-out split {split.coco_json} "
+            f"(e.g. {min(overlap)}); a held-out image must never be trained on")
+
+
+def _check_sizes(pool: Pool, config: SimulationConfig, split: CocoSplit) -> None:
+    if config.final_size > len(pool.candidates):
+        raise SimulationError(
+            f"{config.initial_size} + {config.rounds} rounds x {config.budget} = "
+            f"{config.final_size} images, but the pool {split.coco_json} has "
+            f"{len(pool.candidates)} usable ones outside the held-out split; use a larger pool "
+            "or fewer/smaller rounds")
+    if pool.heldout.annotations.num_rows == 0:
+        raise SimulationError(f"the held-out split of {split.coco_json} has no boxes to "
+                              "evaluate mAP on; use a larger pool or pass a held-out file")
+    if pool.heldout.categories["name"].to_pylist() != pool.categories["name"].to_pylist():
+        raise SimulationError("the held-out file's categories differ from the pool's; both "
+                              "must share one list")
 
 
 def _warn_if_malloc_unset() -> None:
@@ -561,45 +515,3 @@ def _warn_if_malloc_unset() -> None:
             f"the process with {exports} (the Makefile exports them)",
             stacklevel=3,
         )
-
-
-def _is_trainable_box(ann: Mapping) -> bool:
-    """The boxes CocoDetectionDataset trains on: not crowd, positive width and height."""
-    bbox = ann.get("bbox") or [0, 0, 0, 0]
-    return not ann.get("iscrowd", 0) and float(bbox[2]) > 0 and float(bbox[3]) > 0
-
-
-def _read_document(coco_json: Path) -> dict:
-    try:
-        document = json.loads(Path(coco_json).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SimulationError(f"cannot read COCO file {coco_json}: {exc}") from exc
-    if (
-        not isinstance(document, dict)
-        or not isinstance(document.get("images"), list)
-        or not document.get("categories")
-    ):
-        raise SimulationError(
-            f"{coco_json} is not a COCO instances file with images and categories"
-        )
-    return document
-
-
-def _subset(document: dict, ids: Sequence[int]) -> dict:
-    keep = {int(i) for i in ids}
-    return {
-        **{k: v for k, v in document.items() if k not in ("images", "annotations")},
-        "images": [im for im in document["images"] if int(im["id"]) in keep],
-        "annotations": [a for a in document.get("annotations", []) if int(a["image_id"]) in keep],
-    }
-
-
-def _write_json(path: Path, document: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(document, separators=(",", ":")))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

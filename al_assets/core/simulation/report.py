@@ -33,9 +33,13 @@ SIMULATION_CURVES = pa.schema(
         pa.field("labeled_boxes", pa.int32(), nullable=False),  # non-crowd boxes trained on
         pa.field("map", pa.float64()),  # COCO AP@[.5:.95] on the held-out split
         pa.field("ap50", pa.float64()),
+        pa.field("map_low", pa.float64()),  # bootstrap interval over held-out images
+        pa.field("map_high", pa.float64()),
+        pa.field("champion_map", pa.float64()),  # the champion after this round's gate
+        pa.field("promoted", pa.bool_(), nullable=False),  # the gate moved the champion
         pa.field("train_seconds", pa.float64(), nullable=False),
         pa.field("selected_ids", pa.list_(pa.int64()), nullable=False),  # labeled this round
-        # Fraction of the unlabeled pool that had a box >= score_thresh when this round's
+        # Fraction of the unlabeled pool that had a box >= min_score when this round's
         # images were selected (what uncertainty could rank by); null for random and round 0.
         pa.field("pool_with_boxes", pa.float64()),
     ]

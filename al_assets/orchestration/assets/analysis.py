@@ -10,8 +10,9 @@ from al_assets.core.analysis.evaluation import evaluate_predictions, evaluation_
 from al_assets.core.analysis.frequency import class_frequency as count_classes
 from al_assets.core.analysis.frequency import imbalance_summary
 from al_assets.core.analysis.matching import confusion_table, match_detections
-from al_assets.core.coco.categories import unique_categories
+from al_assets.core.splits import HELDOUT, ids_in
 from al_assets.core.storage import TableStore
+from al_assets.orchestration.assets.labels import pool_categories, pool_labels, read_splits
 from al_assets.orchestration.automation import VIEW_REFRESH
 from al_assets.orchestration.champion import ChampionConfig, champion_partitions, read_partitions
 from al_assets.orchestration.metadata import markdown_preview, table_metadata
@@ -19,11 +20,6 @@ from al_assets.orchestration.partitions import MODEL_VERSION
 from al_assets.orchestration.resources import MlflowResource, StorageResource
 
 ANALYSIS = "analysis"
-
-
-def pool_categories(store: TableStore) -> pa.Table:
-    return unique_categories(
-        store.read_many("categories", store.partitions("categories"), schema=schemas.CATEGORIES))
 
 
 def pool_table(store: TableStore, name: str, columns: list[str] | None = None) -> pa.Table:
@@ -91,10 +87,10 @@ class EvaluationConfig(ChampionConfig):
 @dg.multi_asset(
     specs=[
         dg.AssetSpec("model_evaluation", group_name=ANALYSIS, kinds={"parquet"},
-                     deps=["detections", "annotations"],
+                     deps=["detections", "annotations", "splits"],
                      automation_condition=VIEW_REFRESH,
                      description="COCO mAP (pycocotools) of every model version on the labeled "
-                     "images of the pool, per category, so versions can be compared."),
+                     "held-out images of the pool, per category, so versions can be compared."),
         dg.AssetSpec("confusion_matrix", group_name=ANALYSIS, kinds={"parquet"},
                      deps=["detections", "annotations"],
                      automation_condition=VIEW_REFRESH,
@@ -107,8 +103,8 @@ def model_evaluation(
 ):
     store = storage.tables()
     categories, images = pool_categories(store), pool_table(store, "images")
-    annotations = pool_table(store, "annotations")
-    labeled = pa.array(sorted(set(annotations["image_id"].to_pylist())), pa.int64())
+    annotations, _ = pool_labels(store)
+    labeled = ids_in(read_splits(store), HELDOUT, labeled=True)
     champion, _ = champion_partitions(config, mlflow, store, "detections")
     rows, summary, matrix = [], {}, schemas.CONFUSION_MATRIX.empty_table()
     for version in context.instance.get_dynamic_partitions(MODEL_VERSION):
@@ -127,7 +123,7 @@ def model_evaluation(
     yield dg.MaterializeResult(asset_key="model_evaluation", metadata={
         **table_metadata(evaluation, store.write("model_evaluation", evaluation), preview_rows=20),
         "map_by_version": dg.MetadataValue.json(summary),
-        "labeled_images": len(labeled),
+        "heldout_images": len(labeled),
     })
     yield dg.MaterializeResult(asset_key="confusion_matrix", metadata={
         **table_metadata(matrix, store.write("confusion_matrix", matrix), preview_rows=20),

@@ -8,46 +8,50 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from al_assets.core import schemas
-from al_assets.core.coco.categories import unique_categories
+from al_assets.core.loop.selection import SelectionConfig, exclusions, select_batch
 from al_assets.core.queue import (
     coco_preannotations,
-    duplicate_clusters,
     label_studio_config,
     label_studio_tasks,
     perceptual_hashes,
     queue_csv,
-    select_queue,
 )
 from al_assets.core.prediction.arrow import confident_detections
 from al_assets.core.scoring.views import DEFAULT_MIN_SCORE
 from al_assets.core.storage import TableStore
 from al_assets.orchestration.automation import VIEW_REFRESH
+from al_assets.orchestration.assets.labels import pool_categories, read_splits
 from al_assets.orchestration.champion import ChampionConfig, champion_key, read_partitions
 from al_assets.orchestration.metadata import table_metadata
 from al_assets.orchestration.resources import CocoSourceResource, MlflowResource, StorageResource
 
-CANDIDATE_FACTOR = 5  # rank this many x size before caps and de-duplication thin them out
-
-
 class QueueConfig(ChampionConfig):
     strategy: str = "entropy"
-    """least_confidence | margin | ratio | entropy (image_rankings' measures)."""
+    """least_confidence | margin | ratio | entropy (image_rankings' measures) | random."""
     size: int = 50
     max_per_class: int | None = None
     """Class balancing: at most this many images per (most frequent) predicted class."""
     deduplicate: bool = True
     """Skip near-identical images (difference hash within dedup_distance bits)."""
     dedup_distance: int = 4
-    exclude_labeled: bool = False
-    """Skip images that already have ground-truth annotations in the pool."""
+    exclude_labeled: bool = True
+    """Skip images that already have labels (ingested or imported); held-out ones always are."""
+    seed: int = 0
+    """Seed of the random strategy's order."""
     preannotation_score: float = 0.3
     """Only boxes at or above this detector score go into the exports as pre-annotations."""
     min_score: float = DEFAULT_MIN_SCORE
     """Detections below it are noise (class balancing ignores them); image_scores' value."""
 
+    def selection(self) -> SelectionConfig:
+        return SelectionConfig(
+            strategy=self.strategy, size=self.size, max_per_class=self.max_per_class,
+            deduplicate=self.deduplicate, dedup_distance=self.dedup_distance,
+            exclude_labeled=self.exclude_labeled, seed=self.seed)
+
 
 @dg.asset(
-    group_name="uncertainty", kinds={"parquet", "json"}, deps=["image_rankings"],
+    group_name="uncertainty", kinds={"parquet", "json"}, deps=["image_rankings", "splits"],
     check_specs=[dg.AssetCheckSpec("queue_size_as_asked", asset="labeling_queue",
                                    description="The queue has `size` images, or every "
                                    "eligible image when fewer are left.")],
@@ -61,40 +65,41 @@ def labeling_queue(
     store = storage.tables()
     key = champion_key(config, mlflow)
     rankings = store.read("image_rankings")
-    ranked = rankings.filter(pc.equal(rankings["measure"], config.strategy))
-    candidates = ranked.slice(0, config.size * CANDIDATE_FACTOR + _labeled_count(store, config))
-    predictions = confident_detections(
-        _predictions_of(store, key, candidates["image_id"]), config.min_score)
-    duplicates = _duplicates(candidates, coco_source, config, context) if config.deduplicate else None
-    queue = select_queue(
-        candidates, predictions, size=config.size, max_per_class=config.max_per_class,
-        exclude_image_ids=_labeled_ids(store) if config.exclude_labeled else (),
-        duplicates=duplicates,
+    excluded = exclusions(read_splits(store), config.exclude_labeled)
+    queue = select_batch(
+        rankings, lambda ids: confident_detections(_predictions_of(store, key, ids),
+                                                   config.min_score),
+        config.selection(), excluded=excluded,
+        hashes_of=lambda candidates: _hashes(candidates, coco_source, context),
     )
-    categories = unique_categories(store.read_many(
-        "categories", store.partitions("categories"), schema=schemas.CATEGORIES))
+    predictions = confident_detections(_predictions_of(store, key, queue["image_id"]),
+                                       config.min_score)
+    categories = pool_categories(store)
     images = store.read_many("images", store.partitions("images"), schema=schemas.IMAGES)
     files = _export(store, queue, predictions, images, categories, key, config)
     uri = store.write("labeling_queue", queue)
-    yield _size_check(queue.num_rows, config.size, ranked.num_rows, candidates.num_rows)
+    ranked = rankings.filter(pc.equal(rankings["measure"], config.selection().measure))
+    eligible = int(pc.sum(pc.invert(pc.is_in(ranked["image_id"], pa.array(
+        sorted(excluded), pa.int64())))).as_py() or 0)
+    yield _size_check(queue.num_rows, config.size, eligible)
     yield dg.MaterializeResult(
         metadata={
             **table_metadata(queue, uri, preview_rows=10),
             "model_version": key, "strategy": config.strategy, "requested_size": config.size,
+            "excluded_images": len(excluded),
             **{f"export/{name}": dg.MetadataValue.path(path) for name, path in files.items()},
         }
     )
 
 
-def _size_check(rows: int, size: int, ranked: int, candidates: int) -> dg.AssetCheckResult:
-    """Short only when the candidates ran out (caps, duplicates, exclusions took the rest)."""
-    exhausted = candidates >= ranked
-    passed = rows == size or (rows < size and exhausted)
+def _size_check(rows: int, size: int, eligible: int) -> dg.AssetCheckResult:
+    """Short only when fewer eligible images exist; caps or duplicates thinning it warn."""
+    passed = rows == min(size, eligible)
     return dg.AssetCheckResult(
         check_name="queue_size_as_asked", passed=passed,
         severity=dg.AssetCheckSeverity.WARN,
-        description=f"{rows} of {size} asked ({ranked} ranked images, {candidates} candidates)",
-        metadata={"rows": rows, "asked": size, "ranked_images": ranked},
+        description=f"{rows} of {size} asked ({eligible} eligible ranked images)",
+        metadata={"rows": rows, "asked": size, "eligible_images": eligible},
     )
 
 
@@ -105,24 +110,13 @@ def _predictions_of(store: TableStore, key: str, image_ids: pa.ChunkedArray) -> 
     return pa.concat_tables(parts) if parts else schemas.PREDICTIONS.empty_table()
 
 
-def _duplicates(candidates: pa.Table, source: CocoSourceResource, config: QueueConfig, context):
+def _hashes(candidates: pa.Table, source: CocoSourceResource, context) -> dict[int, int]:
     uris = candidates["uri"].to_pylist()
     hashes, failures = perceptual_hashes(uris, source.objects())
     for failure in failures[:10]:
         context.log.warning(f"not de-duplicated: {failure.uri}: {failure.error}")
-    by_id = {i: hashes[u] for i, u in zip(candidates["image_id"].to_pylist(), uris, strict=True)
-             if u in hashes}
-    return duplicate_clusters(by_id, max_distance=config.dedup_distance)
-
-
-def _labeled_ids(store: TableStore) -> set[int]:
-    table = store.read_many("annotations", store.partitions("annotations"), ["image_id"],
-                            schema=schemas.ANNOTATIONS)
-    return set(table["image_id"].to_pylist())
-
-
-def _labeled_count(store: TableStore, config: QueueConfig) -> int:
-    return len(_labeled_ids(store)) if config.exclude_labeled else 0
+    return {i: hashes[u] for i, u in zip(candidates["image_id"].to_pylist(), uris, strict=True)
+            if u in hashes}
 
 
 def _export(store, queue, predictions, images, categories, key, config) -> dict[str, str]:

@@ -5,6 +5,7 @@ selects it; launch it from the UI or ``materialize`` with a config. The core doe
 """
 
 import tempfile
+from dataclasses import fields
 from pathlib import Path
 
 import dagster as dg
@@ -18,7 +19,6 @@ from al_assets.core.simulation import (
     demo_splits,
     mean_curves,
     run_simulation,
-    split_holdout,
 )
 from al_assets.core.simulation.loop import DEMO_HOLDOUT_IMAGES, DEMO_POOL_IMAGES
 from al_assets.core.simulation.report import curves_png, markdown_summary
@@ -31,7 +31,7 @@ _DEFAULTS = SimulationConfig()
 
 
 class SimulationAssetConfig(dg.Config):
-    """``SimulationConfig`` plus where the labeled pool and held-out split come from."""
+    """``SimulationConfig`` (same names, same defaults) plus where the pool comes from."""
 
     strategies: list[str] = Field(default_factory=lambda: list(_DEFAULTS.strategies))
     seeds: list[int] = Field(default_factory=lambda: list(_DEFAULTS.seeds))
@@ -42,47 +42,37 @@ class SimulationAssetConfig(dg.Config):
     round_steps: int = _DEFAULTS.round_steps
     batch_size: int = _DEFAULTS.batch_size
     lr: float | None = None
-    score_thresh: float = _DEFAULTS.score_thresh
-    candidates_factor: int = _DEFAULTS.candidates_factor
+    agg: str = _DEFAULTS.agg
+    min_score: float = _DEFAULTS.min_score
+    max_per_class: int | None = None
+    deduplicate: bool = _DEFAULTS.deduplicate
+    min_improvement: float = _DEFAULTS.min_improvement
+    n_boot: int = _DEFAULTS.n_boot
     device: str = _DEFAULTS.device
     pool_json: str | None = Field(default=None, description="Labeled COCO file; empty = demo data")
     pool_image_dir: str | None = None
-    holdout_json: str | None = Field(default=None, description="Empty = split from the pool")
+    holdout_json: str | None = Field(default=None, description="Empty = the production split")
     holdout_image_dir: str | None = None
-    holdout_size: int = Field(
-        default=DEMO_HOLDOUT_IMAGES, description="Held-out images (split or demo)"
-    )
+    holdout_size: int = Field(default=DEMO_HOLDOUT_IMAGES, description="Demo held-out images")
     demo_pool_images: int = DEMO_POOL_IMAGES
     experiment: str = "al_assets_simulation"
 
     def simulation(self) -> SimulationConfig:
-        return SimulationConfig(
-            strategies=tuple(self.strategies),
-            seeds=tuple(self.seeds),
-            initial_size=self.initial_size,
-            budget=self.budget,
-            rounds=self.rounds,
-            initial_steps=self.initial_steps,
-            round_steps=self.round_steps,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            score_thresh=self.score_thresh,
-            candidates_factor=self.candidates_factor,
-            device=self.device,
-        )
+        names = {f.name for f in fields(SimulationConfig)}
+        values = {k: v for k, v in self.model_dump().items() if k in names}
+        return SimulationConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                   for k, v in values.items()})
 
-    def splits(self, workdir: Path) -> tuple[CocoSplit, CocoSplit]:
+    def splits(self, workdir: Path) -> tuple[CocoSplit, CocoSplit | None]:
         if not self.pool_json:
             return demo_splits(workdir / "demo", self.demo_pool_images, self.holdout_size)
         pool = CocoSplit(
             Path(self.pool_json), Path(self.pool_image_dir or Path(self.pool_json).parent)
         )
-        if self.holdout_json:
-            return pool, CocoSplit(
-                Path(self.holdout_json),
-                Path(self.holdout_image_dir or Path(self.holdout_json).parent),
-            )
-        return split_holdout(pool, self.holdout_size, seed=0, out_dir=workdir / "split")
+        if not self.holdout_json:
+            return pool, None
+        return pool, CocoSplit(Path(self.holdout_json),
+                               Path(self.holdout_image_dir or Path(self.holdout_json).parent))
 
 
 @dg.asset(

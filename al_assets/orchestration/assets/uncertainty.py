@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from al_assets.core import schemas
-from al_assets.core.scoring.aggregation import aggregate_images
-from al_assets.core.scoring.box_scores import box_scores as score_boxes
-from al_assets.core.scoring.views import DEFAULT_MIN_SCORE, confident, rerank, top_rows
+from al_assets.core.loop.selection import MEASURES as STRATEGIES
+from al_assets.core.loop.selection import ScoringSettings, pool_ranking, rank_images
+from al_assets.core.scoring.views import DEFAULT_MIN_SCORE, confident, top_rows
 from al_assets.orchestration.assets.prediction import storage_partition
 from al_assets.orchestration.automation import PARTITION_FOLLOWS_UPSTREAM, VIEW_REFRESH
 from al_assets.orchestration.champion import ChampionConfig, champion_partitions, read_partitions
@@ -18,8 +18,6 @@ from al_assets.orchestration.partitions import prediction_partitions
 from al_assets.orchestration.resources import MlflowResource, StorageResource
 
 UNCERTAINTY = "uncertainty"
-STRATEGIES = ("least_confidence", "margin", "ratio", "entropy")
-"""Image-ranking strategies: a box measure each, aggregated per image."""
 
 
 class ScoringConfig(dg.Config):
@@ -54,15 +52,9 @@ def shard_scores(
 ) -> Iterator[dg.MaterializeResult]:
     store = storage.tables()
     partition = storage_partition(context)
-    predictions = store.read("detections", partition)
-    boxes = score_boxes(predictions)
-    images = predictions.select(["image_id", "uri"])
-    kept = confident(boxes, config.min_score)
-    ranked = pa.concat_tables([
-        aggregate_images(kept, images, measure=m, agg=config.agg, top_k=config.top_k,
-                         empty_images=config.empty_images)
-        for m in STRATEGIES
-    ])
+    boxes, ranked = rank_images(store.read("detections", partition), ScoringSettings(
+        agg=config.agg, top_k=config.top_k, empty_images=config.empty_images,
+        min_score=config.min_score))
     yield dg.MaterializeResult(
         asset_key="box_scores",
         metadata=table_metadata(boxes, store.write("box_scores", boxes, partition)),
@@ -70,7 +62,9 @@ def shard_scores(
     yield dg.MaterializeResult(
         asset_key="image_scores",
         metadata={**table_metadata(ranked, store.write("image_scores", ranked, partition)),
-                  "min_score": config.min_score, "boxes_ranked": kept.num_rows},
+                  "min_score": config.min_score,
+                  "boxes_ranked": int(pc.sum(pc.greater_equal(boxes["score"], config.min_score))
+                                      .as_py() or 0)},
     )
 
 
@@ -146,13 +140,9 @@ def image_rankings(
 ) -> dg.MaterializeResult:
     store = storage.tables()
     key, partitions = champion_partitions(config, mlflow, store, "image_scores")
-    merged = pa.concat_tables(
-        list(read_partitions(store, "image_scores", partitions)) or [schemas.IMAGE_SCORES.empty_table()]
-    )
-    rankings = pa.concat_tables([
-        rerank(merged.filter(pc.equal(merged["measure"], m)), empty_images=config.empty_images)
-        for m in STRATEGIES
-    ])
+    rankings = pool_ranking(
+        [*read_partitions(store, "image_scores", partitions), schemas.IMAGE_SCORES.empty_table()],
+        empty_images=config.empty_images)
     uri = store.write("image_rankings", rankings)
     top = {m: markdown_preview(rankings.filter(pc.equal(rankings["measure"], m)), 5)
            for m in STRATEGIES}

@@ -1,0 +1,305 @@
+"""The loop's model assets: train a challenger on the labels, gate it against the champion.
+
+``challenger`` fine-tunes a registered version (default: the champion) on every labeled
+train-split image and registers the result with alias ``challenger``; ``evaluation_gate``
+compares challenger and champion on the labeled held-out images and moves ``champion`` only
+when the challenger is better by the configured margin. Moving the alias is what the
+model-version sensor watches: it then predicts every shard and the views refresh.
+"""
+
+
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from al_assets.core import schemas
+from al_assets.core.analysis.evaluation import compare_predictions
+from al_assets.core.analysis.gate import GatePolicy, decide, per_class_deltas
+from al_assets.core.loop.evaluation import predict_images
+from al_assets.core.loop.training import TrainSettings, train_challenger
+from al_assets.core.prediction.devices import lease_device
+from al_assets.core.prediction.runner import ShardRef
+from al_assets.core.splits import HELDOUT, TRAIN, ids_in
+from al_assets.core.storage import TableStore
+from al_assets.orchestration.assets.labels import pool_categories, pool_labels, read_splits
+from al_assets.orchestration.assets.prediction import GPU_POOL
+from al_assets.orchestration.champion import ChampionConfig
+from al_assets.orchestration.metadata import markdown_preview, table_metadata
+from al_assets.orchestration.partitions import MODEL_VERSION, add_partitions, model_version_key
+from al_assets.orchestration.resources import (
+    CocoSourceResource,
+    DeviceResource,
+    MlflowResource,
+    StorageResource,
+    scratch_dir,
+)
+
+MODELS = "models"
+CHALLENGER = "challenger"
+DETECTOR_NAME = "al-detector"
+
+
+class TrainingConfig(ChampionConfig):
+    base_version: str | None = None
+    """Model version key to fine-tune (e.g. al-class-scores-v1); default: the champion."""
+    steps: int = TrainSettings.steps
+    """Optimizer steps (2 CPU cores: about 1 s per step of 8 images for ssdlite320)."""
+    batch_size: int = TrainSettings.batch_size
+    lr: float | None = None
+    """Peak learning rate; default: a fifth of the from-scratch rate (fine-tuning)."""
+    seed: int = 0
+    checkpoint_every: int = TrainSettings.checkpoint_every
+    """A killed run resumes from the last of these checkpoints."""
+
+    def settings(self) -> TrainSettings:
+        return TrainSettings(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                             seed=self.seed, checkpoint_every=self.checkpoint_every)
+
+
+@dg.asset(
+    name=CHALLENGER, group_name=MODELS, kinds={"mlflow", "pytorch"}, owners=["team:ml"],
+    deps=["splits", "registered_model"], pool=GPU_POOL,
+    description="Fine-tune a model version (default: the champion) on every labeled "
+    "train-split image; register it in MLflow with alias `challenger`.",
+)
+def challenger(
+    context: dg.AssetExecutionContext, config: TrainingConfig, storage: StorageResource,
+    mlflow: MlflowResource, coco_source: CocoSourceResource, device: DeviceResource,
+) -> dg.MaterializeResult:
+    store, registry = storage.tables(), mlflow.registry()
+    base_name, base_version = _base(config, registry)
+    base = registry.load(base_name, base_version)
+    images, annotations, lineage = _train_set(store)
+    settings = config.settings()
+    tracker = _TrainingRun(registry, context, base_name, base_version, lineage, settings)
+    workdir = Path(scratch_dir("training", model_version_key(base_name, base_version)))
+    with lease_device(device.device, device.lease_folder()) as dev:
+        result = train_challenger(
+            images, annotations, pool_categories(store), init_checkpoint=Path(base.checkpoint_path),
+            settings=settings, workdir=workdir, arch=base.arch, objects=coco_source.objects(),
+            log=tracker.step, meta={"base_version": model_version_key(base_name, base_version)},
+        )
+        context.log.info(f"trained {settings.steps} steps in {result.seconds:.0f} s on {dev}")
+    tracker.finish(result)
+    _, scores = registry.register_detector(
+        result.checkpoint, detector_name=DETECTOR_NAME, class_scores_name=base_name,
+        alias=CHALLENGER, tags=tracker.tags(result, base.arch), params=settings.params(),
+        metrics={"final_loss": result.losses[-1]["loss"]}, topk=5,
+    )
+    key = model_version_key(scores.name, scores.version)
+    add_partitions(context.instance, MODEL_VERSION, [key])
+    return dg.MaterializeResult(metadata={
+        "model_version": key, "model_uri": scores.uri, "alias": CHALLENGER,
+        "base_version": model_version_key(base_name, base_version),
+        "train_images": result.images, "train_boxes": result.boxes,
+        "label_batches": ", ".join(lineage) or "none", "steps": settings.steps,
+        "train_seconds": round(result.seconds, 1), "mlflow_run_id": tracker.run_id,
+        "loss_first": round(result.losses[0]["loss"], 4),
+        "loss_last": round(result.losses[-1]["loss"], 4),
+    })
+
+
+def _base(config: TrainingConfig, registry) -> tuple[str, int]:
+    from al_assets.orchestration.partitions import parse_model_version_key
+
+    if config.base_version:
+        name, version = parse_model_version_key(config.base_version)
+        registry.resolve(name, version=version)  # a typo'd version fails here, clearly
+        return name, version
+    return config.model_name, int(registry.resolve(config.model_name, alias=config.alias).version)
+
+
+def _train_set(store: TableStore) -> tuple[pa.Table, pa.Table, list[str]]:
+    """Labeled train-split images (IMAGES rows), their effective labels, and label batches."""
+    splits = read_splits(store)
+    train = ids_in(splits, TRAIN, labeled=True)
+    images = store.read_many("images", store.partitions("images"), schema=schemas.IMAGES)
+    images = images.filter(pc.is_in(images["image_id"], train))
+    annotations, _ = pool_labels(store)
+    owners = splits.filter(pc.is_in(splits["image_id"], train))["label_batch"]
+    return images, annotations, sorted(set(owners.to_pylist()))
+
+
+class _TrainingRun:
+    """The MLflow run of one training: params, loss per step, lineage, held-out mAP."""
+
+    def __init__(self, registry, context, base_name: str, base_version: int,
+                 lineage: list[str], settings: TrainSettings) -> None:
+        from mlflow.entities import Param
+
+        self.client, self.context = registry.client, context
+        self.base = model_version_key(base_name, base_version)
+        self.lineage = lineage
+        run = self.client.create_run(registry.experiment_id(), run_name=f"train-{self.base}",
+                                     tags={"al_assets.kind": "training", "base_version": self.base,
+                                           "dagster_run_id": context.run_id})
+        self.run_id = run.info.run_id
+        params = {**settings.params(), "base_version": self.base,
+                  "label_batches": ",".join(lineage)[:500]}
+        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
+        self.pending: list = []
+        self.last_log = time.monotonic()
+
+    def step(self, entry: dict) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.pending += [Metric(k, float(entry[k]), now, int(entry["step"]))
+                         for k in ("loss", "lr", "images_per_s") if k in entry]
+        if len(self.pending) >= 300 or entry["step"] == entry["steps"]:
+            self.client.log_batch(self.run_id, metrics=self.pending)
+            self.pending = []
+        if time.monotonic() - self.last_log > 10 or entry["step"] == entry["steps"]:
+            self.last_log = time.monotonic()
+            self.context.log.info(f"training step {entry['step']}/{entry['steps']}: loss "
+                                  f"{entry['loss']:.3f} ({entry['images_per_s']:.1f} img/s)")
+
+    def finish(self, result) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[
+            Metric("train_images", result.images, now, 0),
+            Metric("train_boxes", result.boxes, now, 0),
+            Metric("train_seconds", result.seconds, now, 0)])
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+    def tags(self, result, arch: str) -> dict[str, str]:
+        return {"training_run_id": self.run_id, "base_version": self.base,
+                "label_batches": ",".join(self.lineage)[:5000],
+                "train_images": str(result.images), "train_boxes": str(result.boxes),
+                "architecture": arch, "weights_source": "training",
+                "training_data": f"{result.images} labeled train-split images"}
+
+
+class GateConfig(ChampionConfig):
+    min_improvement: float = GatePolicy.min_improvement
+    """Promote only when challenger mAP - champion mAP is at least this."""
+    require_significant: bool = GatePolicy.require_significant
+    """Also require the bootstrap interval of the difference to lie above zero."""
+    min_heldout_images: int = GatePolicy.min_heldout_images
+    """Never promote on fewer labeled held-out images (too noisy to tell)."""
+    n_boot: int = 200
+    """Bootstrap resamples of the held-out images (paired: same resamples for both models)."""
+    seed: int = 0
+
+    def policy(self) -> GatePolicy:
+        return GatePolicy(self.min_improvement, self.require_significant,
+                          self.min_heldout_images)
+
+
+@dg.asset(
+    group_name=MODELS, kinds={"mlflow", "parquet"}, owners=["team:ml"],
+    deps=[CHALLENGER, "splits"], pool=GPU_POOL,
+    check_specs=[
+        dg.AssetCheckSpec("challenger_beats_champion", asset="evaluation_gate",
+                          description="The challenger was better by the margin and promoted "
+                          "(warns when the champion was kept)."),
+        dg.AssetCheckSpec("heldout_large_enough", asset="evaluation_gate",
+                          description="Enough labeled held-out images for the gate to decide."),
+    ],
+    description="Challenger vs champion on the held-out split (COCO mAP, AP50, per-class AP, "
+    "paired bootstrap interval); moves `champion` only when the challenger is better.",
+)
+def evaluation_gate(
+    context: dg.AssetExecutionContext, config: GateConfig, storage: StorageResource,
+    mlflow: MlflowResource, coco_source: CocoSourceResource, device: DeviceResource,
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    store, registry = storage.tables(), mlflow.registry()
+    policy = config.policy()
+    name = config.model_name
+    chal_version = registry.alias_version(name, CHALLENGER)
+    if chal_version is None:
+        raise dg.Failure(f"no {CHALLENGER!r} version of {name!r}: materialize `challenger` first")
+    champ_version = registry.alias_version(name, config.alias)
+    images, annotations, heldout = _heldout_set(store)
+    categories = pool_categories(store)
+    with lease_device(device.device, device.lease_folder()) as dev:
+        chal = _predict(registry, name, chal_version, images, dev, coco_source)
+        champ = (_predict(registry, name, champ_version, images, dev, coco_source)
+                 if champ_version is not None and champ_version != chal_version else None)
+    comparison = compare_predictions(chal, champ, annotations, images, categories,
+                                     image_ids=heldout, n_boot=config.n_boot, seed=config.seed)
+    decision = decide(comparison, policy)
+    if decision.promote:
+        registry.move_alias(name, chal_version, config.alias)
+    key = model_version_key(name, chal_version)
+    champ_key = model_version_key(name, champ_version) if champ_version is not None else None
+    history = _append_history(store, _history_row(registry, name, chal_version, champ_key,
+                                                  comparison, decision, len(heldout)))
+    deltas = per_class_deltas(comparison, dict(zip(categories["category_id"].to_pylist(),
+                                                   categories["name"].to_pylist(), strict=True)))
+    context.log.info(f"gate {key} vs {champ_key}: {decision.reason}")
+    yield dg.MaterializeResult(metadata={
+        **table_metadata(history, store.uri("model_versions"), preview_rows=10),
+        "challenger": key, "champion_before": champ_key or "none",
+        "champion_after": key if decision.promote else (champ_key or "none"),
+        "promoted": decision.promote, "reason": decision.reason,
+        "heldout_images": len(heldout),
+        "challenger_map": _num(comparison["challenger"]["map"]),
+        "champion_map": _num((comparison.get("champion") or {}).get("map")),
+        "delta_map": _num(comparison.get("delta_map")),
+        "per_class_delta": dg.MetadataValue.md(markdown_preview(pa.Table.from_pylist(deltas), 50)
+                                               if deltas else "_no champion to compare_"),
+    })
+    yield dg.AssetCheckResult(check_name="challenger_beats_champion", passed=decision.promote,
+                              severity=dg.AssetCheckSeverity.WARN, description=decision.reason)
+    yield dg.AssetCheckResult(
+        check_name="heldout_large_enough", passed=len(heldout) >= policy.min_heldout_images,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{len(heldout)} labeled held-out images (at least "
+                    f"{policy.min_heldout_images} needed to promote)")
+
+
+def _heldout_set(store: TableStore) -> tuple[pa.Table, pa.Table, list[int]]:
+    splits = read_splits(store)
+    heldout = ids_in(splits, HELDOUT, labeled=True)
+    images = store.read_many("images", store.partitions("images"), schema=schemas.IMAGES)
+    images = images.filter(pc.is_in(images["image_id"], heldout))
+    annotations, _ = pool_labels(store)
+    return images, annotations, heldout.to_pylist()
+
+
+def _predict(registry, name: str, version: int, images: pa.Table, dev, source) -> pa.Table:
+    model = registry.load(name, version)
+    predictions, errors = predict_images(model.extractor, images, ShardRef(name, version, HELDOUT),
+                                         dev, s3=source.s3.settings())
+    if errors:
+        raise dg.Failure(f"{len(errors)} held-out images could not be predicted with "
+                         f"{name} v{version}, e.g. {errors[0]['uri']}: {errors[0]['error']}")
+    return predictions
+
+
+def _history_row(registry, name, version, champ_key, comparison, decision, n_heldout) -> dict:
+    tags = registry.resolve(name, version=version).tags
+    chal, champ = comparison["challenger"], comparison.get("champion") or {}
+    return {
+        "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model_version": model_version_key(name, version), "champion_version": champ_key,
+        "label_batches": [b for b in tags.get("label_batches", "").split(",") if b],
+        "train_images": int(tags.get("train_images", 0)),
+        "train_boxes": int(tags.get("train_boxes", 0)), "heldout_images": n_heldout,
+        "map": chal.get("map"), "map_low": chal.get("map_low"), "map_high": chal.get("map_high"),
+        "champion_map": champ.get("map"), "delta_map": comparison.get("delta_map"),
+        "delta_low": comparison.get("delta_low"), "delta_high": comparison.get("delta_high"),
+        "ap50": chal.get("ap50"), "promoted": decision.promote, "reason": decision.reason,
+    }
+
+
+def _append_history(store: TableStore, row: dict) -> pa.Table:
+    try:
+        history = store.read("model_versions")
+    except FileNotFoundError:
+        history = schemas.MODEL_VERSIONS.empty_table()
+    table = pa.concat_tables([history, pa.Table.from_pylist([row], schema=schemas.MODEL_VERSIONS)])
+    store.write("model_versions", table)
+    return table
+
+
+def _num(value) -> float | str:
+    return round(float(value), 4) if value is not None else "n/a"
