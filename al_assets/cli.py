@@ -31,8 +31,8 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
     root = Path(args.root)
     if args.add_batch:
-        path = add_demo_batch(root, args.add_batch)
-        print(f"added {path}")
+        path = add_demo_batch(root, args.add_batch, unlabeled=args.unlabeled)
+        print(f"added {path}" + (" (unlabeled; ground truth withheld)" if args.unlabeled else ""))
         return 0
     for path in generate_demo_dataset(root, n_images=args.images, seed=args.seed,
                                       n_batches=args.batches):
@@ -87,6 +87,36 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     defs, instance = _defs_and_instance()
     refresh_views(defs, instance)
     print("refreshed rankings, queue, analysis and report")
+    return 0
+
+
+def cmd_import_labels(args: argparse.Namespace) -> int:
+    from al_assets.orchestration.runs import import_labels
+
+    defs, instance = _defs_and_instance()
+    batch, summary = import_labels(defs, instance, Path(args.file), args.name)
+    print(f"imported {batch}: {summary}")
+    return 0
+
+
+def cmd_label_oracle(args: argparse.Namespace) -> int:
+    from al_assets.orchestration.runs import oracle_label
+
+    defs, _ = _defs_and_instance()
+    path = oracle_label(defs, args.name)
+    print(f"wrote {path}: the exported queue answered from ground truth")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from al_assets.orchestration.runs import train
+
+    defs, instance = _defs_and_instance()
+    config = {k: v for k, v in (("steps", args.steps), ("base_version", args.base_version),
+                                ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
+    gate = {"min_improvement": args.min_improvement} if args.min_improvement is not None else {}
+    outcome = train(defs, instance, config, gate, refresh=not args.no_refresh)
+    print(outcome)
     return 0
 
 
@@ -189,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--add-batch", type=int, metavar="N", help="add one batch of N images")
+    p.add_argument("--unlabeled", action="store_true",
+                   help="with --add-batch: withhold its labels (ground_truth/, for the oracle)")
     p.set_defaults(func=cmd_demo_data)
 
     p = sub.add_parser("setup-instance", help="create DAGSTER_HOME and set the gpu pool limit")
@@ -214,6 +246,27 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_refresh)
     sub.add_parser("models", help="list registered models (SHOW MODELS)").set_defaults(
         func=cmd_models)
+
+    p = sub.add_parser("import-labels", help="copy a label export into <source>/labels/ and "
+                       "import it (Label Studio JSON export or COCO)")
+    p.add_argument("file")
+    p.add_argument("--name", default=None, help="label batch name (default: the file's stem)")
+    p.set_defaults(func=cmd_import_labels)
+
+    p = sub.add_parser("label-oracle", help="demo: answer the exported queue from the withheld "
+                       "ground truth into <source>/labels/ (an oracle labeler)")
+    p.add_argument("--name", default=None, help="file stem (default: oracle-<UTC time>)")
+    p.set_defaults(func=cmd_label_oracle)
+
+    p = sub.add_parser("train", help="train a challenger on the labels, gate it against the "
+                       "champion; on promotion predict the pool and refresh the queue")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--base-version", default=None, help="default: the champion")
+    p.add_argument("--min-improvement", type=float, default=None, help="the gate's margin")
+    p.add_argument("--no-refresh", action="store_true", help="skip predicting after promotion")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("train-demo", help="train and evaluate the demo detector")
     p.add_argument("--out", default=None)

@@ -9,7 +9,7 @@ from al_assets.core.detection.sources import DEMO_CHECKPOINT
 def run_demo(root: Path, *, n_images: int = 300, retrain: bool = False) -> None:
     """Run the whole chain on the real instance; idempotent (re-runs skip finished work)."""
     os.environ.setdefault("AL_ASSETS_SOURCE_ROOT", str(root))
-    from al_assets.core.demo.generator import generate_demo_dataset
+    from al_assets.core.demo.generator import generate_demo_dataset, withhold_labels
     from al_assets.orchestration.champion import ChampionConfig, champion_key
     from al_assets.orchestration.definitions import defs
     from al_assets.orchestration.instance import configure_gpu_pool, get_instance
@@ -18,7 +18,10 @@ def run_demo(root: Path, *, n_images: int = 300, retrain: bool = False) -> None:
 
     if not (root / "annotations").is_dir():
         _say(f"generating {n_images} demo images in {root}")
-        generate_demo_dataset(root, n_images=n_images, seed=0, n_batches=2)
+        _, second = generate_demo_dataset(root, n_images=n_images, seed=0, n_batches=2)
+        withhold_labels(second)  # batch-001 arrives unlabeled: the queue's pool
+        _say(f"{second.name} is unlabeled (its ground truth, for the oracle labeler, is in "
+             f"{root / 'ground_truth'})")
     instance = get_instance()
     configure_gpu_pool(instance)
     source, storage, mlflow = (defs.resources[k] for k in ("coco_source", "storage", "mlflow"))

@@ -1,18 +1,22 @@
 """Launch the jobs in-process on the real instance: what the CLI and the demo run."""
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 
 from al_assets.core.coco.discovery import list_batch_files
 from al_assets.core.errors import AlAssetsError
 from al_assets.orchestration.partitions import (
     BATCH,
+    LABEL_BATCH,
     MODEL_VERSION,
     SHARD,
     add_partitions,
     prediction_key,
 )
+from al_assets.core.storage.objects import join_uri, to_uri
 from al_assets.orchestration.resources import CocoSourceResource
 
 
@@ -90,3 +94,86 @@ def _errors(result: dg.ExecuteInProcessResult) -> str:
         if event.event_type_value == "RUN_FAILURE" and not messages:
             messages.append(event.message or "run failed")
     return "; ".join(messages) or "see the run's logs"
+
+
+def import_labels(
+    defs: dg.Definitions, instance: dg.DagsterInstance, file: Path, name: str | None = None,
+) -> tuple[str, str]:
+    """Copy a label export into ``<source>/labels/`` and import it; returns (batch, summary)."""
+    from al_assets.core.coco.discovery import batch_name
+    from al_assets.core.splits import LABEL_BATCH_PREFIX
+
+    source: CocoSourceResource = defs.resources["coco_source"]
+    stem = name or file.stem
+    if batch_name(f"{stem}.json") is None:
+        raise RunFailedError(f"{stem!r} is not usable as a label batch name: use letters, "
+                             "digits and . _ = @ + - (pass --name)")
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise RunFailedError(f"cannot read label file {file}: {exc.strerror or exc}") from None
+    batch = LABEL_BATCH_PREFIX + stem
+    source.objects().write_bytes(source.label_uri(batch), data)
+    add_partitions(instance, LABEL_BATCH, [batch])
+    result = run_job(defs, "label_import_job", instance, partition_key=batch)
+    meta = result.asset_materializations_for_node("label_import")
+    rows = {str(m.asset_key.path[-1]): m.metadata["dagster/row_count"].value for m in meta}
+    return batch, (f"{rows.get('labeled_images')} images, {rows.get('label_annotations')} boxes, "
+                   f"{rows.get('label_rejects')} rejects (see label_rejects)")
+
+
+def oracle_label(defs: dg.Definitions, name: str | None = None) -> str:
+    """The demo's labeler: answer the exported queue from ``<source>/ground_truth/``."""
+    import json
+    from datetime import datetime, timezone
+
+    from al_assets.core.coco.parse import load_json, parse_coco
+    from al_assets.core.coco.tables import build_tables
+    from al_assets.core.loop.oracle import oracle_export
+    from al_assets.orchestration.assets.labels import pool_categories
+
+    source: CocoSourceResource = defs.resources["coco_source"]
+    store = defs.resources["storage"].tables()
+    objects = source.objects()
+    tasks_uri = store.file_uri("queue", "label_studio_tasks.json")
+    if not objects.exists(tasks_uri):
+        raise RunFailedError(f"no exported queue at {tasks_uri}: run `al-assets refresh` first")
+    tasks = json.loads(objects.read_bytes(tasks_uri))
+    truth_uri = join_uri(to_uri(source.root), "ground_truth")
+    try:
+        files, _ = objects.list(truth_uri, suffix=".json")
+    except FileNotFoundError:
+        raise RunFailedError(f"no ground truth at {truth_uri}: the oracle answers only the demo "
+                             "data (`al-assets demo-data --add-batch N --unlabeled`)") from None
+    truth = [build_tables(parse_coco(load_json(objects.read_bytes(f.uri), f.uri), f.uri), "gt",
+                          source.image_root(), 10**9) for f in files]
+    annotations = pa.concat_tables([t.annotations for t in truth])
+    images = pa.concat_tables([t.images for t in truth])
+    known = set(images["image_id"].to_pylist())
+    answerable = [t for t in tasks if int(t["data"]["image_id"]) in known]
+    if not answerable:
+        raise RunFailedError("no queued image has withheld ground truth; the oracle has "
+                             "nothing to answer")
+    export = oracle_export(answerable, annotations, images, pool_categories(store))
+    stem = name or f"oracle-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
+    uri = join_uri(source.labels_uri(), f"{stem}.json")
+    objects.write_bytes(uri, json.dumps(export, indent=1).encode())
+    return uri
+
+
+def train(
+    defs: dg.Definitions, instance: dg.DagsterInstance, config: dict | None = None,
+    gate: dict | None = None, *, refresh: bool = True,
+) -> str:
+    """Train a challenger and gate it; after a promotion predict every shard and refresh."""
+    result = run_job(defs, "train_job", instance, run_config={"ops": {
+        "challenger": {"config": config or {}}, "evaluation_gate": {"config": gate or {}}}})
+    event = result.asset_materializations_for_node("evaluation_gate")[0].metadata
+    reason, promoted = event["reason"].value, bool(event["promoted"].value)
+    text = f"{event['challenger'].value}: {reason}"
+    if promoted and refresh:
+        champion = str(event["champion_after"].value)
+        done = predict(defs, instance, champion)
+        refresh_views(defs, instance)
+        text += f"\npredicted {len(done)} shard(s) with {champion}; refreshed the queue and report"
+    return text

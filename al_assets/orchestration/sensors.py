@@ -54,12 +54,9 @@ def new_data_sensor(context: dg.SensorEvaluationContext, coco_source: CocoSource
                               job_name=ingest_job.name) for b, etag in sorted(batches.items())]
     requests += [dg.RunRequest(run_key=f"labels:{b}:{etag}", partition_key=b,
                                job_name=label_import_job.name) for b, etag in sorted(labels.items())]
-    return dg.SensorResult(
-        run_requests=requests, cursor=json.dumps(cursor),
-        dynamic_partitions_requests=[
-            request for name, new in ((BATCH, batches), (LABEL_BATCH, labels)) if new
-            for request in [dg.AddDynamicPartitionsRequest(name, sorted(new))]],
-    )
+    add_partitions(context.instance, BATCH, sorted(batches))  # before the runs that need them
+    add_partitions(context.instance, LABEL_BATCH, sorted(labels))
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor))
 
 
 def _new_files(
@@ -135,14 +132,11 @@ def new_model_version_sensor(context: dg.SensorEvaluationContext, mlflow: Mlflow
     if alias is not None and alias != cursor["alias"] and not requests:
         requests.append(dg.RunRequest(run_key=f"views:{config.alias}:{alias}",
                                       job_name=refresh_views_job.name))
-    known = set(context.instance.get_dynamic_partitions(MODEL_VERSION))
-    new_keys = sorted({k for k in keys if k not in known})
+    add_partitions(context.instance, MODEL_VERSION, keys)  # before the runs that need them
     return dg.SensorResult(
         run_requests=requests,
         cursor=json.dumps({"max_version": max(versions, default=cursor["max_version"]),
                            "alias": alias}),
-        dynamic_partitions_requests=[dg.AddDynamicPartitionsRequest(MODEL_VERSION, new_keys)]
-        if new_keys else None,
     )
 
 

@@ -29,7 +29,10 @@ def tick(sensor, instance, cursor, **resources):
     with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources,
                                  repository_def=defs.get_repository_def()) as context, \
             partition_loading_context(dynamic_partitions_store=instance):
-        return sensor.evaluate_tick(context)
+        result = sensor.evaluate_tick(context)
+    for request in result.dynamic_partitions_requests or []:  # what the daemon then does
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
 
 
 def test_new_data_sensor_requests_only_new_batches(instance, demo_copy, tmp_path) -> None:

@@ -8,12 +8,20 @@ because its numbers are the ones users compare with papers and model cards.
 Only images with both a prediction row and at least one annotation are evaluated: the pool
 mixes labeled and unlabeled images and ANNOTATIONS cannot tell an unlabeled image from an
 empty one, so an image without annotations would turn every detection into a false positive.
+
+:func:`compare_predictions` compares two model versions on an explicit held-out list instead:
+there an image without annotations *is* known to be empty and is evaluated as such. It runs
+COCOeval's per-image matching once per model and bootstraps mAP over images by re-weighting
+the stored ``evalImgs`` (paired: the same resamples for both models), so 200 resamples cost
+little more than one evaluation.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -47,19 +55,14 @@ def evaluate_predictions(
     image_ids = _evaluated_images(predictions, annotations)
     if not image_ids.size:
         return _not_evaluated(predictions, annotations, lookup)
-    selected = pa.array(image_ids, pa.int64())
-    gt_annotations = annotations.filter(pc.is_in(annotations["image_id"], value_set=selected))
-    category_index(lookup, gt_annotations["category_id"], "annotation category_id(s)")
-    gt = _coco_ground_truth(gt_annotations, _image_sizes(images, image_ids), lookup)
-    predicted = predictions.filter(pc.is_in(predictions["image_id"], value_set=selected))
-    results = _coco_results(predicted, lookup)
-    summary = _cocoeval(gt, results, image_ids, lookup["category_id"].to_pylist())
+    done = _evaluate_on(predictions, annotations, images, lookup, image_ids,
+                        "have predictions and annotations")
     return {
-        **summary,
-        "per_category_num_gt": _num_gt(gt_annotations, lookup),
+        **done.summary,
+        "per_category_num_gt": _num_gt(done.gt_annotations, lookup),
         "num_images": int(image_ids.size),
-        "num_detections": len(results),
-        "num_annotations": gt_annotations.num_rows,
+        "num_detections": done.num_detections,
+        "num_annotations": done.gt_annotations.num_rows,
         "reason": None,
     }
 
@@ -82,6 +85,78 @@ def evaluation_table(result: dict, categories: pa.Table) -> pa.Table:
         },
         schema=MODEL_EVALUATION,
     )
+
+
+def compare_predictions(
+    challenger: pa.Table, champion: pa.Table | None, annotations: pa.Table, images: pa.Table,
+    categories: pa.Table, *, image_ids: Sequence[int] | None = None, n_boot: int = 200,
+    seed: int = 0, confidence: float = 0.95,
+) -> dict:
+    """COCO mAP of two model versions (PREDICTIONS) on the same held-out images, with a paired
+    bootstrap over images, for a promotion gate.
+
+    ``image_ids`` are the held-out labeled images; default: the annotated images that every
+    given prediction table covers. Each id is evaluated even without annotations (a held-out
+    image can be labeled empty: its detections are false positives) or without a prediction
+    row (no detections). The bootstrap draws ``n_boot`` resamples of these images with
+    replacement (``numpy.random.default_rng(seed)``), the *same* ones for both models, so the
+    interval of the difference is paired: image difficulty cancels out.
+
+    Returns ``challenger`` / ``champion`` (None without a champion), each with ``map``,
+    ``ap50``, ``ap75``, ``per_category``, ``per_category_ap50`` (None: class without ground
+    truth), ``num_images``, ``num_detections`` and the percentile interval ``map_low`` /
+    ``map_high``; then ``delta_map`` (challenger - champion), its paired interval
+    ``delta_low`` / ``delta_high``, ``per_category_delta``, ``num_images``,
+    ``num_annotations``, ``n_boot`` and ``confidence``. Deltas are None without a champion.
+
+    Cost, measured: 100 images x 8 classes x ~19 detections, n_boot=200, two models: 0.7 s
+    on 2 cores (0.3 s of it the two COCOeval runs). pycocotools' own accumulate() on copied
+    evalImgs takes 0.04 s per resample, 16 s for the same job: hence :func:`resampled_maps`.
+    """
+    _check_bootstrap(n_boot, confidence)
+    require_columns(annotations, ("ann_id", "image_id", "category_id", "bbox_xywh", "area",
+                                  "iscrowd"), "annotations", "ANNOTATIONS")
+    lookup = category_table(categories)
+    models = [challenger] if champion is None else [challenger, champion]
+    heldout = _heldout_images(models, annotations, image_ids)
+    weights = _resample_weights(heldout.size, n_boot, seed)
+    first, first_maps = _scored(challenger, annotations, images, lookup, heldout, weights,
+                                confidence)
+    second, second_maps = (None, None) if champion is None else _scored(
+        champion, annotations, images, lookup, heldout, weights, confidence)
+    num_annotations = int(pc.sum(pc.is_in(
+        annotations["image_id"], value_set=pa.array(heldout, pa.int64()))).as_py() or 0)
+    return {
+        "challenger": first,
+        "champion": second,
+        **_deltas(first, second, first_maps, second_maps, confidence),
+        "num_images": int(heldout.size),
+        "num_annotations": num_annotations,
+        "n_boot": n_boot,
+        "confidence": confidence,
+    }
+
+
+def resampled_maps(evaluator: COCOeval, weights: np.ndarray) -> np.ndarray:
+    """mAP (AP@[.5:.95], area all, 100 detections) of each resample of the evaluated images.
+
+    ``weights[b, i]`` is how often resample ``b`` draws image ``params.imgIds[i]`` of an
+    evaluated COCOeval. This is COCOeval.accumulate() restricted to what stats[0] reads,
+    vectorized over resamples: a drawn-twice image weighs its detections and ground truth
+    twice instead of being copied, which gives the same precision envelope. With all-ones
+    weights it equals ``stats[0]``; otherwise it equals accumulate() on the copied images
+    except for the order of detections with exactly equal scores. NaN: no ground truth drawn.
+    """
+    curves, rec_thrs = _curves(evaluator), evaluator.params.recThrs
+    weights = np.asarray(weights, dtype=np.float64).reshape(-1, len(evaluator.params.imgIds))
+    out = np.full(weights.shape[0], np.nan)
+    longest = max([curve.image.size for curve in curves] + [1])
+    step = max(1, _CHUNK_ELEMENTS // (longest * len(evaluator.params.iouThrs)))
+    for start in range(0, weights.shape[0], step):
+        chunk = weights[start:start + step]
+        precision = np.stack([_precision(curve, chunk, rec_thrs) for curve in curves], axis=-1)
+        out[start:start + step] = [_mean_valid(p) for p in precision]
+    return out
 
 
 def _evaluated_images(predictions: pa.Table, annotations: pa.Table) -> np.ndarray:
@@ -109,8 +184,11 @@ def _not_evaluated(predictions: pa.Table, annotations: pa.Table, lookup: pa.Tabl
     }
 
 
-def _image_sizes(images: pa.Table, image_ids: np.ndarray) -> list[dict]:
-    """COCO image records of ``image_ids``; a missing IMAGES row is an error."""
+def _image_sizes(images: pa.Table, image_ids: np.ndarray, why: str) -> list[dict]:
+    """COCO image records of ``image_ids``; a missing IMAGES row is an error.
+
+    ``why`` says in the message why those images are evaluated (e.g. "are held out").
+    """
     require_columns(images, ("image_id", "width", "height"), "images", "IMAGES")
     rows = images.select(["image_id", "width", "height"]).filter(
         pc.is_in(images["image_id"], value_set=pa.array(image_ids, pa.int64()))
@@ -119,7 +197,7 @@ def _image_sizes(images: pa.Table, image_ids: np.ndarray) -> list[dict]:
     missing = [int(i) for i in image_ids if int(i) not in found]
     if missing:
         raise ValueError(
-            f"image_id(s) {missing[:10]} have predictions and annotations but no row in the "
+            f"image_id(s) {missing[:10]} {why} but no row in the "
             "images table; re-ingest their batch so width/height are known"
         )
     return [{"id": int(i), "width": found[i]["width"], "height": found[i]["height"]}
@@ -162,7 +240,39 @@ def _coco_results(predictions: pa.Table, lookup: pa.Table) -> list[dict]:
     ]
 
 
-def _cocoeval(gt: dict, results: list[dict], image_ids: np.ndarray, category_ids: list) -> dict:
+@dataclass(frozen=True)
+class _Evaluated:
+    """One model's COCOeval run, kept so the bootstrap can re-accumulate its ``evalImgs``."""
+
+    evaluator: COCOeval
+    summary: dict
+    num_detections: int
+    gt_annotations: pa.Table
+
+
+def _evaluate_on(
+    predictions: pa.Table, annotations: pa.Table, images: pa.Table, lookup: pa.Table,
+    image_ids: np.ndarray, why: str,
+) -> _Evaluated:
+    """The one COCOeval path: ``predictions`` scored on exactly ``image_ids`` (sorted, unique).
+
+    An id without annotations is an empty image (its detections are false positives), an id
+    without a prediction row an image without detections; callers decide which ids to pass.
+    """
+    selected = pa.array(image_ids, pa.int64())
+    gt_annotations = annotations.filter(pc.is_in(annotations["image_id"], value_set=selected))
+    category_index(lookup, gt_annotations["category_id"], "annotation category_id(s)")
+    gt = _coco_ground_truth(gt_annotations, _image_sizes(images, image_ids, why), lookup)
+    predicted = predictions.filter(pc.is_in(predictions["image_id"], value_set=selected))
+    results = _coco_results(predicted, lookup)
+    category_ids = lookup["category_id"].to_pylist()
+    evaluator = _cocoeval(gt, results, image_ids, category_ids)
+    return _Evaluated(evaluator, _summary(evaluator, category_ids), len(results), gt_annotations)
+
+
+def _cocoeval(gt: dict, results: list[dict], image_ids: np.ndarray,
+              category_ids: list) -> COCOeval:
+    """An evaluated, accumulated and summarized COCOeval (its prints swallowed)."""
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and tables
         coco_gt = COCO()
         coco_gt.dataset = gt
@@ -173,6 +283,10 @@ def _cocoeval(gt: dict, results: list[dict], image_ids: np.ndarray, category_ids
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
+    return evaluator
+
+
+def _summary(evaluator: COCOeval, category_ids: list) -> dict:
     stats = {name: _ap_or_none(value) for name, value in zip(_STAT_NAMES, evaluator.stats)}
     # precision: [iou thresholds, recall points, categories, area ranges ("all" first), max dets]
     precision = evaluator.eval["precision"][:, :, :, 0, -1]
@@ -213,3 +327,159 @@ def _num_gt(annotations: pa.Table, lookup: pa.Table) -> dict[int, int]:
 
 def _ap_or_none(value: float) -> float | None:
     return None if value < 0 else float(value)
+
+
+# -- comparison and bootstrap --------------------------------------------------------------------
+_CHUNK_ELEMENTS = 4_000_000  # floats per (resamples x thresholds x detections) block: ~32 MB
+
+
+def _check_bootstrap(n_boot: int, confidence: float) -> None:
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1 (resamples of the held-out images), got {n_boot}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), e.g. 0.95, got {confidence}")
+
+
+def _heldout_images(models: list[pa.Table], annotations: pa.Table,
+                    image_ids: Sequence[int] | None) -> np.ndarray:
+    """Sorted unique held-out ids; by default the annotated images every model predicted."""
+    covered = [unique_image_ids(table) for table in models]  # also rejects duplicate rows
+    if image_ids is not None:
+        return np.unique(np.asarray(list(image_ids), dtype=np.int64))
+    ids = pc.unique(annotations["image_id"]).to_numpy()
+    for predicted in covered:
+        ids = np.intersect1d(ids, predicted)
+    return ids.astype(np.int64)
+
+
+def _resample_weights(num_images: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, num_images) draw counts of images resampled with replacement."""
+    if not num_images:
+        return np.zeros((n_boot, 0))
+    draws = np.random.default_rng(seed).integers(0, num_images, size=(n_boot, num_images))
+    flat = (draws + num_images * np.arange(n_boot)[:, None]).ravel()
+    return np.bincount(flat, minlength=n_boot * num_images).reshape(n_boot, num_images)
+
+
+def _scored(table: pa.Table, annotations: pa.Table, images: pa.Table, lookup: pa.Table,
+            heldout: np.ndarray, weights: np.ndarray, confidence: float
+            ) -> tuple[dict, np.ndarray]:
+    """One model's comparison entry and its bootstrap mAPs (NaN when nothing evaluated)."""
+    category_ids = lookup["category_id"].to_pylist()
+    if not heldout.size:
+        none = {int(i): None for i in category_ids}
+        return ({"map": None, "ap50": None, "ap75": None, "per_category": none,
+                 "per_category_ap50": dict(none), "num_images": 0, "num_detections": 0,
+                 "map_low": None, "map_high": None}, np.full(weights.shape[0], np.nan))
+    done = _evaluate_on(table, annotations, images, lookup, heldout, "are held out")
+    maps = resampled_maps(done.evaluator, weights)
+    low, high = _interval(maps, confidence)
+    keys = ("map", "ap50", "ap75", "per_category", "per_category_ap50")
+    return ({**{key: done.summary[key] for key in keys}, "num_images": int(heldout.size),
+             "num_detections": done.num_detections, "map_low": low, "map_high": high}, maps)
+
+
+def _deltas(challenger: dict, champion: dict | None, challenger_maps: np.ndarray,
+            champion_maps: np.ndarray | None, confidence: float) -> dict:
+    """Point and paired-bootstrap differences challenger - champion (None: no champion)."""
+    categories = challenger["per_category"]
+    if champion is None:
+        return {"delta_map": None, "delta_low": None, "delta_high": None,
+                "per_category_delta": {k: None for k in categories}}
+    low, high = _interval(challenger_maps - champion_maps, confidence)
+    return {
+        "delta_map": _difference(challenger["map"], champion["map"]),
+        "delta_low": low,
+        "delta_high": high,
+        "per_category_delta": {k: _difference(v, champion["per_category"].get(k))
+                               for k, v in categories.items()},
+    }
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else float(a - b)
+
+
+def _interval(values: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
+    """Percentile interval over the resamples that had ground truth."""
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return None, None
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.percentile(finite, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class _Curve:
+    """One category's detections over all images, in accumulate()'s order (score desc)."""
+
+    image: np.ndarray  # (D,) position of each detection's image in params.imgIds
+    tp: np.ndarray  # (T, D) 1.0 where a true positive at IoU threshold t
+    fp: np.ndarray  # (T, D) 1.0 where a false positive (ignored detections are neither)
+    num_gt: np.ndarray  # (I,) non-ignored ground truth per image
+
+
+def _curves(evaluator: COCOeval) -> list[_Curve]:
+    """A curve per category from ``evalImgs`` (laid out [category][area][image])."""
+    p = evaluator.params
+    if p.areaRngLbl[0] != "all" or p.maxDets[-1] != 100:
+        raise ValueError("resampled_maps reads area 'all' and maxDets 100: default params only")
+    num_images, num_areas = len(p.imgIds), len(p.areaRng)
+    return [
+        _curve(evaluator.evalImgs[start:start + num_images], num_images, len(p.iouThrs),
+               p.maxDets[-1])
+        for start in range(0, len(p.catIds) * num_areas * num_images, num_areas * num_images)
+    ]
+
+
+def _curve(entries: list, num_images: int, num_thresholds: int, max_det: int) -> _Curve:
+    num_gt = np.zeros(num_images)
+    parts: list[tuple] = []
+    for i, entry in enumerate(entries):
+        if entry is None:  # neither ground truth nor detections of this class
+            continue
+        num_gt[i] = np.count_nonzero(np.asarray(entry["gtIgnore"]) == 0)
+        scores = np.asarray(entry["dtScores"][:max_det], dtype=np.float64)
+        parts.append((np.full(scores.size, i), scores, entry["dtMatches"][:, :max_det],
+                      entry["dtIgnore"][:, :max_det]))
+    if not parts:
+        empty = np.zeros((num_thresholds, 0))
+        return _Curve(np.zeros(0, dtype=np.int64), empty, empty, num_gt)
+    image, scores, matched, ignored = (np.concatenate(x, axis=-1) for x in zip(*parts))
+    order = np.argsort(-scores, kind="mergesort")  # accumulate()'s (stable) sort
+    matched, ignored = matched[:, order] != 0, ignored[:, order].astype(bool)
+    return _Curve(image[order], (matched & ~ignored).astype(np.float64),
+                  (~matched & ~ignored).astype(np.float64), num_gt)
+
+
+def _precision(curve: _Curve, weights: np.ndarray, rec_thrs: np.ndarray) -> np.ndarray:
+    """(B, T, R) interpolated precision of one category per resample; -1 without ground truth.
+
+    Same arithmetic as accumulate() (so the identity resample matches it bit for bit), with
+    each detection counted as often as its image was drawn.
+    """
+    num_gt = weights @ curve.num_gt
+    drawn = weights[:, curve.image][:, None, :]
+    tp_sum = np.cumsum(curve.tp[None] * drawn, axis=2)
+    fp_sum = np.cumsum(curve.fp[None] * drawn, axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = tp_sum / num_gt[:, None, None]
+    precision = tp_sum / (fp_sum + tp_sum + np.spacing(1))
+    envelope = np.maximum.accumulate(precision[..., ::-1], axis=2)[..., ::-1]
+    out = np.zeros(recall.shape[:2] + (rec_thrs.size,))
+    size = recall.shape[2]
+    for b, t in np.ndindex(*recall.shape[:2]):
+        if num_gt[b] == 0:
+            continue
+        index = np.searchsorted(recall[b, t], rec_thrs, side="left")
+        reached = index < size  # accumulate() leaves the unreached recall points at 0
+        out[b, t, reached] = envelope[b, t, index[reached]]
+    out[num_gt == 0] = -1.0
+    return out
+
+
+def _mean_valid(precision: np.ndarray) -> float:
+    """summarize()'s mean over the classes with ground truth; NaN when there is none."""
+    valid = precision[precision > -1]
+    return float(np.mean(valid)) if valid.size else float("nan")

@@ -56,6 +56,7 @@ __all__ = [
 
 ANNOTATIONS_DIR = "annotations"
 IMAGES_DIR = "images"
+GROUND_TRUTH_DIR = "ground_truth"  # withheld labels: what the demo's oracle labeler knows
 EMPTY_FRACTION = 0.05
 GRAYSCALE_FRACTION = 0.05
 PNG_FRACTION = 0.05
@@ -380,7 +381,26 @@ def generate_demo_dataset(
     return paths
 
 
-def add_demo_batch(root: Path, n_images: int, seed: int | None = None) -> Path:
+def withhold_labels(annotation_file: Path) -> Path:
+    """Make a batch unlabeled: its annotations move to ``ground_truth/`` (the oracle's answers).
+
+    Real pools arrive mostly unlabeled; the demo's second batch plays that part, and the demo's
+    oracle labeler answers the labeling queue from the withheld file. Idempotent.
+    """
+    annotation_file = Path(annotation_file)
+    document = _read_coco(annotation_file)
+    target = annotation_file.parent.parent / GROUND_TRUTH_DIR / annotation_file.name
+    if document.get("annotations"):
+        _write_if_changed(target, annotation_file.read_bytes())
+    unlabeled = {**document, "annotations": []}
+    _write_if_changed(annotation_file,
+                      (json.dumps(unlabeled, separators=(",", ":")) + "\n").encode("utf-8"))
+    return target
+
+
+def add_demo_batch(
+    root: Path, n_images: int, seed: int | None = None, *, unlabeled: bool = False
+) -> Path:
     """Append the next batch-NNN with ids after every existing one, as new data would arrive.
 
     With `seed=None` the seed is `batch_seed(DEFAULT_SEED, index)`, the same one
@@ -389,7 +409,8 @@ def add_demo_batch(root: Path, n_images: int, seed: int | None = None) -> Path:
     _require_int("n_images", n_images, 1)
     root = Path(root)
     last_index, max_image_id, max_ann_id = -1, 0, 0
-    for path in _annotation_files(root):
+    withheld = sorted((root / GROUND_TRUTH_DIR).glob("*.json"))
+    for path in [*_annotation_files(root), *withheld]:
         document = _read_coco(path)
         max_image_id = max(max_image_id, max(_ids(document, "images"), default=0))
         max_ann_id = max(max_ann_id, max(_ids(document, "annotations"), default=0))
@@ -399,6 +420,9 @@ def add_demo_batch(root: Path, n_images: int, seed: int | None = None) -> Path:
     index = last_index + 1
     if seed is None:
         seed = batch_seed(DEFAULT_SEED, index)
-    return generate_demo_batch(
+    path = generate_demo_batch(
         root, f"batch-{index:03d}", n_images, seed, max_image_id + 1, max_ann_id + 1
     )
+    if unlabeled:
+        withhold_labels(path)
+    return path

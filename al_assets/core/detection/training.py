@@ -4,7 +4,18 @@ Why here: offline, no pretrained detector can be downloaded, so the demo and eve
 active-learning round train their own (from scratch, or warm-started from the previous round's
 checkpoint). The loop is torchvision's detection API (``model(images, targets)`` returns the
 losses) with the small pieces it leaves out: a COCO dataset, flips, seeding, a warmup + cosine
-schedule, and thread settings.
+schedule, thread settings, images read from any URI (``file://``, ``s3://``) and resuming.
+
+Resuming (``checkpoint_dir=``): training runs in worker processes that can be killed (out of
+memory, a preempted machine, a redeploy), and a restart should not throw away an hour of steps.
+Every ``checkpoint_every`` steps the full state (model, optimizer, schedule, batch order, random
+generators) is written atomically to ``checkpoint_dir/train_state.pt`` with a fingerprint of the
+run (settings, COCO file, init checkpoint). A call that finds a file with its own fingerprint
+continues after that step and returns exactly the model an uninterrupted run (with the same
+threads) would have; any other file (another run's, or damaged) is warned about, deleted, and
+training starts at step 1.
+The file is removed after the last step and the caller saves the final checkpoint, so a killed
+run leaves only ``train_state.pt``, never a half-trained model that could be registered as done.
 
 Measured on this project's 2-core VM (ssdlite320 from scratch, 320x320 shape images, 5
 classes): SGD momentum 0.9, lr 0.05, warmup + cosine reached COCO mAP 0.81 (AP50 0.96) after
@@ -32,7 +43,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
+import hashlib
 import io
+import json
 import math
 import os
 import time
@@ -40,6 +54,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,8 +63,10 @@ from torch import Tensor, nn
 
 from al_assets.core.detection.categories import CategoryError, CategoryMap
 from al_assets.core.detection.factory import build_detector, load_checkpoint
-from al_assets.core.errors import AlAssetsError, CocoFormatError, ImageDecodeError
+from al_assets.core.errors import AlAssetsError, CocoFormatError, ImageDecodeError, StorageError
 from al_assets.core.images import decode_rgb
+from al_assets.core.storage.files import write_bytes_atomic
+from al_assets.core.storage.objects import ObjectStore, is_s3, join_uri, local_path, to_uri
 
 RECOMMENDED_MALLOC_ENV = {
     "MALLOC_MMAP_MAX_": "0",
@@ -65,6 +82,9 @@ DEFAULT_WEIGHT_DECAY = 4e-5
 Batch = tuple[list[Tensor], list[dict[str, Tensor]]]
 _OPTIMIZERS = ("sgd", "adamw")
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4  # glibc malloc.h
+TRAIN_STATE_NAME = "train_state.pt"
+"""File in ``train_detector(checkpoint_dir=...)`` that holds a run's resumable state."""
+_TRAIN_STATE_VERSION = b"al_assets train_state v1"
 
 
 class DatasetError(CocoFormatError, ValueError):
@@ -77,7 +97,11 @@ class TrainingError(AlAssetsError, RuntimeError):
 
 @dataclass(frozen=True)
 class CocoRecord:
-    """One image and its non-crowd boxes (xyxy pixels) as dataset category ids."""
+    """One image and its non-crowd boxes (xyxy pixels) as dataset category ids.
+
+    ``uri`` is where the image is read from (``file://`` or ``s3://``); ``path`` is its local
+    file (for an ``s3://`` image only the URI as a path: use ``location`` in messages).
+    """
 
     image_id: int
     path: Path
@@ -85,25 +109,48 @@ class CocoRecord:
     height: int
     boxes: np.ndarray
     category_ids: tuple[int, ...]
+    uri: str
+
+    @property
+    def location(self) -> str:
+        """The local path, or the URI of an S3 image: what messages name."""
+        return self.uri if is_s3(self.uri) else str(self.path)
 
 
 class CocoDetectionDataset:
     """COCO instances file + image folder as torchvision detection samples.
+
+    ``image_dir``: a local folder, or a ``file://`` / ``s3://`` URI (``s3://`` needs
+    ``objects``). A ``file_name`` that is itself a ``file://`` or ``s3://`` URI is used as is, so
+    one COCO file can list images from several folders. With ``objects`` every image is read
+    through ``objects.read_bytes(uri)``; without, from the local file.
 
     Crowd annotations are left out of the targets (torchvision has no ``iscrowd`` handling in
     training and COCOeval ignores them); zero-area boxes too (torchvision rejects them). Images
     without boxes stay: they teach the background.
     """
 
-    def __init__(self, coco_json: Path, image_dir: Path) -> None:
+    def __init__(
+        self, coco_json: Path, image_dir: Path | str, objects: ObjectStore | None = None
+    ) -> None:
         self.coco_json = Path(coco_json)
-        self.image_dir = Path(image_dir)
+        self.objects = objects
+        self.image_root_uri = to_uri(image_dir)
+        self.image_dir: Path | None = (
+            None if is_s3(self.image_root_uri) else local_path(str(image_dir))
+        )
         self.coco = read_coco(self.coco_json)
         try:
             self.categories = CategoryMap.from_coco_categories(self.coco.dataset["categories"])
         except (CategoryError, KeyError) as exc:
             raise DatasetError(f"{self.coco_json}: bad or missing categories: {exc}") from exc
         self.records = [self._record(image_id) for image_id in sorted(self.coco.getImgIds())]
+        remote = next((r.uri for r in self.records if is_s3(r.uri)), None)
+        if remote is not None and objects is None:
+            raise DatasetError(
+                f"{self.coco_json} lists S3 images (e.g. {remote}); pass objects=ObjectStore(...) "
+                "to read them"
+            )
 
     def __len__(self) -> int:
         return len(self.records)
@@ -118,12 +165,16 @@ class CocoDetectionDataset:
         model trains on pixels exactly as it will later see them (EXIF, 16-bit, alpha, ...).
         """
         record = self.records[index]
-        try:
-            data = record.path.read_bytes()
-        except OSError as exc:
-            raise ImageDecodeError(f"{record.path}: cannot read the file ({exc})") from exc
         size = (record.width, record.height)
-        return decode_rgb(data, str(record.path), expected_size=size).float().div_(255)
+        return decode_rgb(self._read(record), record.location, expected_size=size).float().div_(255)
+
+    def _read(self, record: CocoRecord) -> bytes:
+        try:
+            if self.objects is not None:
+                return self.objects.read_bytes(record.uri)
+            return record.path.read_bytes()
+        except (OSError, StorageError) as exc:
+            raise ImageDecodeError(f"{record.location}: cannot read the file ({exc})") from exc
 
     def target(self, index: int) -> dict[str, Tensor]:
         """torchvision target: ``boxes`` float32 (N, 4) xyxy, ``labels`` int64 model labels."""
@@ -149,19 +200,32 @@ class CocoDetectionDataset:
                 )
             boxes.append((x, y, x + w, y + h))
             category_ids.append(int(ann["category_id"]))
+        path, uri = self._locate(str(info["file_name"]))
         return CocoRecord(
             image_id=int(image_id),
-            path=self.image_dir / info["file_name"],
+            path=path,
             width=int(info["width"]),
             height=int(info["height"]),
             boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
             category_ids=tuple(category_ids),
+            uri=uri,
         )
+
+    def _locate(self, file_name: str) -> tuple[Path, str]:
+        """(local path, URI) of an image: a URI file_name as is, else under the image root."""
+        if file_name.startswith(("file://", "s3://")):
+            uri = file_name
+        elif self.image_dir is not None:
+            path = self.image_dir / file_name
+            return path, to_uri(path)
+        else:
+            uri = join_uri(self.image_root_uri, file_name)
+        return (Path(uri) if is_s3(uri) else local_path(uri)), uri
 
 
 def train_detector(
     coco_json: Path,
-    image_dir: Path,
+    image_dir: Path | str,
     *,
     arch: str = "ssdlite320_mobilenet_v3_large",
     steps: int,
@@ -176,6 +240,9 @@ def train_detector(
     tune_malloc: bool = True,
     log: Callable[[dict], None] | None = None,
     log_every: int = 10,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 50,
+    objects: ObjectStore | None = None,
 ) -> nn.Module:
     """Train ``arch`` for ``steps`` optimizer steps; returns the model in eval mode.
 
@@ -186,26 +253,161 @@ def train_detector(
     earlier training (30 fine-tuning steps: mAP 0.815 -> 0.766 at lr 0.05, 0.806 at 0.01).
     Same seed, data and threads give the same model. Unreadable images are skipped, warned
     about, and counted in the log records. ``tune_malloc``: see the module docstring.
+
+    ``checkpoint_dir``: keep ``TRAIN_STATE_NAME`` there every ``checkpoint_every`` steps and
+    resume from it (see the module docstring); removed once the last step is done.
+    ``objects``: read the images through this store (``image_dir`` may then be an ``s3://`` URI).
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps={steps} and batch_size={batch_size} must both be >= 1")
     if optimizer not in _OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; use one of {_OPTIMIZERS}")
-    dataset = CocoDetectionDataset(coco_json, image_dir)
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every={checkpoint_every} must be >= 1")
+    dataset = CocoDetectionDataset(coco_json, image_dir, objects)
     if len(dataset) == 0:
         raise DatasetError(f"{coco_json} lists no images; there is nothing to train on")
+    warmup = min(100, steps // 10) if warmup_steps is None else warmup_steps
+    settings = {
+        "arch": arch, "steps": steps, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+        "weight_decay": weight_decay, "warmup_steps": warmup, "seed": seed,
+    }
+    state = None
+    if checkpoint_dir is not None:
+        fingerprint = run_fingerprint(coco_json, init_checkpoint, settings)
+        path = Path(checkpoint_dir) / TRAIN_STATE_NAME
+        state = _TrainState(path, fingerprint, checkpoint_every, steps)
+    fresh = functools.partial(
+        _new_run, dataset, arch, init_checkpoint, optimizer, lr, weight_decay, steps, warmup,
+        batch_size, seed,
+    )
     if tune_malloc:
         keep_freed_memory()
     with _torch_threads(num_threads):
-        torch.manual_seed(seed)
-        model = _initial_model(arch, dataset.categories, init_checkpoint)
-        model.train()
-        opt = _optimizer(model, optimizer, lr, weight_decay, init_checkpoint is not None)
-        warmup = min(100, steps // 10) if warmup_steps is None else warmup_steps
-        schedule = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(steps, warmup))
-        batches = _BatchStream(dataset, batch_size, seed)
-        _run_steps(model, opt, schedule, batches, steps, log, log_every)
-    return model.eval()
+        run, done = _resume(fresh, state)
+        _run_steps(run, steps, log, log_every, done, state)
+    if state is not None:
+        state.finish()
+    return run.model.eval()
+
+
+def run_fingerprint(
+    coco_json: Path, init_checkpoint: Path | None, settings: dict[str, Any]
+) -> str:
+    """sha256 of what defines a training run: settings, COCO file bytes, init checkpoint bytes."""
+    digest = hashlib.sha256(_TRAIN_STATE_VERSION)
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    for path in (Path(coco_json), init_checkpoint):
+        digest.update(b"\0none" if path is None else b"\0file")
+        if path is not None:
+            with open(path, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class _Run:
+    """Everything a training step changes; ``state_dict`` is what resuming needs back."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    batches: _BatchStream
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "batches": self.batches.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.schedule.load_state_dict(saved["schedule"])
+        self.batches.load_state_dict(saved["batches"])
+        torch.set_rng_state(saved["torch_rng"])
+
+
+def _new_run(
+    dataset: CocoDetectionDataset,
+    arch: str,
+    init_checkpoint: Path | None,
+    optimizer: str,
+    lr: float | None,
+    weight_decay: float,
+    steps: int,
+    warmup: int,
+    batch_size: int,
+    seed: int,
+) -> _Run:
+    """A run at step 0: seeded model, optimizer, schedule and batch stream."""
+    torch.manual_seed(seed)
+    model = _initial_model(arch, dataset.categories, init_checkpoint)
+    model.train()
+    opt = _optimizer(model, optimizer, lr, weight_decay, init_checkpoint is not None)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(steps, warmup))
+    return _Run(model, opt, schedule, _BatchStream(dataset, batch_size, seed))
+
+
+def _resume(fresh: Callable[[], _Run], state: _TrainState | None) -> tuple[_Run, int]:
+    """A new run, moved to the saved step when a matching state exists; (run, steps done)."""
+    run = fresh()
+    saved = None if state is None else state.load()
+    if state is None or saved is None:
+        return run, 0
+    try:
+        run.load_state_dict(saved)
+    except Exception as exc:  # a state of the right run but unusable: start over, cleanly
+        state.discard(f"cannot be restored ({exc!r})")
+        return fresh(), 0
+    return run, int(saved["step"])
+
+
+class _TrainState:
+    """``train_state.pt`` of one run: load it if it is this run's, save it, remove it."""
+
+    def __init__(self, path: Path, fingerprint: str, every: int, steps: int) -> None:
+        self.path = path
+        self.fingerprint = fingerprint
+        self.every = every
+        self.steps = steps
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state of this run, or None (a stale or damaged file is warned of, deleted)."""
+        if not self.path.exists():
+            return None
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch.load raises pickle, zip and runtime errors alike
+            self.discard(f"is unreadable or damaged ({exc!r})")
+            return None
+        if not isinstance(saved, dict) or saved.get("fingerprint") != self.fingerprint:
+            self.discard("is from another run (data, init checkpoint or settings differ)")
+            return None
+        step = saved.get("step")
+        if not isinstance(step, int) or not 1 <= step < self.steps:
+            self.discard(f"holds an impossible step {step!r} of {self.steps}")
+            return None
+        return saved
+
+    def discard(self, why: str) -> None:
+        warnings.warn(f"{self.path} {why}; training restarts from step 1", stacklevel=4)
+        self.path.unlink(missing_ok=True)
+
+    def after_step(self, step: int, run: _Run) -> None:
+        if step % self.every or step >= self.steps:
+            return
+        buffer = io.BytesIO()
+        torch.save({"fingerprint": self.fingerprint, "step": step, **run.state_dict()}, buffer)
+        write_bytes_atomic(self.path, buffer.getvalue())
+
+    def finish(self) -> None:
+        """The run is complete: its intermediate state must not be resumed or mistaken for it."""
+        self.path.unlink(missing_ok=True)
 
 
 def malloc_env_is_set() -> bool:
@@ -291,8 +493,20 @@ class _BatchStream:
         self.dataset = dataset
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(seed)
-        self.skipped: dict[Path, str] = {}
+        self.skipped: dict[str, str] = {}
         self._order: list[int] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "generator": self.generator.get_state(),
+            "order": list(self._order),
+            "skipped": dict(self.skipped),
+        }
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.generator.set_state(saved["generator"])
+        self._order = [int(i) for i in saved["order"]]
+        self.skipped = {str(k): str(v) for k, v in saved["skipped"].items()}
 
     def __next__(self) -> Batch:
         images: list[Tensor] = []
@@ -320,10 +534,10 @@ class _BatchStream:
         return self._order.pop()
 
     def _skip(self, index: int, exc: ImageDecodeError) -> None:
-        path = self.dataset.records[index].path
-        if path not in self.skipped:
+        location = self.dataset.records[index].location
+        if location not in self.skipped:
             warnings.warn(f"skipping image in training: {exc}", stacklevel=2)
-        self.skipped[path] = str(exc)
+        self.skipped[location] = str(exc)
 
 
 def _maybe_flip(
@@ -338,32 +552,44 @@ def _maybe_flip(
 
 
 def _run_steps(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
-    batches: _BatchStream,
+    run: _Run,
     steps: int,
     log: Callable[[dict], None] | None,
     log_every: int,
+    done: int = 0,
+    state: _TrainState | None = None,
 ) -> None:
+    """Steps ``done + 1 .. steps``; the state is saved after a step's log record."""
     start = time.perf_counter()
-    for step in range(1, steps + 1):
-        images, targets = next(batches)
-        losses = model(images, targets)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"loss became {float(loss)} at step {step} ({_floats(losses)}); lower lr "
-                f"(now {optimizer.param_groups[0]['lr']:.4g}) or check the boxes"
-            )
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    resumed: dict[str, int] = {"resumed_from": done} if done else {}
+    for step in range(done + 1, steps + 1):
+        loss, losses, lr = _step(run, step)
         if log is not None and (step % log_every == 0 or step == steps):
             elapsed = time.perf_counter() - start
-            log(_log_record(step, steps, loss, losses, lr, batches, elapsed))
+            images = (step - done) * run.batches.batch_size
+            log({**_log_record(step, steps, loss, losses, lr, run.batches, images, elapsed),
+                 **resumed})
+            resumed = {}
+        if state is not None:
+            state.after_step(step, run)
+
+
+def _step(run: _Run, step: int) -> tuple[Tensor, dict[str, Tensor], float]:
+    """One optimizer step; returns the loss, its parts and the learning rate it used."""
+    images, targets = next(run.batches)
+    losses = run.model(images, targets)
+    loss = sum(losses.values())
+    lr = run.optimizer.param_groups[0]["lr"]
+    if not torch.isfinite(loss):
+        raise TrainingError(
+            f"loss became {float(loss)} at step {step} ({_floats(losses)}); lower lr "
+            f"(now {lr:.4g}) or check the boxes"
+        )
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.schedule.step()
+    return loss, losses, lr
 
 
 def _log_record(
@@ -373,6 +599,7 @@ def _log_record(
     losses: dict[str, Tensor],
     lr: float,
     batches: _BatchStream,
+    images: int,
     elapsed: float,
 ) -> dict:
     return {
@@ -382,7 +609,7 @@ def _log_record(
         **_floats(losses),
         "lr": lr,
         "elapsed_s": elapsed,
-        "images_per_s": step * batches.batch_size / elapsed,
+        "images_per_s": images / elapsed,
         "skipped_images": len(batches.skipped),
     }
 

@@ -51,6 +51,7 @@ from al_assets.core.loop.selection import (
     STRATEGIES,
     ScoringSettings,
     SelectionConfig,
+    pool_ranking,
     rank_images,
     select_batch,
 )
@@ -326,21 +327,34 @@ def _pool_predictions(run: _Seed, champion: _Round, labeled: list[int], rnd: int
 
 def _select(run: _Seed, strategy: str, rnd: int, labeled: list[int],
             predictions: pa.Table) -> pa.Table:
-    """The production selection: rank_images + select_batch, labeled images excluded."""
     config = run.config
-    _, rankings = rank_images(predictions, ScoringSettings(agg=config.agg, min_score=0.0))
-    by_id = {i: k for k, i in enumerate(predictions["image_id"].to_pylist())}
-    queue = select_batch(
-        rankings, lambda ids: predictions.take(pa.array([by_id[i] for i in ids.to_pylist()],
-                                                        pa.int64())),
-        config.selection(strategy, run.seed, rnd), excluded=labeled,
-        hashes_of=lambda c: {i: run.pool.hashes[i] for i in c["image_id"].to_pylist()
-                             if i in run.pool.hashes},
-    )
+    queue = queue_from_predictions(predictions, config.selection(strategy, run.seed, rnd),
+                                   ScoringSettings(agg=config.agg), excluded=labeled,
+                                   hashes=run.pool.hashes)
     if queue.num_rows < config.budget:
         raise SimulationError(f"round {rnd}: the queue offered {queue.num_rows} of "
                               f"{config.budget} images; lower the budget or use a larger pool")
     return queue
+
+
+def queue_from_predictions(
+    predictions: pa.Table, selection: SelectionConfig, scoring: ScoringSettings, *,
+    excluded: list[int] | set[int], hashes: Mapping[int, int],
+) -> pa.Table:
+    """The production selection over in-memory PREDICTIONS: rank_images + select_batch.
+
+    ``predictions`` already have detections under ``scoring.min_score`` removed, as the queue
+    asset's do; the rankings are those ``shard_scores`` + ``image_rankings`` would write.
+    """
+    _, rankings = rank_images(predictions, replace(scoring, min_score=0.0))
+    rankings = pool_ranking([rankings], empty_images=scoring.empty_images)
+    by_id = {i: k for k, i in enumerate(predictions["image_id"].to_pylist())}
+    return select_batch(
+        rankings, lambda ids: predictions.take(pa.array([by_id[i] for i in ids.to_pylist()],
+                                                        pa.int64())),
+        selection, excluded=excluded,
+        hashes_of=lambda c: {i: hashes[i] for i in c["image_id"].to_pylist() if i in hashes},
+    )
 
 
 def _oracle_labels(pool: Pool, tasks: list[dict], batch: str) -> tuple[pa.Table, pa.Table]:
