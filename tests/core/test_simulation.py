@@ -25,13 +25,11 @@ from al_assets.core.simulation import (
     labels_to_reach,
     markdown_summary,
     mean_curves,
-    parse_strategy,
     run_simulation,
-    select_images,
-    select_random,
-    select_spread_out,
     write_outputs,
 )
+from al_assets.core.loop.selection import ScoringSettings, SelectionConfig
+from al_assets.core.simulation.loop import queue_from_predictions
 
 CATEGORY_IDS = (1, 3, 5)
 # image_id -> class distribution of its one box (None = no detection)
@@ -80,115 +78,52 @@ def _predictions(distributions: dict[int, list[float] | None]) -> pa.Table:
     return pa.Table.from_batches([batch])
 
 
-def _select(name: str, budget: int, predictions: pa.Table, **kwargs) -> list[int]:
-    return select_images(
-        parse_strategy(name),
-        budget,
-        unlabeled_ids=predictions["image_id"].to_pylist(),
-        rng=np.random.default_rng(0),
-        predictions=predictions,
-        **kwargs,
-    )
+def _select(strategy: str, size: int, predictions: pa.Table, *, excluded=(), hashes=None,
+            seed: int = 0, **kwargs) -> list[int]:
+    """The production selection path, as the simulation calls it."""
+    queue = queue_from_predictions(
+        predictions, SelectionConfig(strategy=strategy, size=size, seed=seed, **kwargs),
+        ScoringSettings(min_score=0.0), excluded=set(excluded), hashes=hashes or {})
+    return queue["image_id"].to_pylist()
 
 
-# -- strategies ----------------------------------------------------------------------------
-def test_parse_strategy_names_and_errors() -> None:
-    assert parse_strategy("random").measure is None
-    entropy = parse_strategy("entropy")
-    assert (entropy.measure, entropy.agg, entropy.diverse) == ("entropy", "max", False)
-    diverse = parse_strategy("margin_diverse:sum")
-    assert (diverse.measure, diverse.agg, diverse.diverse) == ("margin", "sum", True)
-    for bad in ("entropyy", "entropy:median", "random_diverse"):
-        with pytest.raises(ValueError, match="unknown strategy"):
-            parse_strategy(bad)
+# -- selection (one path for the queue and the simulation) ---------------------------------
+def test_unknown_strategy_is_refused_with_the_choices() -> None:
+    with pytest.raises(ValueError, match="unknown strategy 'entropy_diverse'.*random"):
+        SelectionConfig(strategy="entropy_diverse")
+    with pytest.raises(SimulationError, match="unknown strategies"):
+        SimulationConfig(strategies=("random", "bald"))
 
 
-def test_random_is_seeded_reproducible_and_stays_in_the_pool() -> None:
-    pool = list(range(100, 150))
-    first = select_random(pool, 10, np.random.default_rng([3, 1]))
-    assert first == select_random(list(reversed(pool)), 10, np.random.default_rng([3, 1]))
-    assert first != select_random(pool, 10, np.random.default_rng([4, 1]))
-    assert len(set(first)) == 10 and set(first) <= set(pool)
-    with pytest.raises(ValueError, match="more than the 50 unlabeled"):
-        select_random(pool, 51, np.random.default_rng(0))
+def test_random_is_seeded_reproducible_and_respects_exclusions() -> None:
+    predictions = _predictions(DISTRIBUTIONS)
+    first = _select("random", 2, predictions, excluded={1}, seed=3, deduplicate=False)
+    assert first == _select("random", 2, predictions, excluded={1}, seed=3, deduplicate=False)
+    assert len(first) == 2 and 1 not in first
+    orders = {tuple(_select("random", 3, predictions, seed=s, deduplicate=False))
+              for s in range(6)}
+    assert len(orders) > 1  # the seed changes the order
 
 
 @pytest.mark.parametrize(
     ("strategy", "expected"),
-    [
-        ("least_confidence", [3, 2, 1, 4]),
-        ("entropy", [3, 2, 1, 4]),
-        ("margin", [2, 3, 1, 4]),
-        ("ratio", [2, 3, 1, 4]),
-    ],
+    [("entropy", [3, 2]), ("least_confidence", [3, 2]), ("margin", [2, 3]), ("ratio", [2, 3])],
 )
 def test_uncertainty_strategies_pick_the_most_uncertain(strategy: str, expected: list[int]) -> None:
-    predictions = _predictions(DISTRIBUTIONS)
-    for budget in range(1, 5):
-        assert _select(strategy, budget, predictions) == expected[:budget]
+    assert _select(strategy, 2, _predictions(DISTRIBUTIONS)) == expected
 
 
-def test_uncertainty_aggregates_boxes_per_image() -> None:
-    """max: one very uncertain box makes its image top; sum: many mildly uncertain boxes win."""
-    crowded = _output([0.7, 0.2, 0.1])
-    crowded = {k: torch.cat([v] * 4) for k, v in crowded.items()}
-    single = _output([0.34, 0.33, 0.33])
-    ids = [7, 8]
-    images = pa.table(
-        {
-            "image_id": pa.array(ids, pa.int64()),
-            "uri": ["a", "b"],
-            "width": pa.array([9, 9], pa.int32()),
-            "height": pa.array([9, 9], pa.int32()),
-        }
-    )
-    predictions = pa.Table.from_batches(
-        [
-            predictions_batch(
-                images, [0, 1], [crowded, single], model_name="m", model_version=1, shard="s"
-            )
-        ]
-    )
-    assert _select("entropy", 1, predictions) == [8]
-    assert _select("entropy:sum", 1, predictions) == [7]
+def test_excluded_images_are_never_offered() -> None:
+    assert _select("entropy", 2, _predictions(DISTRIBUTIONS), excluded={3}) == [2, 1]
 
 
-def test_selection_refuses_predictions_that_are_not_the_unlabeled_pool() -> None:
-    predictions = _predictions(DISTRIBUTIONS)
-    with pytest.raises(ValueError, match="cover exactly the unlabeled pool"):
-        select_images(
-            parse_strategy("entropy"),
-            1,
-            unlabeled_ids=[1, 2, 3],
-            rng=np.random.default_rng(0),
-            predictions=predictions,
-        )
+def test_near_duplicates_compete_once() -> None:
+    hashes = {1: 0x0F0F0F0F0F0F0F0F, 2: 0, 3: 1, 4: 0xF0F0F0F0F0F0F0F0}  # 2, 3: near-copies
+    assert _select("entropy", 2, _predictions(DISTRIBUTIONS), hashes=hashes) == [3, 1]
+    assert _select("entropy", 2, _predictions(DISTRIBUTIONS), hashes=hashes,
+                   deduplicate=False) == [3, 2]
 
 
-def test_diverse_variant_skips_near_duplicates() -> None:
-    """Images 3 and 5 are the two most uncertain but near-identical (dHash 1 bit apart)."""
-    distributions = {**DISTRIBUTIONS, 5: [0.42, 0.29, 0.29], 6: [0.6, 0.3, 0.1]}
-    predictions = _predictions(distributions)
-    base = 0x0F0F_0F0F_0F0F_0F0F
-    hashes = {
-        1: 0xFFFF_0000_FFFF_0000,
-        2: 0x3333_3333_3333_3333,
-        3: base,
-        4: 0,
-        5: base ^ 1,
-        6: 0xAAAA_AAAA_AAAA_AAAA,
-    }
-    assert _select("entropy", 2, predictions) == [3, 5]
-    diverse = _select("entropy_diverse", 2, predictions, hashes=hashes)
-    assert diverse == [3, 6]  # 5 is a near-copy of 3; 6 is the next most uncertain
-    # a candidate that duplicates an already labeled image is avoided too
-    after_labeled = select_spread_out([3, 6, 2], {**hashes, 99: base}, 1, labeled_ids=[99])
-    assert after_labeled == [6]
-    # once only near-duplicates are left, they are taken (the budget is always spent)
-    assert select_spread_out([3, 5], hashes, 2, candidates_factor=1) == [3, 5]
-
-
-# -- labels saved --------------------------------------------------------------------------
 def test_labels_to_reach_interpolates_and_says_not_reached() -> None:
     x, y = [20, 40, 60, 80], [0.1, 0.2, 0.3, 0.4]
     assert labels_to_reach(x, y, 0.25) == pytest.approx(50.0)
@@ -277,7 +212,7 @@ def test_tiny_loop_end_to_end(tiny_splits: tuple[CocoSplit, CocoSplit], tmp_path
 
     pool, holdout = tiny_splits
     config = SimulationConfig(
-        strategies=("random", "entropy_diverse"),
+        strategies=("random", "entropy"),
         seeds=(0, 1),
         initial_size=4,
         budget=4,
@@ -285,7 +220,8 @@ def test_tiny_loop_end_to_end(tiny_splits: tuple[CocoSplit, CocoSplit], tmp_path
         initial_steps=1,
         round_steps=1,
         batch_size=2,
-        score_thresh=0.0,
+        min_score=0.0,
+        n_boot=10,
         device="cpu",
     )
     tracking = Tracking(
@@ -316,13 +252,16 @@ def test_tiny_loop_end_to_end(tiny_splits: tuple[CocoSplit, CocoSplit], tmp_path
             assert 0.0 <= seen <= 1.0
     round0 = [r for r in table.to_pylist() if r["round"] == 0 and r["seed"] == 0]
     assert round0[0]["selected_ids"] == round0[1]["selected_ids"]  # one seed set per seed
+    assert all(r["promoted"] for r in round0)  # the first model has no champion to beat
+    for row in table.to_pylist():
+        assert row["map_low"] <= row["map"] <= row["map_high"]
 
     client = mlflow.MlflowClient(tracking.tracking_uri)
     experiment = client.get_experiment_by_name("sim-test")
     runs = client.search_runs([experiment.experiment_id])
     assert sorted((r.data.params["strategy"], r.data.params["seed"]) for r in runs) == [
-        ("entropy_diverse", "0"),
-        ("entropy_diverse", "1"),
+        ("entropy", "0"),
+        ("entropy", "1"),
         ("random", "0"),
         ("random", "1"),
     ]

@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 
 from al_assets.core import schemas
 from al_assets.core.scoring.views import DEFAULT_MIN_SCORE
-from al_assets.orchestration.runs import predict, refresh_views, register
+from al_assets.orchestration.runs import predict, register, run_job
 from tests.orchestration.conftest import Pipeline
 from tests.orchestration.test_prediction import FAST
 
@@ -26,7 +26,9 @@ def test_full_chain_views_queue_analysis_report(ingested: Pipeline, checkpoints)
     versions = [register(p.defs, p.instance, {"weights": str(c)}) for c in checkpoints]
     for version in versions:
         predict(p.defs, p.instance, version, config=FAST)
-    result = refresh_views(p.defs, p.instance)
+    # every image of this pool is labeled: ask the queue to rank labeled images too
+    result = run_job(p.defs, "refresh_views_job", p.instance, run_config={
+        "ops": {"labeling_queue": {"config": {"exclude_labeled": False}}}})
     champion = versions[-1]
 
     # notebook tables: ordered, limited, from the champion only
@@ -70,6 +72,10 @@ def test_full_chain_views_queue_analysis_report(ingested: Pipeline, checkpoints)
     assert sum(frequency["gt_count"].to_pylist()) > 0
     evaluation = p.store.read("model_evaluation")
     assert set(evaluation["model_version"].to_pylist()) == set(versions)
+    splits = p.store.read("splits")
+    heldout = splits.filter(pc.equal(splits["split"], "heldout"))
+    meta = result.asset_materializations_for_node("model_evaluation")[0].metadata
+    assert meta["heldout_images"].value == heldout.num_rows > 0  # mAP on the held-out split
     matrix = p.store.read("confusion_matrix")
     assert sum(matrix["count"].to_pylist()) > 0
 
