@@ -314,3 +314,16 @@ MODEL_VERSIONS = pa.schema(
     ]
 )
 """One row per evaluation-gate decision, oldest first: the loop's history for the report."""
+
+GATE_CLASS_DELTAS = pa.schema(
+    [
+        pa.field("model_version", pa.string(), nullable=False),  # the challenger
+        pa.field("champion_version", pa.string()),
+        pa.field("category_id", pa.int32(), nullable=False),
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("champion_ap", pa.float64()),  # COCO AP on the held-out split
+        pa.field("challenger_ap", pa.float64()),
+        pa.field("delta", pa.float64()),  # challenger - champion; null when either is
+    ]
+)
+"""The last gate decision per class, worst change first: what the last round's labels changed."""

@@ -121,7 +121,7 @@ def new_model_version_sensor(context: dg.SensorEvaluationContext, mlflow: Mlflow
     alias = _alias_version(registry, config)
     keys = [model_version_key(config.model_name, v) for v in versions]
     requests = []
-    if alias is not None:
+    if alias is not None and alias != cursor["alias"]:  # a promotion, or a first champion
         key = model_version_key(config.model_name, alias)
         shards = context.instance.get_dynamic_partitions(SHARD)
         done = context.instance.get_materialized_partitions(dg.AssetKey("detections"))
@@ -129,9 +129,9 @@ def new_model_version_sensor(context: dg.SensorEvaluationContext, mlflow: Mlflow
                                   partition_key=prediction_key(key, shard))
                     for shard in shards if prediction_key(key, shard) not in done]
         keys.append(key)
-    if alias is not None and alias != cursor["alias"] and not requests:
-        requests.append(dg.RunRequest(run_key=f"views:{config.alias}:{alias}",
-                                      job_name=refresh_views_job.name))
+        if not requests:  # every shard already predicted with it: only the views change
+            requests.append(dg.RunRequest(run_key=f"views:{config.alias}:{alias}",
+                                          job_name=refresh_views_job.name))
     add_partitions(context.instance, MODEL_VERSION, keys)  # before the runs that need them
     return dg.SensorResult(
         run_requests=requests,

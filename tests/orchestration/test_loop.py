@@ -153,6 +153,13 @@ def test_queue_labels_train_gate_predict(loop: Pipeline) -> None:
     relabeled_ids = set(labeled["image_id"].to_pylist())
     assert not relabeled_ids & {t["data"]["image_id"] for t in tasks}  # labeled: not offered
 
+    # the report shows the loop: both gate decisions, and the last round's per-class change
+    html = Path(p.store.file_uri("report", "index.html")[7:]).read_text()
+    assert "The loop: model versions over time" in html
+    assert f"{CHAMPION}-v2" in html and f"What the last round changed ({CHAMPION}-v4)" in html
+    deltas = p.store.read("gate_class_deltas")
+    assert deltas.num_rows == 8 and set(deltas["model_version"].to_pylist()) == {f"{CHAMPION}-v4"}
+
 
 def test_the_simulation_selects_what_the_queue_selects(loop: Pipeline) -> None:
     p = loop

@@ -24,7 +24,8 @@ TINY = {
     "initial_steps": 1,
     "round_steps": 1,
     "batch_size": 2,
-    "score_thresh": 0.0,
+    "min_score": 0.0,
+    "n_boot": 10,
     "device": "cpu",
 }
 
@@ -67,9 +68,9 @@ def test_simulate_command_on_a_coco_file(tmp_path: Path) -> None:
     args = [
         sys.executable, "-m", "al_assets.cli", "simulate", "--coco", str(pool_json),
         "--images", str(tmp_path / "pool" / "images"), "--holdout-size", "4",
-        "--strategies", "random", "entropy_diverse", "--seeds", "0", "--rounds", "1",
+        "--strategies", "random", "entropy", "--seeds", "0", "--rounds", "1",
         "--budget", "4", "--initial-size", "4", "--initial-steps", "1", "--round-steps", "1",
-        "--batch-size", "2", "--score-thresh", "0", "--device", "cpu", "--out", str(out),
+        "--batch-size", "2", "--min-score", "0", "--device", "cpu", "--out", str(out),
         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
     ]
     env = {**os.environ, "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736",
@@ -77,7 +78,7 @@ def test_simulate_command_on_a_coco_file(tmp_path: Path) -> None:
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
 
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "entropy_diverse round 1" in done.stdout and "wall time" in done.stdout
+    assert "entropy round 1" in done.stdout and "wall time" in done.stdout
     curves = pq.read_table(out / "curves.parquet")
-    assert set(curves["strategy"].to_pylist()) == {"random", "entropy_diverse"}
+    assert set(curves["strategy"].to_pylist()) == {"random", "entropy"}
     assert (out / "curves.png").read_bytes().startswith(b"\x89PNG")

@@ -73,7 +73,7 @@ def test_full_chain_views_queue_analysis_report(ingested: Pipeline, checkpoints)
     evaluation = p.store.read("model_evaluation")
     assert set(evaluation["model_version"].to_pylist()) == set(versions)
     splits = p.store.read("splits")
-    heldout = splits.filter(pc.equal(splits["split"], "heldout"))
+    heldout = splits.filter(pc.and_(pc.equal(splits["split"], "heldout"), splits["labeled"]))
     meta = result.asset_materializations_for_node("model_evaluation")[0].metadata
     assert meta["heldout_images"].value == heldout.num_rows > 0  # mAP on the held-out split
     matrix = p.store.read("confusion_matrix")

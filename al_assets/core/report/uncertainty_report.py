@@ -39,6 +39,8 @@ class ReportInputs:
     confusion: pa.Table
     queue: pa.Table
     categories: pa.Table
+    loop_history: pa.Table | None = None  # MODEL_VERSIONS: one row per gate decision
+    class_deltas: pa.Table | None = None  # GATE_CLASS_DELTAS of the last decision
 
 
 def report_sections(inputs: ReportInputs, load: LoadImage) -> list[ReportSection]:
@@ -60,8 +62,31 @@ def report_sections(inputs: ReportInputs, load: LoadImage) -> list[ReportSection
         _frequency_section(inputs.class_frequency),
         _confusion_section(inputs.confusion, inputs.categories),
         ReportSection("Model versions", "COCO mAP (pycocotools) of each model version on the "
-                      "labeled images of the pool.", tables=[inputs.evaluation]),
+                      "labeled held-out images of the pool.", tables=[inputs.evaluation]),
+        *_loop_sections(inputs),
     ]
+
+
+def _loop_sections(inputs: ReportInputs) -> list[ReportSection]:
+    """The loop over time: every gate decision, then what the last round's labels changed."""
+    if inputs.loop_history is None or inputs.loop_history.num_rows == 0:
+        return [ReportSection("The loop", "No challenger has been trained yet: import labels "
+                              "(a file in <source>/labels/) to train one and run the gate.")]
+    history = inputs.loop_history.select(
+        ["evaluated_at", "model_version", "champion_version", "train_images", "train_boxes",
+         "map", "map_low", "map_high", "champion_map", "delta_map", "promoted", "reason"])
+    sections = [ReportSection(
+        "The loop: model versions over time", "Each challenger trained on the labels so far, "
+        "its held-out mAP with the bootstrap interval over images, and the gate's decision.",
+        tables=[history])]
+    if inputs.class_deltas is not None and inputs.class_deltas.num_rows:
+        last = inputs.class_deltas["model_version"][0].as_py()
+        sections.append(ReportSection(
+            f"What the last round changed ({last})", "Per-class AP on the held-out split, "
+            "challenger vs champion, worst change first.",
+            tables=[inputs.class_deltas.select(["name", "champion_ap", "challenger_ap",
+                                                "delta"])]))
+    return sections
 
 
 def _queue_section(inputs: ReportInputs) -> ReportSection:

@@ -17,7 +17,7 @@ REPORT_TABLES = ("least_confidence", "least_margin", "entropy", "confused_pairs"
 
 
 @dg.asset(
-    group_name=ANALYSIS, kinds={"html", "png"}, deps=list(REPORT_TABLES),
+    group_name=ANALYSIS, kinds={"html", "png"}, deps=[*REPORT_TABLES, "evaluation_gate"],
     automation_condition=VIEW_REFRESH,
     description="Galleries of the most uncertain detections, confusion heatmap, class "
     "frequency chart and tables, as PNG files and one static HTML page.",
@@ -36,6 +36,8 @@ def uncertainty_report(
         class_frequency=tables["class_frequency"], evaluation=tables["model_evaluation"],
         confusion=tables["confusion_matrix"], queue=tables["labeling_queue"],
         categories=pool_categories(store),
+        loop_history=_optional(store, "model_versions"),
+        class_deltas=_optional(store, "gate_class_deltas"),
     )
 
     def load(uri: str) -> Image.Image:
@@ -56,3 +58,11 @@ def uncertainty_report(
         **{f"png/{image.name}": dg.MetadataValue.path(store.file_uri("report", image.name))
            for image in images},
     })
+
+
+def _optional(store, name: str):
+    """A table the loop writes once labels came back; None before the first gate."""
+    try:
+        return store.read(name)
+    except FileNotFoundError:
+        return None

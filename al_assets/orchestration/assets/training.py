@@ -234,6 +234,9 @@ def evaluation_gate(
                                                   comparison, decision, len(heldout)))
     deltas = per_class_deltas(comparison, dict(zip(categories["category_id"].to_pylist(),
                                                    categories["name"].to_pylist(), strict=True)))
+    store.write("gate_class_deltas", pa.Table.from_pylist(
+        [{"model_version": key, "champion_version": champ_key, **row} for row in deltas],
+        schema=schemas.GATE_CLASS_DELTAS))
     context.log.info(f"gate {key} vs {champ_key}: {decision.reason}")
     yield dg.MaterializeResult(metadata={
         **table_metadata(history, store.uri("model_versions"), preview_rows=10),
