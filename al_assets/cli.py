@@ -51,13 +51,22 @@ def cmd_setup_instance(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from al_assets.orchestration.resources import CocoSourceResource
-    from al_assets.orchestration.runs import discover_batches, ingest
+    from al_assets.orchestration.runs import (
+        discover_batches,
+        discover_label_batches,
+        import_label_batches,
+        ingest,
+    )
 
     defs, instance = _defs_and_instance()
-    new = discover_batches(CocoSourceResource(), instance)
+    source = defs.resources["coco_source"]
+    new = discover_batches(source, instance)
     todo = args.batch or new
     ingest(defs, instance, todo, {"limit": args.limit} if args.limit else None)
     print(f"ingested batches: {', '.join(todo) or 'none new'}")
+    labels = [] if args.batch else discover_label_batches(source, instance)
+    import_label_batches(defs, instance, labels)
+    print(f"imported label batches: {', '.join(labels) or 'none new'}")
     return 0
 
 
@@ -115,7 +124,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = {k: v for k, v in (("steps", args.steps), ("base_version", args.base_version),
                                 ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
     gate = {"min_improvement": args.min_improvement} if args.min_improvement is not None else {}
-    outcome = train(defs, instance, config, gate, refresh=not args.no_refresh)
+    outcome = train(defs, instance, None if args.gate_only else config, gate,
+                    refresh=not args.no_refresh)
     print(outcome)
     return 0
 
@@ -227,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-slots", type=int, default=None)
     p.set_defaults(func=cmd_setup_instance)
 
-    p = sub.add_parser("ingest", help="ingest new annotation files (or --batch NAME)")
+    p = sub.add_parser("ingest", help="ingest new annotation files (or --batch NAME) and "
+                       "import new label files")
     p.add_argument("--batch", action="append", default=[])
     p.add_argument("--limit", type=int, default=None)
     p.set_defaults(func=cmd_ingest)
@@ -266,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-version", default=None, help="default: the champion")
     p.add_argument("--min-improvement", type=float, default=None, help="the gate's margin")
     p.add_argument("--no-refresh", action="store_true", help="skip predicting after promotion")
+    p.add_argument("--gate-only", action="store_true",
+                   help="no training: gate the current challenger against the champion")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("train-demo", help="train and evaluate the demo detector")

@@ -47,4 +47,9 @@ train_job = dg.define_asset_job(
     "train_job", selection=dg.AssetSelection.assets(*TRAIN_KEYS),
     description="Splits -> train a challenger on the labels -> evaluation gate (may promote).",
 )
-JOBS = [ingest_job, register_job, predict_job, refresh_views_job, label_import_job, train_job]
+gate_job = dg.define_asset_job(
+    "gate_job", selection=dg.AssetSelection.assets("evaluation_gate"),
+    description="Evaluate the current challenger against the champion; promote if better.",
+)
+JOBS = [ingest_job, register_job, predict_job, refresh_views_job, label_import_job, train_job,
+        gate_job]

@@ -50,6 +50,29 @@ def discover_batches(source: CocoSourceResource, instance: dg.DagsterInstance) -
             return add_partitions(instance, BATCH, names)
 
 
+def discover_label_batches(source: CocoSourceResource, instance: dg.DagsterInstance) -> list[str]:
+    """Add a ``label_batch`` partition for every file in ``<source>/labels/``; returns new ones."""
+    from al_assets.core.splits import LABEL_BATCH_PREFIX
+
+    names: list[str] = []
+    start_after = None
+    while True:
+        try:
+            batches, _, start_after, more = list_batch_files(
+                source.objects(), source.labels_uri(), start_after=start_after)
+        except FileNotFoundError:
+            return []  # no labels/ folder: nothing came back from labeling yet
+        names += [LABEL_BATCH_PREFIX + b.batch for b in batches]
+        if not more:
+            return add_partitions(instance, LABEL_BATCH, names)
+
+
+def import_label_batches(defs: dg.Definitions, instance: dg.DagsterInstance,
+                         batches: Sequence[str]) -> None:
+    for batch in batches:
+        run_job(defs, "label_import_job", instance, partition_key=batch)
+
+
 def ingest(defs: dg.Definitions, instance: dg.DagsterInstance, batches: Sequence[str],
            config: dict | None = None) -> None:
     for batch in batches:
@@ -165,9 +188,13 @@ def train(
     defs: dg.Definitions, instance: dg.DagsterInstance, config: dict | None = None,
     gate: dict | None = None, *, refresh: bool = True,
 ) -> str:
-    """Train a challenger and gate it; after a promotion predict every shard and refresh."""
-    result = run_job(defs, "train_job", instance, run_config={"ops": {
-        "challenger": {"config": config or {}}, "evaluation_gate": {"config": gate or {}}}})
+    """Train a challenger and gate it (``config`` None: gate the current challenger only);
+    after a promotion predict every shard under the new champion and refresh the views."""
+    ops = {"evaluation_gate": {"config": gate or {}}}
+    if config is not None:
+        ops["challenger"] = {"config": config}
+    result = run_job(defs, "train_job" if config is not None else "gate_job", instance,
+                     run_config={"ops": ops})
     event = result.asset_materializations_for_node("evaluation_gate")[0].metadata
     reason, promoted = event["reason"].value, bool(event["promoted"].value)
     text = f"{event['challenger'].value}: {reason}"

@@ -99,6 +99,7 @@ def challenger(
         "train_images": result.images, "train_boxes": result.boxes,
         "label_batches": ", ".join(lineage) or "none", "steps": settings.steps,
         "train_seconds": round(result.seconds, 1), "mlflow_run_id": tracker.run_id,
+        "resumed_from_step": tracker.resumed_from if tracker.resumed_from is not None else "none",
         "loss_first": round(result.losses[0]["loss"], 4),
         "loss_last": round(result.losses[-1]["loss"], 4),
     })
@@ -144,10 +145,14 @@ class _TrainingRun:
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
         self.pending: list = []
         self.last_log = time.monotonic()
+        self.resumed_from: int | None = None
 
     def step(self, entry: dict) -> None:
         from mlflow.entities import Metric
 
+        if "resumed_from" in entry:
+            self.resumed_from = int(entry["resumed_from"])
+            self.context.log.info(f"resumed from the checkpoint of step {self.resumed_from}")
         now = int(time.time() * 1000)
         self.pending += [Metric(k, float(entry[k]), now, int(entry["step"]))
                          for k in ("loss", "lr", "images_per_s") if k in entry]
