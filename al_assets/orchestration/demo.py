@@ -43,6 +43,8 @@ def run_demo(root: Path, *, n_images: int = 300, retrain: bool = False) -> None:
     _say("refreshed rankings, labeling queue, analysis and report")
     _say(f"tables: {store.root}/tables   report: {store.file_uri('report', 'index.html')}")
     _say(f"queue:  {store.file_uri('queue')}   UI: `make ui` then http://127.0.0.1:3000")
+    _say("close the loop: .venv/bin/al-assets label-oracle && .venv/bin/al-assets ingest && "
+         ".venv/bin/al-assets train   (README: Closing the loop)")
 
 
 def _train() -> None:

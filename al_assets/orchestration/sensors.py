@@ -148,6 +148,11 @@ def new_model_version_sensor(context: dg.SensorEvaluationContext, mlflow: Mlflow
 )
 def new_labels_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
     batch = asset_event.dagster_event.partition
+    latest = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("challenger")), limit=1, ascending=False,
+    ).records
+    if latest and latest[0].timestamp > asset_event.timestamp:  # e.g. `al-assets train` ran
+        return dg.SkipReason(f"a challenger was trained after {batch} was imported")
     return dg.RunRequest(run_key=f"train:{batch}:{asset_event.run_id}",
                          tags={"al_assets/label_batch": str(batch)})
 

@@ -122,6 +122,7 @@ def test_queue_labels_train_gate_predict(loop: Pipeline) -> None:
     again = tick(new_labels_sensor, p.instance, None)
     assert [r.run_key.split(":")[1] for r in again.run_requests] == ["labels-round1"]
     worse = _train(p, {"steps": 3, "batch_size": 2, "lr": 3.0})
+    assert tick(new_labels_sensor, p.instance, None).run_requests == []  # already trained
     assert worse["promoted"] is False and _champion(p) == 1
     assert "kept" in worse["reason"] or "below" in worse["reason"] or "<" in worse["reason"]
     history = p.store.read("model_versions")

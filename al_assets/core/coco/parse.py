@@ -260,9 +260,11 @@ def _index(
 
 
 def _int_field(record: Any, key: str) -> int | None:
-    if not isinstance(record, dict):
-        return None
-    value = record.get(key)
+    return int_value(record.get(key)) if isinstance(record, dict) else None
+
+
+def int_value(value: Any) -> int | None:
+    """An integer id from JSON (ints and integral floats; never bools)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):

@@ -12,14 +12,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from al_assets.core.coco.parse import Reject
+from al_assets.core.coco.parse import Reject, int_value
 from al_assets.core.labels.pool import Pool, PoolCategory
 from al_assets.core.labels.records import (
     Box,
     LabeledImage,
     LabelImportError,
     ParsedLabels,
-    int_value,
     pixel_box,
     shortlist,
 )

@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from al_assets.core.coco.parse import Reject
+from al_assets.core.coco.parse import Reject, int_value
 from al_assets.core.labels.pool import Pool, PoolImage
 from al_assets.core.labels.records import (
     Box,
     LabeledImage,
     LabelImportError,
     ParsedLabels,
-    int_value,
     is_number,
     pixel_box,
     shortlist,

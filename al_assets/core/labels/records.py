@@ -67,15 +67,6 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def int_value(value: Any) -> int | None:
-    """An integer id from JSON (ints and integral floats; never bools)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
 
 
 def shortlist(names: list[str], limit: int = 20) -> str:

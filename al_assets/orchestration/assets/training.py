@@ -115,15 +115,20 @@ def _base(config: TrainingConfig, registry) -> tuple[str, int]:
     return config.model_name, int(registry.resolve(config.model_name, alias=config.alias).version)
 
 
-def _train_set(store: TableStore) -> tuple[pa.Table, pa.Table, list[str]]:
-    """Labeled train-split images (IMAGES rows), their effective labels, and label batches."""
+def _labeled(store: TableStore, split: str) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """(IMAGES rows, effective labels, SPLITS rows) of the labeled images of one split."""
     splits = read_splits(store)
-    train = ids_in(splits, TRAIN, labeled=True)
+    ids = ids_in(splits, split, labeled=True)
     images = store.read_many("images", store.partitions("images"), schema=schemas.IMAGES)
-    images = images.filter(pc.is_in(images["image_id"], train))
     annotations, _ = pool_labels(store)
-    owners = splits.filter(pc.is_in(splits["image_id"], train))["label_batch"]
-    return images, annotations, sorted(set(owners.to_pylist()))
+    return (images.filter(pc.is_in(images["image_id"], ids)), annotations,
+            splits.filter(pc.is_in(splits["image_id"], ids)))
+
+
+def _train_set(store: TableStore) -> tuple[pa.Table, pa.Table, list[str]]:
+    """Labeled train-split images, their effective labels, and the batches they come from."""
+    images, annotations, rows = _labeled(store, TRAIN)
+    return images, annotations, sorted(set(rows["label_batch"].to_pylist()))
 
 
 class _TrainingRun:
@@ -265,12 +270,8 @@ def evaluation_gate(
 
 
 def _heldout_set(store: TableStore) -> tuple[pa.Table, pa.Table, list[int]]:
-    splits = read_splits(store)
-    heldout = ids_in(splits, HELDOUT, labeled=True)
-    images = store.read_many("images", store.partitions("images"), schema=schemas.IMAGES)
-    images = images.filter(pc.is_in(images["image_id"], heldout))
-    annotations, _ = pool_labels(store)
-    return images, annotations, heldout.to_pylist()
+    images, annotations, rows = _labeled(store, HELDOUT)
+    return images, annotations, rows["image_id"].to_pylist()
 
 
 def _predict(registry, name: str, version: int, images: pa.Table, dev, source) -> pa.Table:
