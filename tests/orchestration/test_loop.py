@@ -140,6 +140,19 @@ def test_queue_labels_train_gate_predict(loop: Pipeline) -> None:
     better = _train(p, {"steps": 2, "batch_size": 2, "lr": 1e-4, "base_version": good})
     assert better["promoted"] is True and _champion(p) == 4, better["reason"]
     assert better["delta_map"] > 0
+    registry = p.mlflow.registry()
+    run_id = registry.resolve(CHAMPION, version=4).tags["training_run_id"]
+    run = registry.client.get_run(run_id)
+    assert run.data.params["base_version"] == good and run.data.params["steps"] == "2"
+    assert run.data.metrics["heldout_map"] == pytest.approx(better["challenger_map"], abs=1e-4)
+    assert run.data.metrics["promoted"] == 1.0
+    losses = registry.client.get_metric_history(run_id, "loss")
+    assert [m.step for m in losses] == [1, 2]  # loss per step
+    assert run.data.params["label_batches"].split(",") == sorted(
+        set(p.store.read("splits").filter(pc.and_(pc.equal(p.store.read("splits")["split"],
+                                                           "train"),
+                                                  p.store.read("splits")["labeled"]))
+            ["label_batch"].to_pylist()))
 
     # the promotion: the model-version sensor predicts every shard under the new champion
     result = tick(new_model_version_sensor, p.instance, None, mlflow=p.mlflow)
@@ -206,7 +219,8 @@ def _train(p: Pipeline, config: dict) -> dict:
     result = run_job(p.defs, "train_job", p.instance, run_config={"ops": {
         "challenger": {"config": config}, "evaluation_gate": {"config": GATE}}})
     meta = result.asset_materializations_for_node("evaluation_gate")[0].metadata
-    return {k: meta[k].value for k in ("promoted", "reason", "delta_map", "challenger")}
+    return {k: meta[k].value for k in ("promoted", "reason", "delta_map", "challenger",
+                                          "challenger_map")}
 
 
 def _check_edits(boxes: pa.Table, export: list[dict], edits: dict) -> None:

@@ -247,6 +247,7 @@ def evaluation_gate(
     store.write("gate_class_deltas", pa.Table.from_pylist(
         [{"model_version": key, "champion_version": champ_key, **row} for row in deltas],
         schema=schemas.GATE_CLASS_DELTAS))
+    _log_to_training_run(registry, name, chal_version, comparison, decision)
     context.log.info(f"gate {key} vs {champ_key}: {decision.reason}")
     yield dg.MaterializeResult(metadata={
         **table_metadata(history, store.uri("model_versions"), preview_rows=10),
@@ -267,6 +268,25 @@ def evaluation_gate(
         severity=dg.AssetCheckSeverity.WARN,
         description=f"{len(heldout)} labeled held-out images (at least "
                     f"{policy.min_heldout_images} needed to promote)")
+
+
+def _log_to_training_run(registry, name: str, version: int, comparison: dict, decision) -> None:
+    """The held-out figures go to the challenger's training run too: one run, whole story."""
+    from mlflow.entities import Metric
+
+    run_id = registry.resolve(name, version=version).tags.get("training_run_id")
+    if not run_id:
+        return  # a version registered by hand has no training run
+    now = int(time.time() * 1000)
+    values = {"heldout_map": comparison["challenger"]["map"],
+              "heldout_ap50": comparison["challenger"]["ap50"],
+              "heldout_map_low": comparison["challenger"].get("map_low"),
+              "heldout_map_high": comparison["challenger"].get("map_high"),
+              "delta_map_vs_champion": comparison.get("delta_map"),
+              "promoted": float(decision.promote)}
+    registry.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0)
+                                               for k, v in values.items() if v is not None])
+    registry.client.set_tag(run_id, "gate_reason", decision.reason[:5000])
 
 
 def _heldout_set(store: TableStore) -> tuple[pa.Table, pa.Table, list[int]]:
