@@ -240,3 +240,45 @@ def _check_edits(boxes: pa.Table, export: list[dict], edits: dict) -> None:
                  and abs(r["bbox"]["xmin"] - region["value"]["x"] / 100
                          * region["original_width"]) < 1e-3]
     assert relabeled and relabeled[0]["label"] == label
+
+
+def test_label_files_on_s3_are_found_and_imported(
+    instance, demo_copy: Path, tmp_path: Path, s3_server, s3_bucket
+) -> None:
+    from al_assets.orchestration.resources import (
+        CocoSourceResource,
+        DeviceResource,
+        MlflowResource,
+        S3Config,
+        StorageResource,
+    )
+    from al_assets.orchestration.definitions import build_definitions
+
+    withhold_labels(demo_copy / "annotations" / "batch-001.json")
+    s3_server.upload_folder(demo_copy, s3_bucket, "pool")
+    config = S3Config(endpoint_url=s3_server.endpoint_url, region="us-east-1",
+                      access_key_id=s3_server.access_key_id,
+                      secret_access_key=s3_server.secret_access_key)
+    storage = StorageResource(root=f"s3://{s3_bucket}/store", s3=config)
+    source = CocoSourceResource(root=f"s3://{s3_bucket}/pool", s3=config)
+    defs = build_definitions({"storage": storage, "coco_source": source,
+                              "mlflow": MlflowResource(storage=storage,
+                                                       tracking_uri=f"sqlite:///{tmp_path}/m.db"),
+                              "device": DeviceResource(device="cpu")})
+    ingest(defs, instance, discover_batches(source, instance), {"verify_images": "exists"})
+    images = storage.tables().read("images", "batch-001")
+    truth = ingest_batch(to_uri(demo_copy / GROUND_TRUTH_DIR / "batch-001.json"),
+                         to_uri(demo_copy / "images"), "gt", ObjectStore())
+    tasks = [{"data": {"image": u, "image_id": i}} for i, u in
+             zip(images["image_id"].to_pylist()[:3], images["uri"].to_pylist()[:3], strict=True)]
+    export = oracle_export(tasks, truth.annotations, truth.images, truth.categories)
+    s3_server.client().put_object(Bucket=s3_bucket, Key="pool/labels/from-s3.json",
+                                  Body=json.dumps(export).encode())
+
+    first = tick(new_data_sensor, instance, None, coco_source=source)
+    assert [r.partition_key for r in first.run_requests if r.job_name == "label_import_job"] == [
+        "labels-from-s3"]
+    run_job(defs, "label_import_job", instance, partition_key="labels-from-s3")
+    labeled = storage.tables().read("labeled_images", "labels-from-s3")
+    assert sorted(labeled["image_id"].to_pylist()) == sorted(t["data"]["image_id"] for t in tasks)
+    assert labeled["source"][0].as_py() == f"s3://{s3_bucket}/pool/labels/from-s3.json"
