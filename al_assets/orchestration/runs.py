@@ -1,5 +1,6 @@
 """Launch the jobs in-process on the real instance: what the CLI and the demo run."""
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from al_assets.orchestration.partitions import (
 )
 from al_assets.core.storage.objects import join_uri, to_uri
 from al_assets.orchestration.resources import CocoSourceResource
+
+
+_CLASS_PREFIX = re.compile(r"^(?:[A-Za-z_][\w]*\.)+[A-Za-z_]\w*: ")  # "pkg.mod.Error: "
 
 
 class RunFailedError(AlAssetsError):
@@ -112,7 +116,8 @@ def _errors(result: dg.ExecuteInProcessResult) -> str:
         while error is not None and error.cause is not None and (error.cls_name or "").startswith(
                 "Dagster"):
             error = error.cause  # Dagster's wrapper -> the error the asset raised
-        messages.append(f"{event.step_key}: {error.message.strip() if error else 'unknown'}")
+        text = error.message.strip() if error else "unknown"
+        messages.append(f"{event.step_key}: {_CLASS_PREFIX.sub('', text, count=1)}")
     for event in result.all_events:
         if event.event_type_value == "RUN_FAILURE" and not messages:
             messages.append(event.message or "run failed")
@@ -136,9 +141,19 @@ def import_labels(
     except OSError as exc:
         raise RunFailedError(f"cannot read label file {file}: {exc.strerror or exc}") from None
     batch = LABEL_BATCH_PREFIX + stem
-    source.objects().write_bytes(source.label_uri(batch), data)
-    add_partitions(instance, LABEL_BATCH, [batch])
-    result = run_job(defs, "label_import_job", instance, partition_key=batch)
+    uri = source.label_uri(batch)
+    if source.objects().exists(uri):
+        raise RunFailedError(f"{uri} exists already: pass --name to import {file} as a new "
+                             "label batch (a later batch wins for the images both label)")
+    source.objects().write_bytes(uri, data)
+    new = add_partitions(instance, LABEL_BATCH, [batch])
+    try:
+        result = run_job(defs, "label_import_job", instance, partition_key=batch)
+    except RunFailedError:
+        source.objects().delete(uri)  # a file that cannot be imported does not stay in labels/
+        for key in new:
+            instance.delete_dynamic_partition(LABEL_BATCH, key)
+        raise
     meta = result.asset_materializations_for_node("label_import")
     rows = {str(m.asset_key.path[-1]): m.metadata["dagster/row_count"].value for m in meta}
     return batch, (f"{rows.get('labeled_images')} images, {rows.get('label_annotations')} boxes, "

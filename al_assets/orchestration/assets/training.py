@@ -109,8 +109,14 @@ def _base(config: TrainingConfig, registry) -> tuple[str, int]:
     from al_assets.orchestration.partitions import parse_model_version_key
 
     if config.base_version:
-        name, version = parse_model_version_key(config.base_version)
-        registry.resolve(name, version=version)  # a typo'd version fails here, clearly
+        try:
+            name, version = parse_model_version_key(config.base_version)
+        except ValueError as exc:
+            raise dg.Failure(str(exc)) from None
+        known = registry.versions(name)
+        if version not in known:  # a typo'd version fails here, before anything is written
+            raise dg.Failure(f"base_version {config.base_version} does not exist; registered "
+                             f"versions of {name}: {', '.join(map(str, known)) or 'none'}")
         return name, version
     return config.model_name, int(registry.resolve(config.model_name, alias=config.alias).version)
 
