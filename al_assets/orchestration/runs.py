@@ -1,6 +1,8 @@
 """Launch the jobs in-process on the real instance: what the CLI and the demo run."""
 
+import os
 import re
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +26,42 @@ from al_assets.orchestration.resources import CocoSourceResource
 _CLASS_PREFIX = re.compile(r"^(?:[A-Za-z_][\w]*\.)+[A-Za-z_]\w*: ")  # "pkg.mod.Error: "
 
 
+PID_TAG, HOST_TAG = "al_assets/pid", "al_assets/host"
+
+
+def release_killed_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Fail this host's in-process runs whose process is gone, freeing their `gpu` slots.
+
+    A CLI run killed mid-way (SIGKILL, out of memory) stays STARTED with its pool slot claimed:
+    run monitoring does not watch in-process runs, and the next run would wait for the slot
+    forever. The run's tags say which process ran it; a dead process cannot finish it.
+    """
+    host, released = socket.gethostname(), []
+    for record in instance.get_run_records(dg.RunsFilter(
+            statuses=[dg.DagsterRunStatus.STARTED], tags={HOST_TAG: host})):
+        run = record.dagster_run
+        if _alive(int(run.tags.get(PID_TAG, "0"))):
+            continue
+        instance.report_run_failed(run)
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        print(f"[al-assets] run {run.run_id} ({run.job_name}) died with its process "
+              f"{run.tags.get(PID_TAG)}: marked failed, its pool slots freed", flush=True)
+        released.append(run.run_id)
+    return released
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class RunFailedError(AlAssetsError):
     """A job run failed; the message carries the step errors."""
 
@@ -32,9 +70,10 @@ def run_job(
     defs: dg.Definitions, name: str, instance: dg.DagsterInstance, *,
     partition_key: str | dg.MultiPartitionKey | None = None, run_config: dict | None = None,
 ) -> dg.ExecuteInProcessResult:
+    release_killed_runs(instance)
     result = defs.resolve_job_def(name).execute_in_process(
         instance=instance, partition_key=partition_key, run_config=run_config or {},
-        raise_on_error=False,
+        raise_on_error=False, tags={PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()},
     )
     if not result.success:
         raise RunFailedError(f"{name} [{partition_key or '-'}] failed: {_errors(result)}")

@@ -49,6 +49,7 @@ def test_killed_training_registers_nothing_and_the_rerun_resumes(tmp_path: Path)
 
     done = _cli(env, *train)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "died with its process" in done.stdout  # its gpu slot freed, not waited on forever
     assert "resumed from the checkpoint of step" in done.stderr + done.stdout
     assert not (state / "train_state.pt").exists()
     assert _versions(env) == [1, 2]
