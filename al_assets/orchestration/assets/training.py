@@ -229,7 +229,7 @@ def evaluation_gate(
     store, registry = storage.tables(), mlflow.registry()
     policy = config.policy()
     name = config.model_name
-    chal_version = registry.alias_version(name, CHALLENGER)
+    chal_version = _challenger_of_run(context) or registry.alias_version(name, CHALLENGER)
     if chal_version is None:
         raise dg.Failure(f"no {CHALLENGER!r} version of {name!r}: materialize `challenger` first")
     champ_version = registry.alias_version(name, config.alias)
@@ -274,6 +274,22 @@ def evaluation_gate(
         severity=dg.AssetCheckSeverity.WARN,
         description=f"{len(heldout)} labeled held-out images (at least "
                     f"{policy.min_heldout_images} needed to promote)")
+
+
+def _challenger_of_run(context: dg.AssetExecutionContext) -> int | None:
+    """The version the `challenger` step of this same run registered, if it ran here.
+
+    Two train runs can overlap (labels arriving while one trains); each gate must judge the
+    model its own run trained, not whatever the alias points to by the time its turn comes.
+    """
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(CHALLENGER)), limit=50, ascending=False,
+    ).records
+    for record in records:
+        if record.run_id == context.run_id:
+            meta = record.asset_materialization.metadata
+            return int(meta["model_version"].value.rpartition("-v")[2])
+    return None
 
 
 def _log_to_training_run(registry, name: str, version: int, comparison: dict, decision) -> None:
