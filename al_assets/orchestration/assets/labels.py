@@ -37,9 +37,9 @@ def pool_labels(store: TableStore) -> tuple[pa.Table, pa.Table]:
     """(effective ANNOTATIONS, image_id -> label_batch) of the whole pool, label batches applied."""
     ingested = store.read_many("annotations", store.partitions("annotations"),
                                schema=schemas.ANNOTATIONS)
-    batches = store.partitions("labeled_images")
+    complete = set(store.partitions("label_annotations"))  # both tables written
     imported = [(store.read("labeled_images", b), store.read("label_annotations", b))
-                for b in batches if b in set(store.partitions("label_annotations"))]
+                for b in store.partitions("labeled_images") if b in complete]
     return effective_labels(ingested, imported)
 
 

@@ -66,14 +66,17 @@ def labeling_queue(
     key = champion_key(config, mlflow)
     rankings = store.read("image_rankings")
     excluded = exclusions(read_splits(store), config.exclude_labeled)
-    queue = select_batch(
-        rankings, lambda ids: confident_detections(_predictions_of(store, key, ids),
-                                                   config.min_score),
-        config.selection(), excluded=excluded,
-        hashes_of=lambda candidates: _hashes(candidates, coco_source, context),
-    )
-    predictions = confident_detections(_predictions_of(store, key, queue["image_id"]),
-                                       config.min_score)
+    read: dict[str, pa.Table] = {}  # the candidates' predictions: one pass over the shards
+
+    def candidates_predictions(ids: pa.Array) -> pa.Table:
+        read["candidates"] = confident_detections(_predictions_of(store, key, ids),
+                                                  config.min_score)
+        return read["candidates"]
+
+    queue = select_batch(rankings, candidates_predictions, config.selection(), excluded=excluded,
+                         hashes_of=lambda candidates: _hashes(candidates, coco_source, context))
+    predictions = read["candidates"].filter(pc.is_in(read["candidates"]["image_id"],
+                                                     queue["image_id"].combine_chunks()))
     categories = pool_categories(store)
     images = store.read_many("images", store.partitions("images"), schema=schemas.IMAGES)
     files = _export(store, queue, predictions, images, categories, key, config)
