@@ -166,6 +166,9 @@ def cmd_download_coco(args: argparse.Namespace) -> int:
     return 0
 
 
+SIMULATE_OUT = "data/simulation"
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     import time
     from dataclasses import fields
@@ -181,10 +184,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     names = {f.name for f in fields(SimulationConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    config = SimulationConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                 for k, v in overrides.items()})
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
+                 if k in names and v is not None}
+    if args.preset:
+        return _simulate_preset(args, overrides, started)
+    config = SimulationConfig(**overrides)
     out = Path(args.out)
+    base = CocoSplit(Path(args.base_coco), Path(args.base_images or Path(args.base_coco).parent)
+                     ) if args.base_coco else None
     if args.coco:
         pool = CocoSplit(Path(args.coco), Path(args.images or Path(args.coco).parent))
         holdout = (CocoSplit(Path(args.holdout_coco), Path(args.holdout_images or
@@ -198,10 +205,30 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(f"simulating {config} on {pool.coco_json} (held out: {held}); "
           f"MLflow {tracking.tracking_uri}, experiment {tracking.experiment}", flush=True)
     table = run_simulation(pool, holdout, config, out / "work", tracking,
-                           log=lambda line: print(line, flush=True))
+                           log=lambda line: print(line, flush=True), base=base)
     paths = write_outputs(table, out, args.target_map)
     print(paths["markdown"].read_text())
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+    print(f"wall time: {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def _simulate_preset(args: argparse.Namespace, overrides: dict, started: float) -> int:
+    """``simulate --preset NAME``: generated pool, pretrained detector, head-only rounds."""
+    import time
+    from dataclasses import replace
+
+    from al_assets.core.simulation import Tracking
+    from al_assets.core.simulation.experiment import PRESET_SIMULATION, run_preset
+
+    out = Path(args.out if args.out != SIMULATE_OUT else f"{SIMULATE_OUT}/{args.preset}")
+    tracking = Tracking(args.tracking_uri or _default_tracking_uri(), args.experiment,
+                        str((out / "mlflow-artifacts").resolve()))
+    config = replace(PRESET_SIMULATION, **overrides)
+    run_preset(args.preset, Path(args.preset_root), out, tracking, config=config,
+               log=lambda line: print(line, flush=True))
+    print((out / "summary.md").read_text())
+    print((out / "evidence.md").read_text())
     print(f"wall time: {time.perf_counter() - started:.0f} s")
     return 0
 
@@ -291,8 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="replay active learning: strategies vs random, mAP curves")
     p.add_argument("--strategies", nargs="+", default=None,
-                   help="random | least_confidence | margin | ratio | entropy "
-                   "(default random entropy margin)")
+                   help="random | least_confidence | margin | ratio | entropy | calibrated | "
+                   "balanced | diverse | default (default: random entropy margin; with "
+                   "--preset: random entropy default)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1")
     p.add_argument("--rounds", type=int, default=None, help="selection rounds after round 0")
     p.add_argument("--budget", type=int, default=None, help="images labeled per round")
@@ -307,7 +335,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-improvement", type=float, default=None, help="the gate's margin")
     p.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples per round")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--out", default="data/simulation", help="results, data and checkpoints")
+    p.add_argument("--out", default=SIMULATE_OUT, help="results, data and checkpoints "
+                   "(with --preset: <out>/<preset>)")
+    p.add_argument("--preset", default=None,
+                   help="iid | long_tail | bursts | domain_shift | empty_frames: a generated "
+                   "pool, the pretrained detector and head-only rounds (docs/active-learning.md)")
+    p.add_argument("--preset-root", default="data/presets",
+                   help="where preset data and the pretrained detector are kept")
+    p.add_argument("--start-checkpoint", default=None,
+                   help="round 0 fine-tunes this detector instead of training from scratch")
+    p.add_argument("--cached-features", action="store_true", default=None,
+                   help="freeze the start checkpoint's backbone: head-only rounds on cached "
+                   "features (needs --start-checkpoint)")
+    p.add_argument("--base-coco", default=None,
+                   help="a labeled base split (COCO json) the loop starts with")
+    p.add_argument("--base-images", default=None, help="image folder of --base-coco")
     p.add_argument("--coco", default=None, help="labeled pool (COCO json); default: demo data")
     p.add_argument("--images", default=None, help="image folder of --coco")
     p.add_argument("--holdout-coco", default=None,

@@ -102,6 +102,9 @@ PREDICTIONS = pa.schema(
         pa.field("shard", pa.string(), nullable=False),
         # One row per image; an image with no detection has an empty list (never a missing row).
         pa.field("detections", pa.list_(DETECTION), nullable=False),
+        # The detector's own view of the image (extractor.image_embeddings: pooled backbone
+        # maps, L2-normalized), for diversity-aware selection; null where a model gave none.
+        pa.field("embedding", pa.list_(pa.float32())),
     ]
 )
 

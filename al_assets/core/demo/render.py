@@ -7,6 +7,7 @@ Clutter (lines, arcs, blobs, specks) is never annotated: it supplies hard negati
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
@@ -31,6 +32,21 @@ PALETTE = np.array(
     dtype=np.float64,
 )
 
+
+@dataclass(frozen=True)
+class RenderStyle:
+    """Lighting and sensor of a scene; the defaults are the demo's, a domain shift changes them."""
+
+    gray: tuple[float, float] = (70.0, 180.0)  # mean background level
+    spread: float = 0.5  # how far the two gradient colours stray from that level (0..1)
+    gain: tuple[float, float] = (0.85, 1.15)  # exposure gain
+    bias: tuple[float, float] = (-15.0, 15.0)  # exposure offset
+    noise: tuple[float, float] = (3.0, 12.0)  # sensor noise sigma
+    blur: tuple[float, float] = (0.3, 0.8)  # box-blur radius
+
+
+DEFAULT_RENDER = RenderStyle()
+
 Color = tuple[int, int, int]
 Size = tuple[int, int]
 Rgb = np.ndarray  # float (3,) mean background colour
@@ -41,10 +57,12 @@ def _to_color(values: np.ndarray) -> Color:
     return (r, g, b)
 
 
-def _background(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+def _background(
+    rng: np.random.Generator, width: int, height: int, style: RenderStyle
+) -> tuple[np.ndarray, np.ndarray]:
     """Muted linear gradient between two random colours: uint8 (H, W, 3) and its mean colour."""
-    gray = rng.uniform(70.0, 180.0)
-    ends = gray + (rng.uniform(60.0, 200.0, size=(2, 3)) - gray) * 0.5
+    gray = rng.uniform(*style.gray)
+    ends = gray + (rng.uniform(60.0, 200.0, size=(2, 3)) - gray) * style.spread
     theta = rng.uniform(0.0, 2.0 * np.pi)
     xs = np.arange(width, dtype=np.float32) * np.float32(np.cos(theta))
     ys = np.arange(height, dtype=np.float32) * np.float32(np.sin(theta))
@@ -128,22 +146,26 @@ def _draw_objects(
         draw.polygon(_points(obj.polygon), fill=fill, outline=outline)
 
 
-def _add_sensor_noise(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+def _add_sensor_noise(
+    image: Image.Image, rng: np.random.Generator, style: RenderStyle
+) -> Image.Image:
     """Blur, exposure change and luminance noise, so edges are not pixel-perfect templates."""
-    blurred = image.filter(ImageFilter.BoxBlur(radius=float(rng.uniform(0.3, 0.8))))
-    gain, bias = rng.uniform(0.85, 1.15), rng.uniform(-15.0, 15.0)
+    blurred = image.filter(ImageFilter.BoxBlur(radius=float(rng.uniform(*style.blur))))
+    gain, bias = rng.uniform(*style.gain), rng.uniform(*style.bias)
     exposure = np.clip(np.round(np.arange(256) * gain + bias), 0, 255).astype(int).tolist()
     adjusted = blurred.point(exposure * 3)
-    sigma = np.float32(rng.uniform(3.0, 12.0))
+    sigma = np.float32(rng.uniform(*style.noise))
     noise = rng.standard_normal((image.height, image.width), dtype=np.float32) * sigma + 128.0
     grain = Image.fromarray(np.clip(noise, 0.0, 255.0).astype(np.uint8))
     # add(a, b, offset=-128) is a + (noise + 128) - 128, clipped to 0..255 by PIL.
     return ImageChops.add(adjusted, Image.merge("RGB", (grain, grain, grain)), 1.0, -128)
 
 
-def render_image(layout: ImageLayout, rng: np.random.Generator) -> Image.Image:
+def render_image(
+    layout: ImageLayout, rng: np.random.Generator, style: RenderStyle = DEFAULT_RENDER
+) -> Image.Image:
     """Draw `layout` as an RGB image; the object polygons are filled exactly as annotated."""
-    background, mean_bg = _background(rng, layout.width, layout.height)
+    background, mean_bg = _background(rng, layout.width, layout.height, style)
     image = Image.fromarray(background)
     draw = ImageDraw.Draw(image)
     size = (layout.width, layout.height)
@@ -151,7 +173,7 @@ def render_image(layout: ImageLayout, rng: np.random.Generator) -> Image.Image:
     for draw_clutter in (_draw_lines, _draw_arcs, _draw_blobs, _draw_specks):
         draw_clutter(draw, rng, size, mean_bg)
     _draw_objects(draw, rng, layout, mean_bg)
-    return _add_sensor_noise(image, rng)
+    return _add_sensor_noise(image, rng, style)
 
 
 def encode_image(image: Image.Image, file_format: str, grayscale: bool) -> bytes:

@@ -23,6 +23,18 @@ EDGE_MARGIN = 1.0  # polygons stay this far inside the image so boxes never touc
 
 
 @dataclass(frozen=True)
+class LayoutStyle:
+    """What a scene's geometry draws from; the defaults are the demo's, presets change them."""
+
+    class_probabilities: tuple[float, ...] = tuple(CLASS_PROBABILITIES)  # CLASS_NAMES order
+    min_size: float = MIN_OBJECT_SIZE  # object extent in pixels, drawn log-uniformly
+    max_size: float = MAX_OBJECT_SIZE
+
+
+DEFAULT_LAYOUT = LayoutStyle()
+
+
+@dataclass(frozen=True)
 class ObjectLayout:
     """One annotated object: its class and exact polygon in COCO pixel coordinates."""
 
@@ -98,20 +110,20 @@ def _place(
     return np.round(outline + rng.uniform(lo, hi), 2)
 
 
-def _sample_size(rng: np.random.Generator, width: int, height: int) -> float:
+def _sample_size(rng: np.random.Generator, width: int, height: int, style: LayoutStyle) -> float:
     # Log-uniform sizes: many small objects, a few large ones, as in real photos.
-    high = min(MAX_OBJECT_SIZE, 0.6 * min(width, height))
-    return float(np.exp(rng.uniform(np.log(MIN_OBJECT_SIZE), np.log(high))))
+    high = min(style.max_size, 0.6 * min(width, height))
+    return float(np.exp(rng.uniform(np.log(style.min_size), np.log(high))))
 
 
 def _plan_object(
-    rng: np.random.Generator, width: int, height: int, occupancy: _Occupancy
+    rng: np.random.Generator, width: int, height: int, occupancy: _Occupancy, style: LayoutStyle
 ) -> ObjectLayout | None:
     image_lo = np.array([EDGE_MARGIN, EDGE_MARGIN])
     image_hi = np.array([width - EDGE_MARGIN, height - EDGE_MARGIN])
     for _ in range(PLACEMENT_TRIES):
-        name = CLASS_NAMES[rng.choice(len(CLASS_NAMES), p=CLASS_PROBABILITIES)]
-        outline = shape_outline(name, rng, _sample_size(rng, width, height))
+        name = CLASS_NAMES[rng.choice(len(CLASS_NAMES), p=np.asarray(style.class_probabilities))]
+        outline = shape_outline(name, rng, _sample_size(rng, width, height, style))
         polygon = _place(outline, image_lo, image_hi, rng)
         if polygon is None:
             continue
@@ -144,7 +156,8 @@ def _plan_crowd(
 
 
 def plan_image(
-    rng: np.random.Generator, width: int, height: int, n_objects: int, with_crowd: bool
+    rng: np.random.Generator, width: int, height: int, n_objects: int, with_crowd: bool,
+    style: LayoutStyle = DEFAULT_LAYOUT,
 ) -> ImageLayout:
     """Lay out a crowd (optional) then up to `n_objects` objects with bounded mutual occlusion.
 
@@ -155,7 +168,7 @@ def plan_image(
     crowd = _plan_crowd(rng, width, height, occupancy) if with_crowd else None
     objects = []
     for _ in range(n_objects):
-        placed = _plan_object(rng, width, height, occupancy)
+        placed = _plan_object(rng, width, height, occupancy, style)
         if placed is not None:
             objects.append(placed)
     return ImageLayout(width, height, tuple(objects), crowd)

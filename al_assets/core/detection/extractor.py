@@ -100,14 +100,30 @@ class ClassScoreExtractor(nn.Module):
         with torch.inference_mode():
             original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
             batch, _ = self.model.transform(images, None)
+            features = _backbone_features(self.model, batch)
             if isinstance(self.model, SSD):
-                kept = _ssd_detections(self.model, batch)
+                kept = _ssd_head_detections(self.model, batch, list(features.values()))
             else:
-                kept = _rcnn_detections(self.model, batch)
+                kept = _rcnn_detections(self.model, batch, features)
             kept = self.model.transform.postprocess(kept, batch.image_sizes, original_sizes)
-            return [self._finish(detections) for detections in kept]
+            embeddings = image_embeddings(list(features.values()))
+            return [self._finish(d, e) for d, e in zip(kept, embeddings, strict=True)]
 
-    def _finish(self, det: dict[str, Tensor]) -> dict[str, Tensor]:
+    def from_features(
+        self, features: list[Tensor], original_sizes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        """``forward`` from precomputed SSD backbone maps (batched, at the transform's input
+        size): the frozen-backbone rounds of ``detection.cached`` run only the head."""
+        if not isinstance(self.model, SSD):
+            raise DetectorError("from_features supports SSD/SSDlite models only")
+        with torch.inference_mode():
+            batch = shape_only_batch(self.model, len(original_sizes))
+            kept = _ssd_head_detections(self.model, batch, features)
+            kept = self.model.transform.postprocess(kept, batch.image_sizes, original_sizes)
+            embeddings = image_embeddings(features)
+            return [self._finish(d, e) for d, e in zip(kept, embeddings, strict=True)]
+
+    def _finish(self, det: dict[str, Tensor], embedding: Tensor) -> dict[str, Tensor]:
         """Drop repeated anchors, map labels to dataset ids, add the foreground distribution."""
         if self.one_per_anchor:
             det = {key: value[_first_occurrences(det["anchor_idx"])] for key, value in det.items()}
@@ -120,10 +136,20 @@ class ClassScoreExtractor(nn.Module):
             "topk_labels": self._id_of_label[topk_index + 1],
             "topk_scores": topk_scores,
             "anchor_idx": det["anchor_idx"],
+            "embedding": embedding,
         }
         if self.with_distribution:
             out["distribution"] = distribution
         return out
+
+
+def shape_only_batch(model: SSD, n: int) -> ImageList:
+    """An ImageList of ``n`` images at the SSD transform's fixed input size, without pixels:
+    anchors and post-processing need only the shapes."""
+    if model.transform.fixed_size is None:
+        raise DetectorError("cached features need an SSD with a fixed input size (SSDlite/SSD300)")
+    height, width = model.transform.fixed_size
+    return ImageList(torch.zeros(()).expand(n, 3, height, width), [(height, width)] * n)
 
 
 def _check_supported(model: nn.Module) -> None:
@@ -158,9 +184,22 @@ def _backbone_features(model: nn.Module, batch: ImageList) -> OrderedDict[str, T
     return features
 
 
-def _ssd_detections(model: SSD, batch: ImageList) -> list[dict[str, Tensor]]:
-    """``SSD.forward`` (eval) + ``SSD.postprocess_detections``, keeping anchor indices."""
-    features = list(_backbone_features(model, batch).values())
+EMBEDDING_MAPS = 2
+"""Backbone maps (highest resolutions first) whose spatial means form an image's embedding."""
+
+
+def image_embeddings(features: list[Tensor]) -> Tensor:
+    """(B, d) L2-normalized image embeddings: the spatial means of the first EMBEDDING_MAPS
+    backbone maps, concatenated. The detector's own view of an image, for diversity: near
+    frames land close, another domain far (1152 values for ssdlite320)."""
+    pooled = torch.cat([m.float().mean(dim=(-2, -1)) for m in features[:EMBEDDING_MAPS]], dim=1)
+    return F.normalize(pooled, dim=1)
+
+
+def _ssd_head_detections(
+    model: SSD, batch: ImageList, features: list[Tensor]
+) -> list[dict[str, Tensor]]:
+    """``SSD.forward`` (eval) after the backbone + ``postprocess_detections``, with anchors."""
     head_outputs = model.head(features)
     anchors = model.anchor_generator(batch, features)
     pred_scores = F.softmax(head_outputs["cls_logits"], dim=-1)
@@ -212,9 +251,10 @@ def _ssd_image(
     }
 
 
-def _rcnn_detections(model: FasterRCNN, batch: ImageList) -> list[dict[str, Tensor]]:
+def _rcnn_detections(
+    model: FasterRCNN, batch: ImageList, features: OrderedDict[str, Tensor]
+) -> list[dict[str, Tensor]]:
     """``GeneralizedRCNN.forward`` (eval) + ``RoIHeads.postprocess_detections``, with proposals."""
-    features = _backbone_features(model, batch)
     proposals, _ = model.rpn(batch, features, None)
     heads = model.roi_heads
     box_features = heads.box_head(heads.box_roi_pool(features, proposals, batch.image_sizes))

@@ -349,7 +349,7 @@ def _new_run(
     model = _initial_model(arch, dataset.categories, init_checkpoint)
     model.train()
     opt = _optimizer(model, optimizer, lr, weight_decay, init_checkpoint is not None)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(steps, warmup))
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup))
     return _Run(model, opt, schedule, _BatchStream(dataset, batch_size, seed))
 
 
@@ -476,7 +476,8 @@ def _torch_threads(num_threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _warmup_cosine(steps: int, warmup: int) -> Callable[[int], float]:
+def warmup_cosine(steps: int, warmup: int) -> Callable[[int], float]:
+    """LambdaLR factor: linear warmup over ``warmup`` steps, then cosine decay to 0."""
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup

@@ -5,10 +5,24 @@ pass comes from :func:`rank_images` (per shard in the pipeline, over the unlabel
 simulation), which is the pipeline's own scoring: ``box_scores`` -> noise floor ->
 ``aggregate_images``. ``random`` is a strategy like the others (a seeded random ranking through
 the same class cap, de-duplication and exclusions), so the baseline differs only by its order.
+
+A strategy (``STRATEGIES``) composes four ideas, each one function used by the queue and the
+simulation alike:
+
+* a box uncertainty measure aggregated per image (``MEASURES``; ``ScoringSettings.agg``);
+* class weights on box uncertainty (``class_weights``): *calibrated* by the champion's per-class
+  difficulty, 1 - AP on the held-out split (PPAL's difficulty-calibrated sampling), and/or
+  *rare*: toward classes with few labeled boxes (class balancing). Weights re-score a wide head
+  of the plain ranking (``WEIGHTED_FACTOR`` x size), because shard rankings are written before
+  the labels and evaluation they depend on exist;
+* *diverse*: greedy k-center over the detector's image embeddings among the top candidates
+  (``queue.diversity.farthest_first``; linear memory);
+* a class cap: at most ``CLASS_CAP`` of a batch per predicted top class.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -16,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from al_assets.core.queue.diversity import farthest_first
 from al_assets.core.queue.selection import select_queue
 from al_assets.core.scoring.aggregation import aggregate_images
 from al_assets.core.scoring.box_scores import box_scores
@@ -24,16 +39,46 @@ from al_assets.core.scoring.views import DEFAULT_MIN_SCORE, confident, rerank
 MEASURES = ("least_confidence", "margin", "ratio", "entropy")
 """Ranking measures of image_rankings (a BOX_SCORES measure each, aggregated per image)."""
 RANDOM = "random"
-STRATEGIES = (*MEASURES, RANDOM)
 CANDIDATE_FACTOR = 5
-"""Eligible candidates per queue slot before class caps and de-duplication thin them out."""
+"""Eligible candidates per queue slot before class caps, de-duplication and diversity thin them."""
+WEIGHTED_FACTOR = 20
+"""Eligible images per slot re-scored with class weights (a wide head of the plain ranking)."""
+CLASS_CAP = 0.4
+"""A capped strategy takes at most this share of a batch (rounded up) per predicted top class."""
+WEIGHT_RANGE = (0.25, 4.0)
+"""Class weights are clipped here: one class's AP of 0 or a class never labeled must not let a
+single class take the whole batch (the cap and diversity still act after the weights)."""
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How a strategy ranks and picks; see the module docstring."""
+
+    measure: str = "entropy"  # a MEASURES name
+    random: bool = False  # a seeded random order instead of the measure's
+    calibrated: bool = False  # weight boxes by their class's difficulty (1 - champion AP)
+    rare: bool = False  # weight boxes toward classes with few labeled boxes
+    diverse: bool = False  # k-center over image embeddings among the top candidates
+    capped: bool = False  # at most CLASS_CAP of the batch per predicted top class
+
+
+STRATEGIES: dict[str, Strategy] = {
+    **{m: Strategy(m) for m in MEASURES},
+    RANDOM: Strategy(random=True),
+    "calibrated": Strategy(calibrated=True),
+    "balanced": Strategy(rare=True, capped=True),
+    "diverse": Strategy(diverse=True),
+    "default": Strategy(calibrated=True, rare=True, diverse=True, capped=True),
+}
+"""Named strategies; ``default`` is the queue's (docs/active-learning.md measured why)."""
+DEFAULT_STRATEGY = "default"
 
 
 @dataclass(frozen=True)
 class SelectionConfig:
     """How the next batch is picked; the queue asset's config and the simulation share it."""
 
-    strategy: str = "entropy"  # a MEASURES name, or "random"
+    strategy: str = DEFAULT_STRATEGY  # a STRATEGIES name
     size: int = 50  # images per labeling batch
     max_per_class: int | None = None  # class balancing: at most this many per top class
     deduplicate: bool = True  # of a near-duplicate cluster only its best member competes
@@ -48,9 +93,19 @@ class SelectionConfig:
             raise ValueError(f"size must be >= 1, got {self.size}")
 
     @property
+    def plan(self) -> Strategy:
+        return STRATEGIES[self.strategy]
+
+    @property
     def measure(self) -> str:
         """The ranking a random strategy reshuffles is any measure's: entropy's by convention."""
-        return "entropy" if self.strategy == RANDOM else self.strategy
+        return self.plan.measure
+
+    def class_cap(self) -> int | None:
+        """The explicit ``max_per_class``, else the strategy's cap (None: no cap)."""
+        if self.max_per_class is not None or not self.plan.capped:
+            return self.max_per_class
+        return max(1, math.ceil(CLASS_CAP * self.size))
 
 
 @dataclass(frozen=True)
@@ -86,29 +141,102 @@ def select_batch(
     *,
     excluded: Iterable[int] = (),
     hashes_of: Callable[[pa.Table], Mapping[int, int]] | None = None,
+    class_weights: Mapping[int, float] | None = None,
+    scoring: ScoringSettings = ScoringSettings(),
 ) -> pa.Table:
     """The next labeling batch (LABELING_QUEUE) from pool rankings (IMAGE_SCORES).
 
     ``predictions_of(image_ids)`` returns those images' PREDICTIONS with detections under the
     noise floor removed (the ones the scores were computed from); ``excluded`` are ids never to
     offer (held-out images, and labeled ones when ``exclude_labeled``); ``hashes_of(candidates)``
-    gives image_id -> dHash for de-duplication. Candidates are read down the ranking until
-    ``size x CANDIDATE_FACTOR`` eligible images are in, excluded ones included, so that a
-    near-duplicate of an excluded image is recognised as such.
+    gives image_id -> dHash for de-duplication; ``class_weights`` (``class_weights()``) are used
+    by calibrated/rare strategies, which re-score the head of the ranking with them. Candidates
+    are read down the ranking until enough eligible images are in, excluded ones included, so
+    that a near-duplicate of an excluded image is recognised as such.
     """
+    plan = config.plan
     ranking = _ranking(rankings, config)
     blocked = {int(i) for i in excluded}
-    candidates = _candidate_window(ranking, blocked, config.size * CANDIDATE_FACTOR)
+    weighted = bool(class_weights) and (plan.calibrated or plan.rare) and not plan.random
+    factor = WEIGHTED_FACTOR if weighted else CANDIDATE_FACTOR
+    candidates = _candidate_window(ranking, blocked, config.size * factor)
     predictions = predictions_of(candidates["image_id"].combine_chunks())
+    if weighted:
+        candidates = _reweighted(candidates, predictions, class_weights, scoring)
+        candidates = _candidate_window(candidates, blocked, config.size * CANDIDATE_FACTOR)
     duplicates = None
     if config.deduplicate and hashes_of is not None and candidates.num_rows:
         from al_assets.core.queue.dedup import duplicate_clusters
 
         duplicates = duplicate_clusters(dict(hashes_of(candidates)),
                                         max_distance=config.dedup_distance)
+    order = _diverse_order(candidates, predictions, blocked) if plan.diverse else None
     return select_queue(candidates, predictions, size=config.size,
-                        max_per_class=config.max_per_class, exclude_image_ids=blocked,
-                        duplicates=duplicates)
+                        max_per_class=config.class_cap(), exclude_image_ids=blocked,
+                        duplicates=duplicates, order=order)
+
+
+def class_weights(
+    plan: Strategy, category_ids: Iterable[int], *,
+    class_ap: Mapping[int, float | None] | None = None,
+    labeled_boxes: Mapping[int, int] | None = None,
+) -> dict[int, float]:
+    """Per category weight on box uncertainty for a calibrated and/or rare strategy.
+
+    calibrated: difficulty ``1 - AP`` of the champion on the held-out split, relative to the
+    mean difficulty (a class without AP gets the mean); rare: ``sqrt((mean + 1) / (n_c + 1))``
+    over labeled boxes per class. Both multiply, clipped to ``WEIGHT_RANGE``; {} = unweighted.
+    """
+    if not (plan.calibrated or plan.rare):
+        return {}
+    ids = [int(c) for c in category_ids]
+    weights = dict.fromkeys(ids, 1.0)
+    if plan.calibrated and class_ap:
+        known = {c: 1.0 - float(ap) for c, ap in class_ap.items() if ap is not None and c in weights}
+        mean = float(np.mean(list(known.values()))) if known else 0.0
+        if mean > 0:
+            for c in ids:
+                weights[c] *= known.get(c, mean) / mean
+    if plan.rare and labeled_boxes is not None:
+        counts = np.array([labeled_boxes.get(c, 0) for c in ids], np.float64)
+        rarity = np.sqrt((counts.mean() + 1.0) / (counts + 1.0))
+        for c, r in zip(ids, rarity.tolist(), strict=True):
+            weights[c] *= r
+    low, high = WEIGHT_RANGE
+    return {c: float(np.clip(w, low, high)) for c, w in weights.items()}
+
+
+def labeled_box_counts(annotations: pa.Table) -> dict[int, int]:
+    """category_id -> labeled non-crowd boxes (ANNOTATIONS rows): what "rare" is measured on."""
+    boxes = annotations.filter(pc.invert(annotations["iscrowd"]))["category_id"]
+    return {int(c["values"]): int(c["counts"]) for c in pc.value_counts(boxes).to_pylist()}
+
+
+def _reweighted(candidates: pa.Table, predictions: pa.Table, weights: Mapping[int, float],
+                scoring: ScoringSettings) -> pa.Table:
+    """The window re-ranked by class-weighted uncertainty (same measure and aggregation)."""
+    measure = candidates["measure"][0].as_py() if candidates.num_rows else "entropy"
+    boxes = confident(box_scores(predictions), 0.0)
+    return aggregate_images(boxes, predictions.select(["image_id", "uri"]), measure=measure,
+                            agg=scoring.agg, top_k=scoring.top_k,
+                            empty_images=scoring.empty_images, class_weights=weights)
+
+
+def _diverse_order(candidates: pa.Table, predictions: pa.Table, blocked: set[int]) -> list[int] | None:
+    """Eligible candidates in farthest-first order from the most uncertain one (then the
+    blocked ones); None (keep the ranking) when the predictions carry no embeddings."""
+    if "embedding" not in predictions.column_names or candidates.num_rows == 0:
+        return None
+    ranked = candidates.sort_by([("rank", "ascending"), ("image_id", "ascending")])
+    ids = [int(i) for i in ranked["image_id"].to_pylist()]
+    row_of = {int(i): k for k, i in enumerate(predictions["image_id"].to_pylist())}
+    eligible = [i for i in ids if i not in blocked]
+    column = predictions["embedding"]
+    vectors = [column[row_of[i]].as_py() for i in eligible]
+    if not eligible or any(v is None for v in vectors):
+        return None
+    order = farthest_first(np.asarray(vectors, np.float32), first=0)
+    return [eligible[k] for k in order] + [i for i in ids if i in blocked]
 
 
 def exclusions(splits: pa.Table, exclude_labeled: bool) -> set[int]:
@@ -121,7 +249,7 @@ def exclusions(splits: pa.Table, exclude_labeled: bool) -> set[int]:
 
 def _ranking(rankings: pa.Table, config: SelectionConfig) -> pa.Table:
     ranked = rankings.filter(pc.equal(rankings["measure"], config.measure))
-    if config.strategy != RANDOM or ranked.num_rows == 0:
+    if not config.plan.random or ranked.num_rows == 0:
         return ranked
     rng = np.random.default_rng(config.seed)
     ids = ranked["image_id"].to_numpy().astype(np.int64)

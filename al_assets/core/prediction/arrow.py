@@ -33,6 +33,14 @@ def detections_array(outputs: Sequence[dict[str, torch.Tensor]]) -> pa.ListArray
     return pa.ListArray.from_arrays(offsets, struct, type=pa.list_(schemas.DETECTION))
 
 
+def embeddings_array(outputs: Sequence[dict[str, torch.Tensor]]) -> pa.ListArray:
+    """One ``embedding`` list per image (null for outputs without one)."""
+    if not outputs or any("embedding" not in o for o in outputs):
+        return pa.nulls(len(outputs), type=pa.list_(pa.float32()))
+    return _fixed_lists(np.stack([o["embedding"].detach().float().cpu().numpy()
+                                  for o in outputs]).astype(np.float32))
+
+
 def _cat(outputs: Sequence[dict[str, torch.Tensor]], key: str) -> np.ndarray:
     parts = [o[key].detach().float().cpu().numpy() if o[key].is_floating_point()
              else o[key].detach().cpu().numpy() for o in outputs]
@@ -75,6 +83,7 @@ def predictions_batch(
             pa.array([model_version] * n, pa.int32()),
             pa.array([shard] * n, pa.string()),
             detections_array(outputs),
+            embeddings_array(outputs),
         ],
         schema=schemas.PREDICTIONS,
     )

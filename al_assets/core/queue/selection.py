@@ -10,7 +10,7 @@ member competes. The pick is deterministic: rank, then image_id, decide every ti
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +51,7 @@ def select_queue(
     max_per_class: int | None = None,
     exclude_image_ids: Iterable[int] = (),
     duplicates: Mapping[int, int] | None = None,
+    order: Sequence[int] | None = None,
 ) -> pa.Table:
     """Pick up to ``size`` images to label, most uncertain first (LABELING_QUEUE rows).
 
@@ -59,13 +60,15 @@ def select_queue(
     labeled. ``duplicates`` maps image_id -> near-duplicate cluster id (``duplicate_clusters``);
     a cluster contributes only its most uncertain member, and none at all when one of its
     members is excluded, since labeling a copy of a labeled image teaches the model nothing.
+    ``order`` (image ids, a permutation of ``image_scores``') replaces rank order as the order of
+    consideration (the diversity order); the queue keeps each image's uncertainty rank.
     Images without detections form their own class under ``max_per_class``. When fewer
     images are eligible than ``size``, the queue is simply shorter: padding it with ineligible
     images would defeat the filters.
     """
     _check_arguments(image_scores, predictions, size, max_per_class)
     summary = label_summary(predictions)
-    candidates = _candidates(image_scores, predictions, summary)
+    candidates = _candidates(image_scores, predictions, summary, order)
     excluded = {int(i) for i in exclude_image_ids}
     blocked = {duplicates[i] for i in excluded if i in duplicates} if duplicates else set()
     picks = _greedy(candidates, size, max_per_class, excluded, duplicates, blocked)
@@ -133,9 +136,15 @@ def _label_pairs(
 
 
 def _candidates(
-    image_scores: pa.Table, predictions: pa.Table, summary: LabelSummary
+    image_scores: pa.Table, predictions: pa.Table, summary: LabelSummary,
+    order: Sequence[int] | None = None,
 ) -> _Candidates:
     scores = image_scores.sort_by([("rank", "ascending"), ("image_id", "ascending")])
+    if order is not None:
+        position = {int(i): k for k, i in enumerate(scores["image_id"].to_pylist())}
+        if sorted(position) != sorted(int(i) for i in order):
+            raise ValueError("order must list exactly the image ids of image_scores")
+        scores = scores.take(pa.array([position[int(i)] for i in order], pa.int64()))
     ids = scores.column("image_id").to_numpy().astype(np.int64)
     rows = _prediction_rows(predictions, ids)
     _check_detection_counts(scores, predictions, rows, ids)

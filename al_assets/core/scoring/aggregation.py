@@ -13,6 +13,7 @@ worth a look ("highest", before them), or out of the queue ("exclude").
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
@@ -45,19 +46,24 @@ def aggregate_images(
     agg: str = "max",
     top_k: int = 3,
     empty_images: EmptyImages = "lowest",
+    class_weights: Mapping[int, float] | None = None,
 ) -> pa.Table:
     """Rank the predicted ``images`` by the aggregated uncertainty of their detections.
 
     ``box_scores`` needs ``image_id`` and the measure's column (BOX_SCORES) for one model
     version; ``images`` (``image_id``, ``uri``) lists every image that was predicted, so that
     images without detections are explicit. ``topk_mean`` averages the ``top_k`` most uncertain
-    boxes (all of them when an image has fewer). Returns IMAGE_SCORES sorted by rank: 1 = most
+    boxes (all of them when an image has fewer). ``class_weights`` (label_id -> weight, 1 for
+    a label not listed) multiply each box's uncertainty before aggregating (class-calibrated
+    and class-balancing strategies). Returns IMAGE_SCORES sorted by rank: 1 = most
     uncertain, ties broken by ascending image_id.
     """
     column, small_is_uncertain = _check_arguments(box_scores, measure, agg, top_k, empty_images)
     image_ids = _unique_image_ids(images)
     groups = _image_positions(image_ids, box_scores.column("image_id"))
     values = _uncertainties(box_scores, column, small_is_uncertain)
+    if class_weights:
+        values = values * _box_weights(box_scores, class_weights)
     counts = np.bincount(groups, minlength=len(image_ids))
     per_image = _aggregate(groups, values, counts, agg, top_k)
     keep = counts > 0 if empty_images == "exclude" else np.ones(len(image_ids), bool)
@@ -118,6 +124,14 @@ def _image_positions(image_ids: np.ndarray, box_image_ids: pa.ChunkedArray) -> n
             "images; pass the images table the predictions were made on"
         )
     return sorter[found] if len(ids) else np.zeros(0, np.int64)
+
+
+def _box_weights(box_scores: pa.Table, weights: Mapping[int, float]) -> np.ndarray:
+    labels = box_scores.column("label_id").to_numpy().astype(np.int64)
+    known = np.array(sorted(weights), np.int64)
+    table = np.array([weights[k] for k in known.tolist()], np.float64)
+    where = np.clip(np.searchsorted(known, labels), 0, known.size - 1)
+    return np.where(known[where] == labels, table[where], 1.0)
 
 
 def _uncertainties(box_scores: pa.Table, column: str, small_is_uncertain: bool) -> np.ndarray:

@@ -40,8 +40,15 @@ from al_assets.core.analysis.gate import GatePolicy, decide
 from al_assets.core.coco.ingest import IngestOptions, ingest_batch
 from al_assets.core.coco.tables import CocoTables
 from al_assets.core.demo.generator import generate_demo_dataset
-from al_assets.core.detection.factory import load_detector
+from al_assets.core.detection.cached import (
+    HEAD_LR,
+    FeatureCache,
+    head_samples,
+    predict_cached,
+    train_head,
+)
 from al_assets.core.detection.extractor import ClassScoreExtractor
+from al_assets.core.detection.factory import load_detector, save_checkpoint
 from al_assets.core.detection.training import RECOMMENDED_MALLOC_ENV, malloc_env_is_set
 from al_assets.core.errors import AlAssetsError
 from al_assets.core.labels import import_labels
@@ -51,6 +58,8 @@ from al_assets.core.loop.selection import (
     STRATEGIES,
     ScoringSettings,
     SelectionConfig,
+    class_weights,
+    labeled_box_counts,
     pool_ranking,
     rank_images,
     select_batch,
@@ -74,8 +83,7 @@ _MODEL_NAME = "simulation"
 Log = Callable[[str], None]
 _TRACKED = ("map", "ap50", "champion_map", "labeled_images", "labeled_boxes", "train_seconds",
             "pool_with_boxes")
-_POSITIVE_FIELDS = ("initial_size", "budget", "rounds", "initial_steps", "round_steps",
-                    "batch_size")
+_POSITIVE_FIELDS = ("budget", "rounds", "initial_steps", "round_steps", "batch_size")
 
 
 class SimulationError(AlAssetsError, ValueError):
@@ -115,8 +123,15 @@ class SimulationConfig:
     min_improvement: float = 0.0  # the gate's margin (0: promote whenever not worse)
     n_boot: int = 100  # bootstrap resamples of the held-out images per round
     device: str = "auto"  # prediction, evaluation and training
+    start_checkpoint: str | None = None  # round 0 fine-tunes this detector (None: from scratch)
+    cached_features: bool = False  # frozen backbone, head-only rounds (detection.cached)
 
     def __post_init__(self) -> None:
+        if self.initial_size < 0:
+            raise SimulationError(f"initial_size must be >= 0, got {self.initial_size}")
+        if self.cached_features and self.start_checkpoint is None:
+            raise SimulationError("cached_features freezes a pretrained backbone: give "
+                                  "start_checkpoint too")
         for name in _POSITIVE_FIELDS:
             if getattr(self, name) < 1:
                 raise SimulationError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -183,18 +198,24 @@ class Pool:
     heldout: CocoTables  # held-out images and ground truth (a filtered view or its own file)
     candidates: list[int]
     hashes: dict[int, int] = field(default_factory=dict)
+    base: CocoTables | None = None  # a labeled base split (what a team labeled first)
 
     @property
     def categories(self) -> pa.Table:
         return self.tables.categories
 
     def images_of(self, ids: list[int]) -> pa.Table:
-        return self.tables.images.filter(pc.is_in(self.tables.images["image_id"],
-                                                  pa.array(ids, pa.int64())))
+        images = self.tables.images
+        if self.base is not None:
+            images = pa.concat_tables([images, self.base.images])
+        return images.filter(pc.is_in(images["image_id"], pa.array(ids, pa.int64())))
 
 
-def load_pool(pool: CocoSplit, holdout: CocoSplit | None, log: Log | None = None) -> Pool:
-    """Read the pool (and held-out file) with the ingestion core; split by the production hash."""
+def load_pool(pool: CocoSplit, holdout: CocoSplit | None, log: Log | None = None,
+              base: CocoSplit | None = None) -> Pool:
+    """Read the pool (and held-out file) with the ingestion core; split by the production hash.
+
+    ``base``: a labeled split that starts labeled (its images are never candidates)."""
     tables = _ingest(pool, "pool", log)
     if holdout is None:
         ids = tables.images["image_id"].to_numpy()
@@ -212,7 +233,10 @@ def load_pool(pool: CocoSplit, holdout: CocoSplit | None, log: Log | None = None
     by_id = {i: hashes[u] for i, u in zip(tables.images["image_id"].to_pylist(),
                                           tables.images["uri"].to_pylist(), strict=True)
              if u in hashes}
-    return Pool(tables, heldout, candidates, by_id)
+    based = _ingest(base, "base", log) if base is not None else None
+    if based is not None:
+        _check_disjoint(tables, based, base)
+    return Pool(tables, heldout, candidates, by_id, based)
 
 
 @dataclass
@@ -236,6 +260,8 @@ class _Seed:
     initial_labels: list[tuple[pa.Table, pa.Table]] = field(default_factory=list)
     start: _Round | None = None
     start_predictions: pa.Table | None = None
+    cache: FeatureCache | None = None  # shared by every seed: one frozen backbone
+    heldout_predictions: dict[Path, pa.Table] = field(default_factory=dict)
 
 
 def run_simulation(
@@ -245,16 +271,23 @@ def run_simulation(
     workdir: Path,
     tracking: Tracking,
     log: Log | None = print,
+    base: CocoSplit | None = None,
 ) -> pa.Table:
-    """Replay every strategy x seed; returns the SIMULATION_CURVES table (see ``report``)."""
+    """Replay every strategy x seed; returns the SIMULATION_CURVES table (see ``report``).
+
+    ``base``: a labeled split the loop starts with (round 0 trains on it and the random
+    ``initial_size`` images, from ``config.start_checkpoint`` when given)."""
     _warn_if_malloc_unset()
-    pool = load_pool(pool_split, holdout, log)
+    pool = load_pool(pool_split, holdout, log, base)
     _check_sizes(pool, config, pool_split)
     tracker = _Tracker(tracking)
     rows: list[dict] = []
+    cache = None
+    if config.cached_features:
+        cache = FeatureCache(load_detector(Path(config.start_checkpoint))[0])
     with lease_device(config.device) as device:
         for seed in config.seeds:
-            run = _Seed(pool, config, seed, Path(workdir) / f"seed-{seed}", device)
+            run = _Seed(pool, config, seed, Path(workdir) / f"seed-{seed}", device, cache=cache)
             _start_seed(run, log)
             for strategy in config.strategies:
                 rows += _tracked(tracker, run, strategy, log)
@@ -266,11 +299,18 @@ def _start_seed(run: _Seed, log: Log | None) -> None:
     rng = np.random.default_rng([run.seed, _INITIAL_STREAM])
     run.initial = sorted(int(i) for i in rng.choice(run.pool.candidates, run.config.initial_size,
                                                     replace=False))
-    tasks = [{"data": {"image": u, "image_id": i}} for i, u in zip(
-        run.initial, run.pool.images_of(run.initial).sort_by("image_id")["uri"].to_pylist(),
-        strict=True)]
-    run.initial_labels = [_oracle_labels(run.pool, tasks, "labels-r000")]
-    run.start = _train_and_gate(run, run.initial_labels, 0, None, run.workdir / "round-0")
+    run.initial_labels = []
+    if run.pool.base is not None:
+        base = run.pool.base
+        run.initial_labels.append(_oracle_labels(base, _tasks(base.images), "labels-base"))
+    if run.initial:
+        tasks = _tasks(run.pool.images_of(run.initial))
+        run.initial_labels.append(_oracle_labels(run.pool.tables, tasks, "labels-r000"))
+    start = None
+    if run.config.start_checkpoint is not None:
+        start = _Round(Path(run.config.start_checkpoint), {}, True, 0.0)
+    run.start = _train_and_gate(run, run.initial_labels, 0, start, run.workdir / "round-0",
+                                promote_always=True)
     _log_round(log, _row(run, "all", 0, run.initial, run.initial_labels, run.start, None))
 
 
@@ -294,10 +334,10 @@ def _simulate_strategy(
     folder = run.workdir / strategy
     for rnd in range(1, run.config.rounds + 1):
         predictions = _pool_predictions(run, champion, labeled, rnd)
-        queue = _select(run, strategy, rnd, labeled, predictions)
+        queue = _select(run, strategy, rnd, labeled, predictions, champion, labels)
         tasks = label_studio_tasks(queue, predictions, run.pool.categories,
                                    model_version=f"round-{rnd - 1}")
-        labels.append(_oracle_labels(run.pool, tasks, f"labels-r{rnd:03d}"))
+        labels.append(_oracle_labels(run.pool.tables, tasks, f"labels-r{rnd:03d}"))
         picks = queue["image_id"].to_pylist()
         labeled += picks
         result = _train_and_gate(run, labels, rnd, champion, folder / f"round-{rnd}")
@@ -326,11 +366,18 @@ def _pool_predictions(run: _Seed, champion: _Round, labeled: list[int], rnd: int
 
 
 def _select(run: _Seed, strategy: str, rnd: int, labeled: list[int],
-            predictions: pa.Table) -> pa.Table:
+            predictions: pa.Table, champion: _Round,
+            labels: list[tuple[pa.Table, pa.Table]]) -> pa.Table:
     config = run.config
-    queue = queue_from_predictions(predictions, config.selection(strategy, run.seed, rnd),
-                                   ScoringSettings(agg=config.agg), excluded=labeled,
-                                   hashes=run.pool.hashes)
+    selection = config.selection(strategy, run.seed, rnd)
+    annotations, _ = effective_labels(run.pool.tables.annotations.slice(0, 0), labels)
+    weights = class_weights(
+        selection.plan, run.pool.categories["category_id"].to_pylist(),
+        class_ap=champion.comparison.get("challenger", {}).get("per_category"),
+        labeled_boxes=labeled_box_counts(annotations))
+    queue = queue_from_predictions(predictions, selection, ScoringSettings(agg=config.agg),
+                                   excluded=labeled, hashes=run.pool.hashes,
+                                   class_weights=weights)
     if queue.num_rows < config.budget:
         raise SimulationError(f"round {rnd}: the queue offered {queue.num_rows} of "
                               f"{config.budget} images; lower the budget or use a larger pool")
@@ -340,6 +387,7 @@ def _select(run: _Seed, strategy: str, rnd: int, labeled: list[int],
 def queue_from_predictions(
     predictions: pa.Table, selection: SelectionConfig, scoring: ScoringSettings, *,
     excluded: list[int] | set[int], hashes: Mapping[int, int],
+    class_weights: Mapping[int, float] | None = None,
 ) -> pa.Table:
     """The production selection over in-memory PREDICTIONS: rank_images + select_batch.
 
@@ -354,14 +402,21 @@ def queue_from_predictions(
                                                         pa.int64())),
         selection, excluded=excluded,
         hashes_of=lambda c: {i: hashes[i] for i in c["image_id"].to_pylist() if i in hashes},
+        class_weights=class_weights, scoring=replace(scoring, min_score=0.0),
     )
 
 
-def _oracle_labels(pool: Pool, tasks: list[dict], batch: str) -> tuple[pa.Table, pa.Table]:
+def _tasks(images: pa.Table) -> list[dict]:
+    """Label Studio tasks of IMAGES rows, in image_id order (what a team would send out)."""
+    rows = images.sort_by("image_id").select(["image_id", "uri"]).to_pylist()
+    return [{"data": {"image": r["uri"], "image_id": r["image_id"]}} for r in rows]
+
+
+def _oracle_labels(tables: CocoTables, tasks: list[dict], batch: str) -> tuple[pa.Table, pa.Table]:
     """The oracle answers the export; the answer goes through the real label import."""
-    export = oracle_export(tasks, pool.tables.annotations, pool.tables.images, pool.categories)
+    export = oracle_export(tasks, tables.annotations, tables.images, tables.categories)
     imported = import_labels(json.dumps(export).encode(), f"oracle:{batch}", batch,
-                             pool.tables.images, pool.categories)
+                             tables.images, tables.categories)
     if imported.rejects.num_rows:
         first = imported.rejects.slice(0, 1).to_pylist()[0]
         raise SimulationError(f"the oracle's export was not imported cleanly: {first['reason']}")
@@ -369,31 +424,62 @@ def _oracle_labels(pool: Pool, tasks: list[dict], batch: str) -> tuple[pa.Table,
 
 
 def _train_and_gate(run: _Seed, labels: list[tuple[pa.Table, pa.Table]], rnd: int,
-                    champion: _Round | None, folder: Path) -> _Round:
+                    champion: _Round | None, folder: Path, *,
+                    promote_always: bool = False) -> _Round:
     """Train a challenger on every label batch so far, then the production gate."""
     annotations, owners = effective_labels(run.pool.tables.annotations.slice(0, 0), labels)
     images = run.pool.images_of(owners["image_id"].to_pylist())
-    result = train_challenger(
-        images, annotations, run.pool.categories,
-        init_checkpoint=champion.checkpoint if champion else None,
-        settings=run.config.training(run.seed, rnd), workdir=folder, arch=run.config.arch,
-    )
+    settings = run.config.training(run.seed, rnd)
+    init = champion.checkpoint if champion else None
+    if run.cache is not None:
+        checkpoint, seconds = _train_head_round(run, images, annotations, init, settings, folder)
+    else:
+        result = train_challenger(
+            images, annotations, run.pool.categories, init_checkpoint=init,
+            settings=settings, workdir=folder, arch=run.config.arch,
+        )
+        checkpoint, seconds = result.checkpoint, result.seconds
     heldout = run.pool.heldout
-    challenger = _predict(run, result.checkpoint, heldout.images)
-    champ = (_predict(run, champion.checkpoint, heldout.images) if champion else None)
+    challenger = _heldout_predictions(run, checkpoint)
+    champ = _heldout_predictions(run, champion.checkpoint) if champion else None
     comparison = compare_predictions(
         challenger, champ, heldout.annotations, heldout.images, run.pool.categories,
         image_ids=heldout.images["image_id"].to_pylist(), n_boot=run.config.n_boot,
         seed=run.seed)
     policy = replace(GatePolicy(), min_improvement=run.config.min_improvement,
                      min_heldout_images=1)
-    return _Round(result.checkpoint, comparison, decide(comparison, policy).promote,
-                  result.seconds)
+    promoted = promote_always or decide(comparison, policy).promote
+    return _Round(checkpoint, comparison, promoted, seconds)
+
+
+def _train_head_round(run: _Seed, images: pa.Table, annotations: pa.Table, init: Path,
+                      settings: TrainSettings, folder: Path) -> tuple[Path, float]:
+    """Head-only fine-tuning on the cached backbone features (``detection.cached``)."""
+    started = time.perf_counter()
+    model, ckpt = load_detector(init)
+    samples = head_samples(images, annotations, ckpt.categories)
+    train_head(model, samples, run.cache, steps=settings.steps, batch_size=settings.batch_size,
+               lr=settings.lr or HEAD_LR, seed=settings.seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint = save_checkpoint(folder / "challenger.pt", model, arch=run.config.arch,
+                                 categories=ckpt.categories,
+                                 meta={"train": settings.params(), "head_only": True})
+    return checkpoint, time.perf_counter() - started
+
+
+def _heldout_predictions(run: _Seed, checkpoint: Path) -> pa.Table:
+    """The held-out PREDICTIONS of a checkpoint, computed once (a champion is compared often)."""
+    if checkpoint not in run.heldout_predictions:
+        run.heldout_predictions[checkpoint] = _predict(run, checkpoint, run.pool.heldout.images)
+    return run.heldout_predictions[checkpoint]
 
 
 def _predict(run: _Seed, checkpoint: Path, images: pa.Table) -> pa.Table:
     model, ckpt = load_detector(checkpoint)
     extractor = ClassScoreExtractor(model.eval(), ckpt.categories.category_ids)
+    if run.cache is not None:
+        return predict_cached(extractor, images, run.cache, model_name=_MODEL_NAME,
+                              model_version=0, shard="pool")
     predictions, errors = predict_images(extractor, images, ShardRef(_MODEL_NAME, 0, "pool"),
                                          run.device)
     if errors:
@@ -406,13 +492,17 @@ def _predict(run: _Seed, checkpoint: Path, images: pa.Table) -> pa.Table:
 def _row(run: _Seed, strategy: str, rnd: int, picks: list[int],
          labels: list[tuple[pa.Table, pa.Table]], result: _Round, pool_with_boxes: float | None,
          *, labeled_total: int | None = None, champion: _Round | None = None) -> dict:
-    annotations, owners = effective_labels(run.pool.tables.annotations.slice(0, 0), labels)
+    """One curve point; labeled images and boxes count pool labels (not the base split's)."""
+    annotations, _ = effective_labels(run.pool.tables.annotations.slice(0, 0), labels)
+    annotations = annotations.filter(pc.is_in(annotations["image_id"],
+                                              pa.array(run.pool.candidates, pa.int64())))
     challenger = result.comparison["challenger"]
     champ = (champion or result).comparison["challenger"]
     return {
         "strategy": strategy, "seed": run.seed, "round": rnd,
-        "labeled_images": labeled_total if labeled_total is not None else owners.num_rows,
+        "labeled_images": labeled_total if labeled_total is not None else len(run.initial),
         "labeled_boxes": int(pc.sum(pc.invert(annotations["iscrowd"])).as_py() or 0),
+        "class_ap": json.dumps({str(k): v for k, v in challenger["per_category"].items()}),
         "map": challenger["map"], "ap50": challenger["ap50"],
         "map_low": challenger.get("map_low"), "map_high": challenger.get("map_high"),
         "champion_map": champ["map"], "promoted": result.promoted,

@@ -42,6 +42,8 @@ SIMULATION_CURVES = pa.schema(
         # Fraction of the unlabeled pool that had a box >= min_score when this round's
         # images were selected (what uncertainty could rank by); null for random and round 0.
         pa.field("pool_with_boxes", pa.float64()),
+        # The challenger's held-out AP per class: JSON {category_id: AP or null}.
+        pa.field("class_ap", pa.string()),
     ]
 )
 """One row per strategy x seed x round. Round 0 is shared by every strategy of a seed (same
@@ -81,7 +83,8 @@ class LabelsSaved:
         if self.baseline_needed is None:
             return f"{text} ({BASELINE} did not reach it)"
         saved, fraction = self.saved, self.saved_fraction
-        return f"{text} vs {self.baseline_needed:.0f}: saved {saved:+.0f} ({fraction:+.0%})"
+        share = "" if fraction is None else f" ({fraction:+.0%})"
+        return f"{text} vs {self.baseline_needed:.0f}: saved {saved:+.0f}{share}"
 
 
 def curves_table(rows: Iterable[Mapping[str, object]]) -> pa.Table:

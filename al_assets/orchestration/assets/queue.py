@@ -8,7 +8,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from al_assets.core import schemas
-from al_assets.core.loop.selection import SelectionConfig, exclusions, select_batch
+from al_assets.core.loop.selection import (
+    DEFAULT_STRATEGY,
+    STRATEGIES,
+    SelectionConfig,
+    class_weights,
+    exclusions,
+    labeled_box_counts,
+    select_batch,
+)
 from al_assets.core.queue import (
     coco_preannotations,
     label_studio_config,
@@ -20,14 +28,16 @@ from al_assets.core.prediction.arrow import confident_detections
 from al_assets.core.scoring.views import DEFAULT_MIN_SCORE
 from al_assets.core.storage import TableStore
 from al_assets.orchestration.automation import VIEW_REFRESH
-from al_assets.orchestration.assets.labels import pool_categories, read_splits
+from al_assets.orchestration.assets.labels import pool_categories, pool_labels, read_splits
 from al_assets.orchestration.champion import ChampionConfig, champion_key, read_partitions
 from al_assets.orchestration.metadata import table_metadata
 from al_assets.orchestration.resources import CocoSourceResource, MlflowResource, StorageResource
 
 class QueueConfig(ChampionConfig):
-    strategy: str = "entropy"
-    """least_confidence | margin | ratio | entropy (image_rankings' measures) | random."""
+    strategy: str = DEFAULT_STRATEGY
+    """A STRATEGIES name: least_confidence | margin | ratio | entropy (image_rankings'
+    measures) | random | calibrated | balanced | diverse | default (calibrated + rare-class
+    weights, then k-center diversity, with a class cap; docs/active-learning.md)."""
     size: int = 50
     max_per_class: int | None = None
     """Class balancing: at most this many images per (most frequent) predicted class."""
@@ -73,8 +83,10 @@ def labeling_queue(
                                                   config.min_score)
         return read["candidates"]
 
+    weights = _class_weights(store, key, config.selection())
     queue = select_batch(rankings, candidates_predictions, config.selection(), excluded=excluded,
-                         hashes_of=lambda candidates: _hashes(candidates, coco_source, context))
+                         hashes_of=lambda candidates: _hashes(candidates, coco_source, context),
+                         class_weights=weights)
     predictions = read["candidates"].filter(pc.is_in(read["candidates"]["image_id"],
                                                      queue["image_id"].combine_chunks()))
     categories = pool_categories(store)
@@ -89,10 +101,31 @@ def labeling_queue(
         metadata={
             **table_metadata(queue, uri, preview_rows=10),
             "model_version": key, "strategy": config.strategy, "requested_size": config.size,
+            "class_weights": dg.MetadataValue.json({str(k): round(v, 3)
+                                                    for k, v in weights.items()}),
             "excluded_images": len(excluded),
             **{f"export/{name}": dg.MetadataValue.path(path) for name, path in files.items()},
         }
     )
+
+
+def _class_weights(store: TableStore, key: str, selection: SelectionConfig) -> dict[int, float]:
+    """Weights of a calibrated/rare strategy: the champion's per-class AP in model_evaluation
+    (when that view exists) and the labeled boxes per class."""
+    plan = selection.plan
+    if not (plan.calibrated or plan.rare):
+        return {}
+    class_ap = None
+    try:
+        evaluation = store.read("model_evaluation")
+        rows = evaluation.filter(pc.and_(pc.equal(evaluation["model_version"], key),
+                                         pc.is_valid(evaluation["category_id"])))
+        class_ap = dict(zip(rows["category_id"].to_pylist(), rows["ap"].to_pylist(), strict=True))
+    except FileNotFoundError:
+        pass
+    annotations, _ = pool_labels(store)
+    return class_weights(plan, pool_categories(store)["category_id"].to_pylist(),
+                         class_ap=class_ap, labeled_boxes=labeled_box_counts(annotations))
 
 
 def _size_check(rows: int, size: int, eligible: int) -> dg.AssetCheckResult:

@@ -1,0 +1,64 @@
+"""The detector every preset experiment starts from, as teams start from a pretrained model.
+
+Trained once from scratch on the presets' ``pretrained`` split (base domain, demo class prior,
+1000 images) and kept next to the preset data; later experiments reuse it while its recipe is
+unchanged (the recipe is part of the file name).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from al_assets.core.detection.categories import CategoryMap
+from al_assets.core.detection.evaluation import evaluate_coco_map
+from al_assets.core.detection.factory import save_checkpoint
+from al_assets.core.detection.training import train_detector
+from al_assets.core.simulation.presets import PRESETS, generate_split
+
+ARCH = "ssdlite320_mobilenet_v3_large"
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    """From scratch: about 12 min on 2 CPU cores (measured in docs/active-learning.md)."""
+
+    steps: int = 900
+    batch_size: int = 8
+    seed: int = 0
+
+    @property
+    def file_name(self) -> str:
+        return f"pretrained-s{self.steps}-b{self.batch_size}-seed{self.seed}.pt"
+
+
+def pretrained_detector(root: Path, recipe: PretrainRecipe = PretrainRecipe(),
+                        log: Callable[[str], None] | None = print) -> Path:
+    """The pretrained checkpoint under ``root`` (trained and evaluated when missing)."""
+    path = Path(root) / recipe.file_name
+    if path.is_file():
+        return path
+    train = generate_split(Path(root), PRESETS["iid"], "pretrained")
+    heldout = generate_split(Path(root) / "iid", PRESETS["iid"], "heldout")
+    started = time.perf_counter()
+
+    def progress(entry: dict) -> None:
+        if log is not None:
+            log(f"pretraining step {entry['step']}/{recipe.steps}: loss {entry['loss']:.3f}")
+
+    model = train_detector(train, train.parent.parent / "images", arch=ARCH, steps=recipe.steps,
+                           batch_size=recipe.batch_size, seed=recipe.seed, log=progress,
+                           log_every=50)
+    seconds = time.perf_counter() - started
+    metrics = evaluate_coco_map(model, heldout, heldout.parent.parent / "images")
+    if log is not None:
+        log(f"pretrained detector: mAP {metrics['map']:.3f} (AP50 {metrics['ap50']:.3f}) on "
+            f"{metrics['num_images']} held-out images, trained {seconds:.0f} s")
+    return save_checkpoint(
+        path, model, arch=ARCH, categories=CategoryMap.from_coco_json(train),
+        meta={"recipe": asdict(recipe), "train_seconds": round(seconds),
+              "eval": {k: metrics[k] for k in ("map", "ap50", "ap75")},
+              "per_category_ap": {str(k): v for k, v in metrics["per_category"].items()}},
+    )

@@ -1,0 +1,61 @@
+"""Paired tests and per-seed label savings from a hand-made curves table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from al_assets.core.simulation.report import curves_table
+from al_assets.core.simulation.stats import (
+    evidence_markdown,
+    final_class_ap,
+    paired_tests,
+    seed_labels_saved,
+    summarize_savings,
+)
+
+
+def _row(strategy: str, seed: int, rnd: int, images: int, boxes: int, m: float) -> dict:
+    return {"strategy": strategy, "seed": seed, "round": rnd, "labeled_images": images,
+            "labeled_boxes": boxes, "map": m, "ap50": m, "map_low": None, "map_high": None,
+            "champion_map": m, "promoted": True, "train_seconds": 1.0, "selected_ids": [],
+            "pool_with_boxes": None, "class_ap": json.dumps({"1": m, "17": m / 2})}
+
+
+def _table():
+    rows = []
+    for seed, bonus in ((0, 0.02), (1, 0.03), (2, 0.01)):
+        for rnd in range(3):
+            rows.append(_row("random", seed, rnd, 60 * rnd, 300 * rnd, 0.40 + 0.02 * rnd))
+            rows.append(_row("default", seed, rnd, 60 * rnd, 280 * rnd,
+                             0.40 + 0.02 * rnd + (bonus if rnd else 0.0)))
+    return curves_table(rows)
+
+
+def test_paired_test_reports_mean_difference_wins_and_p() -> None:
+    rows = {r["round"]: r for r in paired_tests(_table()).to_pylist()}
+    assert rows[2]["mean_diff"] == pytest.approx(0.02)
+    assert rows[2]["std_diff"] == pytest.approx(0.01)
+    assert rows[2]["wins"] == 3 and rows[2]["seeds"] == 3
+    assert 0 < rows[2]["p_value"] < 0.1
+    assert rows[0]["p_value"] is None and rows[0]["wins"] == 0  # identical round 0
+
+
+def test_labels_saved_per_seed_interpolate_images_and_boxes() -> None:
+    entries = seed_labels_saved(_table())
+    seed0 = next(e for e in entries if e["seed"] == 0)
+    # random reaches 0.44 at 120 images; default reaches it between 60 (0.44) -> at 60
+    assert seed0["needed_images"] == pytest.approx(60.0)
+    assert seed0["saved_images"] == pytest.approx(0.5)
+    assert seed0["saved_boxes"] == pytest.approx(1 - 280 / 600)
+    summary = summarize_savings(entries)["default"]
+    assert summary["seeds"] == 3 and summary["not_reached_images"] == 0
+
+
+def test_evidence_markdown_has_the_rare_class_table() -> None:
+    table = _table()
+    assert final_class_ap(table, {1: "circle", 17: "star"})["default"]["star"] == pytest.approx(
+        (0.46 + 0.47 + 0.45) / 3 / 2)
+    text = evidence_markdown(table, {1: "circle", 17: "star"}, ["star"])
+    assert "| star |" in text and "3/3" in text

@@ -1,0 +1,142 @@
+"""Selection strategies: class weights, k-center diversity, the default strategy's pick."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from al_assets.core.loop.selection import (
+    CLASS_CAP,
+    STRATEGIES,
+    WEIGHT_RANGE,
+    SelectionConfig,
+    class_weights,
+    labeled_box_counts,
+    rank_images,
+    select_batch,
+)
+from al_assets.core.queue.diversity import farthest_first
+from al_assets.core.schemas import PREDICTIONS
+from al_assets.core.scoring.aggregation import aggregate_images
+from al_assets.core.scoring.box_scores import box_scores
+
+
+def _det(label: int, p: float, classes: tuple[int, ...] = (1, 2, 3, 4)) -> dict:
+    """A box whose distribution puts ``p`` on ``label`` and the rest evenly on the others."""
+    rest = (1.0 - p) / (len(classes) - 1)
+    dist = [p if c == label else rest for c in classes]
+    order = sorted(range(len(classes)), key=lambda k: -dist[k])
+    return {"box": {"xmin": 1.0, "ymin": 1.0, "xmax": 50.0, "ymax": 40.0}, "score": 0.9,
+            "label_id": label, "label_ids": [classes[k] for k in order[:2]],
+            "scores": [dist[k] for k in order[:2]], "distribution": dist}
+
+
+def _predictions(dets: dict[int, list[dict]], embeddings: dict[int, list[float]] | None = None
+                 ) -> pa.Table:
+    rows = [{"image_id": i, "uri": f"file:///pool/{i}.jpg", "width": 64, "height": 64,
+             "model_name": "m", "model_version": 1, "shard": "s", "detections": d,
+             "embedding": None if embeddings is None else embeddings[i]}
+            for i, d in dets.items()]
+    return pa.Table.from_pylist(rows, schema=PREDICTIONS)
+
+
+def _select(predictions: pa.Table, strategy: str, size: int, **kwargs) -> list[int]:
+    _, rankings = rank_images(predictions)
+    by_id = {i: k for k, i in enumerate(predictions["image_id"].to_pylist())}
+    queue = select_batch(
+        rankings, lambda ids: predictions.take(pa.array([by_id[i] for i in ids.to_pylist()])),
+        SelectionConfig(strategy=strategy, size=size, deduplicate=False), **kwargs)
+    return queue["image_id"].to_pylist()
+
+
+def test_farthest_first_alternates_between_clusters_and_never_builds_a_square_matrix() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 0.01, (50, 8)) + np.eye(8)[0]
+    b = rng.normal(0, 0.01, (5, 8)) + np.eye(8)[1]
+    order = farthest_first(np.vstack([a, b]), first=0)
+    assert order[0] == 0
+    assert order[1] >= 50  # the far cluster comes second, although it is 1/11 of the rows
+    assert sorted(order.tolist()) == list(range(55))
+    assert farthest_first(np.vstack([a, b]), first=0).tolist() == order.tolist()
+
+
+def test_farthest_first_starts_away_from_labeled_centers() -> None:
+    x = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 0.0]])
+    order = farthest_first(x, first=0, centers=np.array([[5.0, 0.0]]))
+    assert order.tolist() == [0, 1, 2]  # row 2 sits on a labeled image: last
+    with pytest.raises(ValueError, match="first=3"):
+        farthest_first(x, first=3)
+
+
+def test_calibrated_weights_follow_difficulty_and_rare_weights_follow_label_counts() -> None:
+    calibrated = class_weights(STRATEGIES["calibrated"], [1, 2, 3],
+                               class_ap={1: 0.8, 2: 0.4, 3: None})
+    assert calibrated[2] > calibrated[3] > calibrated[1]  # AP 0.4 hardest; no AP = the mean
+    assert calibrated[2] / calibrated[1] == pytest.approx(0.6 / 0.2)
+    rare = class_weights(STRATEGIES["balanced"], [1, 2, 3], labeled_boxes={1: 300, 2: 30})
+    assert rare[3] > rare[2] > rare[1]
+    assert all(WEIGHT_RANGE[0] <= w <= WEIGHT_RANGE[1] for w in rare.values())
+    assert class_weights(STRATEGIES["entropy"], [1, 2], class_ap={1: 0.1}) == {}
+
+
+def test_labeled_box_counts_skip_crowds() -> None:
+    table = pa.table({"category_id": pa.array([1, 1, 2, 2], pa.int32()),
+                      "iscrowd": [False, False, True, False]})
+    assert labeled_box_counts(table) == {1: 2, 2: 1}
+
+
+def test_class_weights_reorder_the_images_by_weighted_box_uncertainty() -> None:
+    predictions = _predictions({1: [_det(1, 0.4)], 2: [_det(2, 0.55)]})
+    boxes = box_scores(predictions)
+    images = predictions.select(["image_id", "uri"])
+    plain = aggregate_images(boxes, images, measure="entropy")
+    weighted = aggregate_images(boxes, images, measure="entropy", class_weights={2: 3.0})
+    assert plain["image_id"].to_pylist() == [1, 2]
+    assert weighted["image_id"].to_pylist() == [2, 1]
+
+
+def test_the_rare_strategy_picks_the_rarely_labeled_class_first() -> None:
+    dets = {i: [_det(1, 0.40 + 0.001 * i)] for i in range(1, 11)}
+    dets.update({i: [_det(4, 0.55)] for i in range(11, 14)})  # less uncertain, class 4
+    predictions = _predictions(dets)
+    weights = class_weights(STRATEGIES["balanced"], [1, 2, 3, 4],
+                            labeled_boxes={1: 400, 2: 100, 3: 100, 4: 2})
+    picked = _select(predictions, "balanced", 3, class_weights=weights)
+    assert set(picked[:2]) <= {11, 12, 13}  # the rare class first ...
+    assert picked[2] not in {11, 12, 13}  # ... until its class cap, ceil(0.4 x 3) = 2
+    assert _select(predictions, "entropy", 3)[:3] == [1, 2, 3]
+
+
+def test_the_diverse_strategy_takes_one_image_per_scene() -> None:
+    rng = np.random.default_rng(1)
+    scenes = np.eye(4)
+    dets, emb = {}, {}
+    for i in range(1, 21):  # 4 scenes x 5 near-identical frames, nearly equally uncertain
+        scene = (i - 1) // 5
+        dets[i] = [_det(1 + scene, 0.40 + 0.0001 * i)]
+        emb[i] = (scenes[scene] + rng.normal(0, 0.01, 4)).tolist()
+    picked = _select(_predictions(dets, emb), "diverse", 4)
+    assert picked[0] == 1  # the most uncertain first
+    assert sorted((i - 1) // 5 for i in picked) == [0, 1, 2, 3]
+    plain = _select(_predictions(dets, emb), "entropy", 4)
+    assert plain == [1, 2, 3, 4]  # entropy order only
+
+
+def test_the_default_strategy_caps_each_class_and_falls_back_without_embeddings() -> None:
+    dets = {i: [_det(1, 0.40)] for i in range(1, 21)}
+    dets.update({i: [_det(2, 0.6)] for i in range(21, 31)})
+    dets.update({i: [_det(3, 0.7)] for i in range(31, 41)})
+    picked = _select(_predictions(dets), "default", 10,
+                     class_weights=class_weights(STRATEGIES["default"], [1, 2, 3, 4]))
+    assert len(picked) == 10
+    assert len([i for i in picked if i <= 20]) == int(np.ceil(CLASS_CAP * 10))  # not 10 of them
+    assert picked[:4] == [1, 2, 3, 4]  # no embeddings: rank order within the cap
+    assert SelectionConfig(strategy="default", size=10).class_cap() == 4
+    assert SelectionConfig(strategy="default", size=10, max_per_class=2).class_cap() == 2
+    assert SelectionConfig(strategy="entropy", size=10).class_cap() is None
+
+
+def test_unknown_strategy_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="unknown strategy 'entrpy'"):
+        SelectionConfig(strategy="entrpy")
