@@ -11,7 +11,7 @@ export MALLOC_MMAP_MAX_ ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 68719476736
 export MALLOC_TOP_PAD_ ?= 1073741824
 
-.PHONY: setup demo test test-slow bench ui train-demo simulate clean
+.PHONY: setup demo test test-slow bench ui train-demo simulate simulate-preset clean
 
 setup: $(VENV)/.installed
 	@$(BIN)/al-assets setup-instance
@@ -42,6 +42,10 @@ train-demo: setup  ## retrain the shipped demo detector (about 16 min on 2 cores
 
 simulate: setup  ## active-learning replay on the demo data: strategies vs random (about 30 min)
 	$(BIN)/al-assets simulate
+
+PRESET ?= long_tail
+simulate-preset: setup  ## preset pool (PRESET=iid|long_tail|bursts|domain_shift|empty_frames), 3 seeds (~35 min + 25 min pretraining once)
+	OMP_NUM_THREADS=1 $(BIN)/al-assets simulate --preset $(PRESET)
 
 clean:
 	rm -rf .storage .dagster_home data

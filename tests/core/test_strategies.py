@@ -140,3 +140,15 @@ def test_the_default_strategy_caps_each_class_and_falls_back_without_embeddings(
 def test_unknown_strategy_names_the_choices() -> None:
     with pytest.raises(ValueError, match="unknown strategy 'entrpy'"):
         SelectionConfig(strategy="entrpy")
+
+
+def test_a_box_budget_skips_crowded_images_that_would_overrun_it() -> None:
+    dets = {1: [_det(1, 0.4)] * 5, 2: [_det(2, 0.45)] * 2, 3: [_det(3, 0.5)], 4: [_det(1, 0.55)]}
+    predictions = _predictions(dets)
+    _, rankings = rank_images(predictions)
+    by_id = {i: k for k, i in enumerate(predictions["image_id"].to_pylist())}
+    queue = select_batch(
+        rankings, lambda ids: predictions.take(pa.array([by_id[i] for i in ids.to_pylist()])),
+        SelectionConfig(strategy="entropy", size=3, max_boxes=4, deduplicate=False))
+    assert queue["image_id"].to_pylist() == [2, 3, 4]  # image 1's five boxes do not fit
+    assert sum(queue["n_detections"].to_pylist()) <= 4

@@ -190,10 +190,14 @@ def test_the_simulation_selects_what_the_queue_selects(loop: Pipeline) -> None:
     hashes, _ = perceptual_hashes(predictions["uri"].to_pylist(), ObjectStore())
     by_id = dict(zip(predictions["image_id"].to_pylist(),
                      [hashes.get(u) for u in predictions["uri"].to_pylist()], strict=True))
+    from al_assets.orchestration.assets.queue import queue_class_weights
+
+    weights = queue_class_weights(p.store, key, config.selection())
+    assert weights  # the default strategy is weighted: both paths get the same weights
     simulated = queue_from_predictions(
         confident_detections(predictions, config.min_score), config.selection(),
         ScoringSettings(), excluded=exclusions(p.store.read("splits"), True),
-        hashes={i: h for i, h in by_id.items() if h is not None})
+        hashes={i: h for i, h in by_id.items() if h is not None}, class_weights=weights)
     assert queue.num_rows == 6
     assert simulated["image_id"].to_pylist() == queue["image_id"].to_pylist()
     assert simulated["reason"].to_pylist() == queue["reason"].to_pylist()

@@ -80,6 +80,7 @@ class SelectionConfig:
 
     strategy: str = DEFAULT_STRATEGY  # a STRATEGIES name
     size: int = 50  # images per labeling batch
+    max_boxes: int | None = None  # a budget in boxes too: at most this many predicted boxes
     max_per_class: int | None = None  # class balancing: at most this many per top class
     deduplicate: bool = True  # of a near-duplicate cluster only its best member competes
     dedup_distance: int = 4  # dHash bits within which two images are near-duplicates
@@ -173,7 +174,7 @@ def select_batch(
     order = _diverse_order(candidates, predictions, blocked) if plan.diverse else None
     return select_queue(candidates, predictions, size=config.size,
                         max_per_class=config.class_cap(), exclude_image_ids=blocked,
-                        duplicates=duplicates, order=order)
+                        duplicates=duplicates, order=order, max_boxes=config.max_boxes)
 
 
 def class_weights(

@@ -52,6 +52,7 @@ def select_queue(
     exclude_image_ids: Iterable[int] = (),
     duplicates: Mapping[int, int] | None = None,
     order: Sequence[int] | None = None,
+    max_boxes: int | None = None,
 ) -> pa.Table:
     """Pick up to ``size`` images to label, most uncertain first (LABELING_QUEUE rows).
 
@@ -60,6 +61,8 @@ def select_queue(
     labeled. ``duplicates`` maps image_id -> near-duplicate cluster id (``duplicate_clusters``);
     a cluster contributes only its most uncertain member, and none at all when one of its
     members is excluded, since labeling a copy of a labeled image teaches the model nothing.
+    ``max_boxes``: a budget in boxes (what labeling costs by the box): images whose predicted
+    boxes would overrun it are skipped, so the queue holds at most that many predicted boxes.
     ``order`` (image ids, a permutation of ``image_scores``') replaces rank order as the order of
     consideration (the diversity order); the queue keeps each image's uncertainty rank.
     Images without detections form their own class under ``max_per_class``. When fewer
@@ -71,7 +74,7 @@ def select_queue(
     candidates = _candidates(image_scores, predictions, summary, order)
     excluded = {int(i) for i in exclude_image_ids}
     blocked = {duplicates[i] for i in excluded if i in duplicates} if duplicates else set()
-    picks = _greedy(candidates, size, max_per_class, excluded, duplicates, blocked)
+    picks = _greedy(candidates, size, max_per_class, excluded, duplicates, blocked, max_boxes)
     return _queue_table(candidates, picks, summary, duplicates)
 
 
@@ -201,13 +204,18 @@ def _greedy(
     excluded: set[int],
     duplicates: Mapping[int, int] | None,
     blocked_clusters: set[int],
+    max_boxes: int | None = None,
 ) -> list[int]:
     """Positions (in candidate order) of the picked images; stops as soon as ``size`` are."""
     picks: list[int] = []
     per_class: Counter[int | None] = Counter()
     seen_clusters = set(blocked_clusters)
+    boxes = candidates.scores["n_detections"].to_pylist() if max_boxes is not None else None
+    spent = 0
     for position, image_id in enumerate(candidates.image_ids):
         if image_id in excluded:
+            continue
+        if boxes is not None and spent + boxes[position] > max_boxes:
             continue
         cluster = duplicates.get(image_id) if duplicates else None
         if cluster is not None:
@@ -218,6 +226,7 @@ def _greedy(
         if max_per_class is not None and per_class[label] >= max_per_class:
             continue
         per_class[label] += 1
+        spent += boxes[position] if boxes is not None else 0
         picks.append(position)
         if len(picks) == size:
             break

@@ -6,7 +6,7 @@ backbone features (``run_simulation`` with ``cached_features``), and writes the 
 labels-saved figures and the paired tests (``report``, ``stats``), logging every run to MLflow.
 
 Budgets are sized as a team would spend them: rounds of 5 % of the pool (60 of 1,200 images),
-four rounds, after a 150-image base split. What varies between seeds is training (init order,
+three rounds, after a 150-image base split. What varies between seeds is training (init order,
 flips) and the random strategy's order; the generated data is the same for every seed.
 """
 
@@ -33,9 +33,9 @@ PRESET_SIMULATION = SimulationConfig(
     seeds=(0, 1, 2),
     initial_size=0,  # the base split is the starting labeled set
     budget=60,  # 5 % of the 1,200-image pool per round
-    rounds=4,
+    rounds=3,
     initial_steps=150,  # head fine-tuning on the base split, from the pretrained detector
-    round_steps=100,  # each round, from the champion, on everything labeled
+    round_steps=60,  # each round, from the champion, on everything labeled
     batch_size=16,
     deduplicate=False,  # random stays plain random; the default's diversity is k-center
 )

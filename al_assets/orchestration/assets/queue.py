@@ -39,6 +39,8 @@ class QueueConfig(ChampionConfig):
     measures) | random | calibrated | balanced | diverse | default (calibrated + rare-class
     weights, then k-center diversity, with a class cap; docs/active-learning.md)."""
     size: int = 50
+    max_boxes: int | None = None
+    """A budget in boxes as well: the queue holds at most this many predicted boxes."""
     max_per_class: int | None = None
     """Class balancing: at most this many images per (most frequent) predicted class."""
     deduplicate: bool = True
@@ -55,13 +57,15 @@ class QueueConfig(ChampionConfig):
 
     def selection(self) -> SelectionConfig:
         return SelectionConfig(
-            strategy=self.strategy, size=self.size, max_per_class=self.max_per_class,
+            strategy=self.strategy, size=self.size, max_boxes=self.max_boxes,
+            max_per_class=self.max_per_class,
             deduplicate=self.deduplicate, dedup_distance=self.dedup_distance,
             exclude_labeled=self.exclude_labeled, seed=self.seed)
 
 
 @dg.asset(
-    group_name="uncertainty", kinds={"parquet", "json"}, deps=["image_rankings", "splits"],
+    group_name="uncertainty", kinds={"parquet", "json"},
+    deps=["image_rankings", "splits", "model_evaluation"],
     check_specs=[dg.AssetCheckSpec("queue_size_as_asked", asset="labeling_queue",
                                    description="The queue has `size` images, or every "
                                    "eligible image when fewer are left.")],
@@ -83,7 +87,7 @@ def labeling_queue(
                                                   config.min_score)
         return read["candidates"]
 
-    weights = _class_weights(store, key, config.selection())
+    weights = queue_class_weights(store, key, config.selection())
     queue = select_batch(rankings, candidates_predictions, config.selection(), excluded=excluded,
                          hashes_of=lambda candidates: _hashes(candidates, coco_source, context),
                          class_weights=weights)
@@ -109,7 +113,7 @@ def labeling_queue(
     )
 
 
-def _class_weights(store: TableStore, key: str, selection: SelectionConfig) -> dict[int, float]:
+def queue_class_weights(store: TableStore, key: str, selection: SelectionConfig) -> dict[int, float]:
     """Weights of a calibrated/rare strategy: the champion's per-class AP in model_evaluation
     (when that view exists) and the labeled boxes per class."""
     plan = selection.plan
