@@ -174,7 +174,8 @@ def select_batch(
     order = _diverse_order(candidates, predictions, blocked) if plan.diverse else None
     return select_queue(candidates, predictions, size=config.size,
                         max_per_class=config.class_cap(), exclude_image_ids=blocked,
-                        duplicates=duplicates, order=order, max_boxes=config.max_boxes)
+                        duplicates=duplicates, order=order, max_boxes=config.max_boxes,
+                        soft_cap=config.max_per_class is None)
 
 
 def class_weights(

@@ -53,6 +53,7 @@ def select_queue(
     duplicates: Mapping[int, int] | None = None,
     order: Sequence[int] | None = None,
     max_boxes: int | None = None,
+    soft_cap: bool = False,
 ) -> pa.Table:
     """Pick up to ``size`` images to label, most uncertain first (LABELING_QUEUE rows).
 
@@ -61,6 +62,8 @@ def select_queue(
     labeled. ``duplicates`` maps image_id -> near-duplicate cluster id (``duplicate_clusters``);
     a cluster contributes only its most uncertain member, and none at all when one of its
     members is excluded, since labeling a copy of a labeled image teaches the model nothing.
+    ``soft_cap``: when the class cap leaves the queue short, fill it with the capped images in
+    order (a strategy's cap balances a batch; it should not shrink it).
     ``max_boxes``: a budget in boxes (what labeling costs by the box): images whose predicted
     boxes would overrun it are skipped, so the queue holds at most that many predicted boxes.
     ``order`` (image ids, a permutation of ``image_scores``') replaces rank order as the order of
@@ -75,6 +78,9 @@ def select_queue(
     excluded = {int(i) for i in exclude_image_ids}
     blocked = {duplicates[i] for i in excluded if i in duplicates} if duplicates else set()
     picks = _greedy(candidates, size, max_per_class, excluded, duplicates, blocked, max_boxes)
+    if soft_cap and max_per_class is not None and len(picks) < size:
+        picks = _greedy(candidates, size, None, excluded, duplicates, blocked, max_boxes,
+                        first=picks)
     return _queue_table(candidates, picks, summary, duplicates)
 
 
@@ -205,15 +211,24 @@ def _greedy(
     duplicates: Mapping[int, int] | None,
     blocked_clusters: set[int],
     max_boxes: int | None = None,
+    first: list[int] | None = None,
 ) -> list[int]:
-    """Positions (in candidate order) of the picked images; stops as soon as ``size`` are."""
-    picks: list[int] = []
+    """Positions (in candidate order) of the picked images; stops as soon as ``size`` are.
+    ``first``: positions already picked (kept, counted, and their clusters taken)."""
+    picks: list[int] = list(first or [])
     per_class: Counter[int | None] = Counter()
     seen_clusters = set(blocked_clusters)
     boxes = candidates.scores["n_detections"].to_pylist() if max_boxes is not None else None
-    spent = 0
+    spent = sum(boxes[p] for p in picks) if boxes is not None else 0
+    for p in picks:
+        cluster = duplicates.get(candidates.image_ids[p]) if duplicates else None
+        if cluster is not None:
+            seen_clusters.add(cluster)
+    taken = set(picks)
     for position, image_id in enumerate(candidates.image_ids):
-        if image_id in excluded:
+        if len(picks) >= size:
+            break
+        if image_id in excluded or position in taken:
             continue
         if boxes is not None and spent + boxes[position] > max_boxes:
             continue
@@ -228,8 +243,6 @@ def _greedy(
         per_class[label] += 1
         spent += boxes[position] if boxes is not None else 0
         picks.append(position)
-        if len(picks) == size:
-            break
     return picks
 
 
