@@ -294,6 +294,19 @@ def test_loop_refuses_a_pool_too_small_for_the_budget(
         )
 
 
+def test_a_loop_without_starting_labels_or_a_start_checkpoint_is_refused(
+    tiny_splits: tuple[CocoSplit, CocoSplit], tmp_path: Path
+) -> None:
+    pool, holdout = tiny_splits
+    with pytest.raises(SimulationError, match="initial_size is 0 and no base split"):
+        run_simulation(pool, holdout, SimulationConfig(initial_size=0, budget=2, rounds=1),
+                       tmp_path, Tracking(f"sqlite:///{tmp_path}/m.db"), log=None)
+    with pytest.raises(SimulationError, match="give start_checkpoint too"):
+        SimulationConfig(cached_features=True)
+    with pytest.raises(SimulationError, match="initial_size must be >= 0"):
+        SimulationConfig(initial_size=-1)
+
+
 def _malloc_env() -> bool:
     from al_assets.core.detection.training import malloc_env_is_set
 

@@ -10,6 +10,7 @@ from al_assets.core.loop.selection import (
     CLASS_CAP,
     STRATEGIES,
     WEIGHT_RANGE,
+    ScoringSettings,
     SelectionConfig,
     class_weights,
     labeled_box_counts,
@@ -50,7 +51,7 @@ def _select(predictions: pa.Table, strategy: str, size: int, **kwargs) -> list[i
     return queue["image_id"].to_pylist()
 
 
-def test_farthest_first_alternates_between_clusters_and_never_builds_a_square_matrix() -> None:
+def test_farthest_first_reaches_the_small_far_cluster_second_and_is_deterministic() -> None:
     rng = np.random.default_rng(0)
     a = rng.normal(0, 0.01, (50, 8)) + np.eye(8)[0]
     b = rng.normal(0, 0.01, (5, 8)) + np.eye(8)[1]
@@ -152,3 +153,18 @@ def test_a_box_budget_skips_crowded_images_that_would_overrun_it() -> None:
         SelectionConfig(strategy="entropy", size=3, max_boxes=4, deduplicate=False))
     assert queue["image_id"].to_pylist() == [2, 3, 4]  # image 1's five boxes do not fit
     assert sum(queue["n_detections"].to_pylist()) <= 4
+
+
+def test_weights_rescore_with_the_rankings_own_aggregation() -> None:
+    # image 1: one very uncertain class-1 box among confident ones (max high, mean low);
+    # image 2: two moderately uncertain class-1 boxes (max lower, mean higher).
+    predictions = _predictions({1: [_det(1, 0.3), _det(1, 0.99), _det(1, 0.99)],
+                                2: [_det(1, 0.6), _det(1, 0.6)]})
+    _, rankings = rank_images(predictions, ScoringSettings(agg="mean"))
+    by_id = {i: k for k, i in enumerate(predictions["image_id"].to_pylist())}
+    queue = select_batch(
+        rankings, lambda ids: predictions.take(pa.array([by_id[i] for i in ids.to_pylist()])),
+        SelectionConfig(strategy="calibrated", size=2, deduplicate=False),
+        class_weights={1: 2.0})
+    assert queue["agg"].to_pylist() == ["mean", "mean"]
+    assert queue["image_id"].to_pylist() == [2, 1]  # mean order, not max order

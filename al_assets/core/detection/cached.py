@@ -10,7 +10,7 @@ head: the same ``SSD.head``, ``anchor_generator``, matcher and ``compute_loss`` 
 head of a pretrained detector is also what teams do with small label budgets.
 
 Predictions from the cache carry the same image embedding as the full path's
-(``extractor.image_embeddings``), which the diversity strategies read.
+(``extractor.image_embeddings``, computed by ``from_features``), which diversity reads.
 Memory: about 1.33 MB per cached view (float32, ssdlite320); 2,500 views are 3.3 GB.
 """
 
@@ -27,13 +27,10 @@ from torch import Tensor, nn
 from torchvision.models.detection.ssd import SSD
 from torchvision.ops import boxes as box_ops
 
-from al_assets.core.detection.extractor import (
-    ClassScoreExtractor,
-    image_embeddings,
-    shape_only_batch,
-)
-from al_assets.core.detection.training import warmup_cosine
+from al_assets.core import schemas
 from al_assets.core.detection.categories import CategoryMap
+from al_assets.core.detection.extractor import ClassScoreExtractor, shape_only_batch
+from al_assets.core.detection.training import warmup_cosine
 from al_assets.core.errors import AlAssetsError
 from al_assets.core.images import decode_rgb
 from al_assets.core.prediction.arrow import predictions_batch
@@ -87,11 +84,14 @@ def backbone_fingerprint(model: nn.Module) -> str:
 
 
 class FeatureCache:
-    """Feature maps (float32, so predictions equal the full path's) of images under one frozen SSD backbone, keyed by (uri, flipped)."""
+    """Feature maps of images under one frozen SSD backbone, keyed by (uri, flipped).
+
+    float32, so that predictions from the cache equal the full path's."""
 
     def __init__(self, model: nn.Module, objects: ObjectStore | None = None) -> None:
         if not isinstance(model, SSD):
-            raise CacheError(f"feature caching needs an SSD/SSDlite model, got {type(model).__name__}")
+            raise CacheError("feature caching needs an SSD/SSDlite model, got "
+                             f"{type(model).__name__}")
         self.fingerprint = backbone_fingerprint(model)
         self.transform = model.transform
         self.backbone = model.backbone.eval()
@@ -113,10 +113,6 @@ class FeatureCache:
         self.fill(keys)
         levels = zip(*(self._maps[k] for k in keys), strict=True)
         return [torch.stack(level).float() for level in levels]
-
-    def embeddings(self, uris: Sequence[str]) -> np.ndarray:
-        """(n, d) float32 L2-normalized image embeddings (unflipped views)."""
-        return image_embeddings(self.features([(u, False) for u in uris])).numpy()
 
     def fill(self, keys: Sequence[tuple[str, bool]]) -> None:
         missing = list(dict.fromkeys(k for k in keys if k not in self._maps))
@@ -220,6 +216,4 @@ def predict_cached(
         outputs = extractor.from_features(features, [sizes[r] for r in rows])
         batches.append(predictions_batch(images, rows, outputs, model_name=model_name,
                                          model_version=model_version, shard=shard))
-    from al_assets.core import schemas
-
     return pa.Table.from_batches(batches, schemas.PREDICTIONS)

@@ -143,7 +143,7 @@ def select_batch(
     excluded: Iterable[int] = (),
     hashes_of: Callable[[pa.Table], Mapping[int, int]] | None = None,
     class_weights: Mapping[int, float] | None = None,
-    scoring: ScoringSettings = ScoringSettings(),
+    empty_images: str = ScoringSettings.empty_images,
 ) -> pa.Table:
     """The next labeling batch (LABELING_QUEUE) from pool rankings (IMAGE_SCORES).
 
@@ -163,7 +163,7 @@ def select_batch(
     candidates = _candidate_window(ranking, blocked, config.size * factor)
     predictions = predictions_of(candidates["image_id"].combine_chunks())
     if weighted:
-        candidates = _reweighted(candidates, predictions, class_weights, scoring)
+        candidates = _reweighted(candidates, predictions, class_weights, empty_images)
         candidates = _candidate_window(candidates, blocked, config.size * CANDIDATE_FACTOR)
     duplicates = None
     if config.deduplicate and hashes_of is not None and candidates.num_rows:
@@ -215,13 +215,16 @@ def labeled_box_counts(annotations: pa.Table) -> dict[int, int]:
 
 
 def _reweighted(candidates: pa.Table, predictions: pa.Table, weights: Mapping[int, float],
-                scoring: ScoringSettings) -> pa.Table:
-    """The window re-ranked by class-weighted uncertainty (same measure and aggregation)."""
-    measure = candidates["measure"][0].as_py() if candidates.num_rows else "entropy"
-    boxes = confident(box_scores(predictions), 0.0)
-    return aggregate_images(boxes, predictions.select(["image_id", "uri"]), measure=measure,
-                            agg=scoring.agg, top_k=scoring.top_k,
-                            empty_images=scoring.empty_images, class_weights=weights)
+                empty_images: str) -> pa.Table:
+    """The window re-ranked by class-weighted uncertainty, with the measure and aggregation
+    the ranking itself was computed with (read from its rows)."""
+    if candidates.num_rows == 0:
+        return candidates
+    first = candidates.slice(0, 1).to_pylist()[0]
+    return aggregate_images(box_scores(predictions), predictions.select(["image_id", "uri"]),
+                            measure=first["measure"], agg=first["agg"],
+                            top_k=first["top_k"] or ScoringSettings.top_k,
+                            empty_images=empty_images, class_weights=weights)
 
 
 def _diverse_order(candidates: pa.Table, predictions: pa.Table, blocked: set[int]) -> list[int] | None:
@@ -231,13 +234,13 @@ def _diverse_order(candidates: pa.Table, predictions: pa.Table, blocked: set[int
         return None
     ranked = candidates.sort_by([("rank", "ascending"), ("image_id", "ascending")])
     ids = [int(i) for i in ranked["image_id"].to_pylist()]
-    row_of = {int(i): k for k, i in enumerate(predictions["image_id"].to_pylist())}
     eligible = [i for i in ids if i not in blocked]
-    column = predictions["embedding"]
-    vectors = [column[row_of[i]].as_py() for i in eligible]
-    if not eligible or any(v is None for v in vectors):
+    row_of = {int(i): k for k, i in enumerate(predictions["image_id"].to_pylist())}
+    rows = predictions["embedding"].take(pa.array([row_of[i] for i in eligible], pa.int64()))
+    if not eligible or rows.null_count:
         return None
-    order = farthest_first(np.asarray(vectors, np.float32), first=0)
+    vectors = pc.list_flatten(rows).to_numpy(zero_copy_only=False).reshape(len(eligible), -1)
+    order = farthest_first(vectors.astype(np.float32), first=0)
     return [eligible[k] for k in order] + [i for i in ids if i in blocked]
 
 

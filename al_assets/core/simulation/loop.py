@@ -278,6 +278,9 @@ def run_simulation(
     ``base``: a labeled split the loop starts with (round 0 trains on it and the random
     ``initial_size`` images, from ``config.start_checkpoint`` when given)."""
     _warn_if_malloc_unset()
+    if config.initial_size == 0 and base is None:
+        raise SimulationError("initial_size is 0 and no base split is given: round 0 would "
+                              "have no labels; give initial_size >= 1 or --base-coco")
     pool = load_pool(pool_split, holdout, log, base)
     _check_sizes(pool, config, pool_split)
     tracker = _Tracker(tracking)
@@ -402,7 +405,7 @@ def queue_from_predictions(
                                                         pa.int64())),
         selection, excluded=excluded,
         hashes_of=lambda c: {i: hashes[i] for i in c["image_id"].to_pylist() if i in hashes},
-        class_weights=class_weights, scoring=replace(scoring, min_score=0.0),
+        class_weights=class_weights, empty_images=scoring.empty_images,
     )
 
 
