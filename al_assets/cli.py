@@ -50,24 +50,30 @@ def cmd_setup_instance(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from al_assets.orchestration.resources import CocoSourceResource
     from al_assets.orchestration.runs import (
         discover_batches,
         discover_label_batches,
         import_label_batches,
         ingest,
+        pending_batches,
     )
 
     defs, instance = _defs_and_instance()
     source = defs.resources["coco_source"]
-    new = discover_batches(source, instance)
-    todo = args.batch or new
-    ingest(defs, instance, todo, {"limit": args.limit} if args.limit else None)
-    print(f"ingested batches: {', '.join(todo) or 'none new'}")
+    discover_batches(source, instance)
+    todo = args.batch or pending_batches(instance)
+    failed = ingest(defs, instance, todo, {"limit": args.limit} if args.limit else None)
+    done = [b for b in todo if b not in failed]
+    print(f"ingested batches: {', '.join(done) or 'none new'}")
     labels = [] if args.batch else discover_label_batches(source, instance)
-    import_label_batches(defs, instance, labels)
-    print(f"imported label batches: {', '.join(labels) or 'none new'}")
-    return 0
+    failed |= import_label_batches(defs, instance, labels)
+    print(f"imported label batches: {', '.join(b for b in labels if b not in failed) or 'none new'}")
+    for error in failed.values():
+        print(f"error: {error}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} file(s) failed and stay pending: fix them and run `al-assets ingest` "
+              "again (the others went through)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_register(args: argparse.Namespace) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class AlAssetsError(Exception):
     """Base class of every error al_assets raises on purpose."""
@@ -17,3 +19,15 @@ class CocoFormatError(AlAssetsError):
 
 class ImageDecodeError(AlAssetsError):
     """An image is missing, truncated, not an image, or too large to decode safely."""
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def stable_text(exc: BaseException) -> str:
+    """``str(exc)`` without memory addresses (``<_io.BytesIO object at 0x7f...>``).
+
+    Reasons end up in tables and in reports that are compared between runs; an address would
+    make the same bad file read differently every time.
+    """
+    return _ADDRESS.sub("", str(exc))

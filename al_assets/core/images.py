@@ -9,7 +9,10 @@ here ever allocates pixels for an image whose header declares more than ``max_pi
 from __future__ import annotations
 
 import io
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,9 +20,12 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from al_assets.core.errors import ImageDecodeError
+from al_assets.core.errors import ImageDecodeError, stable_text
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k; COCO's largest is 640 x 640
+MAX_PIXELS_HOW = (  # where users set it: the ingestion config
+    "ingest config field max_pixels, e.g. launchpad ops: {coco_batch: {config: {max_pixels: N}}}"
+)
 _EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}
 
@@ -38,27 +44,46 @@ def read_header(data: bytes, uri: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     if not data:
         raise ImageDecodeError(f"{uri}: empty file (0 bytes); re-export or remove the image")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pillow_guard_at_least(max_pixels):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-                orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-                header = ImageHeader(img.format, img.mode, width, height, orientation)
-    except Image.DecompressionBombError as exc:
+                _check_size(img.size, uri, max_pixels)
+                header = ImageHeader(img.format, img.mode, *img.size, _exif_orientation(img))
+    except Image.DecompressionBombError as exc:  # Pillow's guard (>= ours) refuses > 2x its own
         raise ImageDecodeError(
-            f"{uri}: {exc} - refused by the decompression-bomb guard; raise max_pixels if this "
-            "is a real image"
+            f"{uri}: declares over twice the limit of {max_pixels:,} pixels (decompression-bomb "
+            f"guard); if this is a real image raise max_pixels ({MAX_PIXELS_HOW})"
         ) from exc
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageDecodeError(f"{uri}: not a readable image ({exc})") from exc
+    except UnidentifiedImageError as exc:  # its text holds the BytesIO's address: not stable
+        raise ImageDecodeError(
+            f"{uri}: not a readable image (no image format recognized in its {len(data):,} "
+            "bytes); replace the file or remove the image from the annotation file"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise ImageDecodeError(f"{uri}: not a readable image ({stable_text(exc)})") from exc
+    return header
+
+
+def _exif_orientation(img: Image.Image) -> int:
+    """Orientation from the header's EXIF, without touching pixels.
+
+    ``PngImageFile.getexif`` decodes the whole image to look for an eXIf chunk after the pixel
+    data, so the base class's reader is used: it sees the chunks before the pixels only (an
+    orientation stored after them is rare and is then ignored).
+    """
+    return int(Image.Image.getexif(img).get(_EXIF_ORIENTATION, 1) or 1)
+
+
+def _check_size(size: tuple[int, int], uri: str, max_pixels: int) -> None:
+    width, height = size
     if width <= 0 or height <= 0:
         raise ImageDecodeError(f"{uri}: image declares an empty size {width}x{height}")
     if width * height > max_pixels:
         raise ImageDecodeError(
             f"{uri}: declares {width}x{height} = {width * height:,} pixels, over the limit of "
-            f"{max_pixels:,} (decompression-bomb guard); raise max_pixels if this is a real image"
+            f"{max_pixels:,} (decompression-bomb guard); if this is a real image raise "
+            f"max_pixels to at least {width * height} ({MAX_PIXELS_HOW})"
         )
-    return header
 
 
 def decode_rgb(
@@ -82,15 +107,54 @@ def decode_rgb(
                 torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB
             )
         else:
-            tensor = _decode_with_pil(data, apply_exif)
+            with _pillow_guard_at_least(max_pixels):
+                tensor = _decode_with_pil(data, apply_exif)
     except (OSError, RuntimeError, ValueError, SyntaxError) as exc:
-        raise ImageDecodeError(f"{uri}: cannot decode ({exc}); the file is truncated or corrupt")
+        raise ImageDecodeError(
+            f"{uri}: cannot decode ({stable_text(exc)}); the file is truncated or corrupt"
+        ) from exc
     if expected_size is not None and (tensor.shape[2], tensor.shape[1]) != tuple(expected_size):
         raise ImageDecodeError(
             f"{uri}: decoded size {tensor.shape[2]}x{tensor.shape[1]} differs from the declared "
             f"{expected_size[0]}x{expected_size[1]}; fix width/height in the annotation file"
         )
     return tensor
+
+
+_guard_lock = threading.Lock()
+_guard_needs: list[int] = []  # max_pixels of the decodes running now
+_guard_base: int | None = None  # Pillow's limit before the first of them started
+
+
+@contextmanager
+def _pillow_guard_at_least(max_pixels: int) -> Iterator[None]:
+    """Raise Pillow's own bomb guard to ``max_pixels`` while this decode runs.
+
+    Pillow refuses images over ``2 * Image.MAX_IMAGE_PIXELS`` (178,956,970 by default) in
+    ``open`` and in some plugins' ``load``, so a ``max_pixels`` above it could never work. Its
+    limit is a process-wide global with no per-call override, hence: raise it (never disable
+    it: it stays a backstop for other threads), under a lock, to the largest ``max_pixels`` of
+    the decodes running now, and restore it when the last one ends. Our exact check on the
+    header (:func:`read_header`) remains the guard that decides.
+    """
+    global _guard_base
+    with _guard_lock:
+        if not _guard_needs:
+            _guard_base = Image.MAX_IMAGE_PIXELS
+        _guard_needs.append(max_pixels)
+        _set_pillow_guard()
+    try:
+        yield
+    finally:
+        with _guard_lock:
+            _guard_needs.remove(max_pixels)
+            _set_pillow_guard()
+
+
+def _set_pillow_guard() -> None:
+    if _guard_base is None:  # someone disabled Pillow's guard; leave it so
+        return
+    Image.MAX_IMAGE_PIXELS = max([_guard_base, *_guard_needs])
 
 
 def _should_apply_exif(header: ImageHeader, expected: tuple[int, int] | None) -> bool:

@@ -72,9 +72,14 @@ INGESTION_REJECTS = pa.schema(
         pa.field("source", pa.string(), nullable=False),  # file or object the record came from
         pa.field("record_type", pa.string(), nullable=False),  # image | annotation | category
         pa.field("record_id", pa.int64()),
-        pa.field("reason", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),  # names the record and the fix
     ]
 )
+"""Records left out of a batch, one row each; reasons are stable text (no addresses), so runs
+compare. An image id listed more than once rejects every copy and the annotations of that id
+(which image they belong to is ambiguous). Records kept but suspicious (an ``area`` over 1.5x its
+box) are not rejects: they are counted in the ``annotations`` materialization's ``warnings``
+metadata and logged."""
 
 DETECTION = pa.struct(
     [

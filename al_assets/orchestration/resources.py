@@ -99,6 +99,10 @@ class CocoSourceResource(dg.ConfigurableResource):
         return join_uri(to_uri(self.root), self.images_dir)
 
 
+_SQLITE_NEEDS_LOCAL = (", where MLflow's default SQLite store would live: set MLFLOW_TRACKING_URI "
+                       "to an MLflow server (http://host:5000) or a database URI")
+
+
 class MlflowResource(dg.ConfigurableResource):
     """The MLflow tracking store and model registry (SQLite under the storage root by default).
 
@@ -122,7 +126,7 @@ class MlflowResource(dg.ConfigurableResource):
 
         limit_http_retries(self.http_max_retries, self.http_timeout_s)
         root = self.storage.root_uri
-        tracking = self.tracking_uri or sqlite_uri(local_root(root) / "mlflow")
+        tracking = self.tracking_uri or sqlite_uri(local_root(root, _SQLITE_NEEDS_LOCAL) / "mlflow")
         artifacts = self.artifact_location or join_uri(root, "mlflow", "artifacts")
         return ModelRegistry(tracking, self.registry_uri, artifacts, self.experiment)
 

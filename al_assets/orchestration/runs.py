@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from al_assets.core.coco.discovery import list_batch_files
 from al_assets.core.errors import AlAssetsError
+from al_assets.orchestration.logs import cli_console_logger
 from al_assets.orchestration.partitions import (
     BATCH,
     LABEL_BATCH,
@@ -27,6 +28,8 @@ _CLASS_PREFIX = re.compile(r"^(?:[A-Za-z_][\w]*\.)+[A-Za-z_]\w*: ")  # "pkg.mod.
 
 
 PID_TAG, HOST_TAG = "al_assets/pid", "al_assets/host"
+CONSOLE_LOG_LEVEL = os.environ.get("AL_ASSETS_LOG_LEVEL", "INFO")
+"""What a CLI run prints of Dagster's log (the instance keeps every event, DEBUG included)."""
 
 
 def release_killed_runs(instance: dg.DagsterInstance) -> list[str]:
@@ -66,13 +69,61 @@ class RunFailedError(AlAssetsError):
     """A job run failed; the message carries the step errors."""
 
 
+class UsageError(RunFailedError):
+    """A run refused before it started: it names something that does not exist."""
+
+
+def _sample(keys: Sequence[str], n: int = 4) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:n])
+    return shown + (f" ... {keys[-1]} ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def check_shards(instance: dg.DagsterInstance, shards: Sequence[str]) -> None:
+    """Refuse unknown shard keys with the known ones, instead of Dagster's partition traceback."""
+    known = instance.get_dynamic_partitions(SHARD)
+    unknown = [s for s in shards if s not in set(known)]
+    if unknown:
+        have = f"known shards: {_sample(known)}" if known else "no shard exists yet"
+        raise UsageError(f"unknown shard {unknown[0]!r}; {have} (`al-assets ingest` adds the "
+                         "shards of new annotation files)")
+
+
+def check_batches(instance: dg.DagsterInstance, batches: Sequence[str]) -> None:
+    known = instance.get_dynamic_partitions(BATCH)
+    unknown = [b for b in batches if b not in set(known)]
+    if unknown:
+        have = f"known batches: {_sample(known)}" if known else "no batch exists yet"
+        raise UsageError(f"unknown batch {unknown[0]!r}; {have} (a batch is the stem of a file "
+                         "in the source's annotations/ folder)")
+
+
+def check_model_version(registry, key: str) -> None:
+    """A typo'd version must fail before it becomes a ``model_version`` partition for good."""
+    from al_assets.orchestration.partitions import parse_model_version_key
+
+    try:
+        name, version = parse_model_version_key(key)
+    except ValueError as exc:
+        raise UsageError(f"{exc} (`al-assets models` lists the registered versions)") from None
+    versions = registry.versions(name)
+    if version not in versions:
+        have = (f"{name} has versions {', '.join(f'v{v}' for v in versions)}" if versions
+                else f"no model {name!r} is registered")
+        raise UsageError(f"model version {key!r} does not exist: {have} (`al-assets models` "
+                         "lists them, `al-assets register` adds one)")
+
+
 def run_job(
     defs: dg.Definitions, name: str, instance: dg.DagsterInstance, *,
     partition_key: str | dg.MultiPartitionKey | None = None, run_config: dict | None = None,
 ) -> dg.ExecuteInProcessResult:
     release_killed_runs(instance)
-    result = defs.resolve_job_def(name).execute_in_process(
-        instance=instance, partition_key=partition_key, run_config=run_config or {},
+    run_config = {"loggers": {"console": {"config": {"log_level": CONSOLE_LOG_LEVEL}}},
+                  **(run_config or {})}
+    job = defs.resolve_job_def(name).with_logger_defs({"console": cli_console_logger})
+    result = job.execute_in_process(
+        instance=instance, partition_key=partition_key, run_config=run_config,
         raise_on_error=False, tags={PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()},
     )
     if not result.success:
@@ -84,13 +135,31 @@ def discover_batches(source: CocoSourceResource, instance: dg.DagsterInstance) -
     """Add a ``batch`` partition for every annotation file; returns the new batch names."""
     names: list[str] = []
     start_after = None
+    folder = source.annotations_uri()
     while True:
-        batches, _, start_after, more = list_batch_files(
-            source.objects(), source.annotations_uri(), start_after=start_after
-        )
+        try:
+            batches, skipped, start_after, more = list_batch_files(
+                source.objects(), folder, start_after=start_after)
+        except FileNotFoundError:
+            raise UsageError(f"no annotations folder at {folder}: a source root holds "
+                             "annotations/<batch>.json (COCO instances) and images/; set "
+                             "AL_ASSETS_SOURCE_ROOT (or run `al-assets demo-data`)") from None
+        for uri in skipped:
+            print(f"[al-assets] skipped {uri}: its name is unusable as a batch name; rename it "
+                  "(letters, digits and . _ = @ + -)", flush=True)
         names += [b.batch for b in batches]
         if not more:
-            return add_partitions(instance, BATCH, names)
+            break
+    if not names and not instance.get_dynamic_partitions(BATCH):
+        raise UsageError(f"no annotation files in {folder}: put COCO instances files there as "
+                         "<batch>.json (one file per batch)")
+    return add_partitions(instance, BATCH, names)
+
+
+def pending_batches(instance: dg.DagsterInstance) -> list[str]:
+    """Batches never ingested successfully: new files, and ones whose last run failed."""
+    done = instance.get_materialized_partitions(dg.AssetKey("images"))
+    return [b for b in instance.get_dynamic_partitions(BATCH) if b not in done]
 
 
 def discover_label_batches(source: CocoSourceResource, instance: dg.DagsterInstance) -> list[str]:
@@ -111,16 +180,33 @@ def discover_label_batches(source: CocoSourceResource, instance: dg.DagsterInsta
 
 
 def import_label_batches(defs: dg.Definitions, instance: dg.DagsterInstance,
-                         batches: Sequence[str]) -> None:
+                         batches: Sequence[str]) -> dict[str, str]:
+    """Import each label batch in its own run; returns {label batch: error} for the failures."""
+    failed: dict[str, str] = {}
     for batch in batches:
-        run_job(defs, "label_import_job", instance, partition_key=batch)
+        try:
+            run_job(defs, "label_import_job", instance, partition_key=batch)
+        except RunFailedError as exc:
+            failed[batch] = str(exc)
+    return failed
 
 
 def ingest(defs: dg.Definitions, instance: dg.DagsterInstance, batches: Sequence[str],
-           config: dict | None = None) -> None:
+           config: dict | None = None) -> dict[str, str]:
+    """Ingest each batch in its own run; one bad file never stops the others.
+
+    Returns {batch: error} for the batches that failed (they stay pending and are retried by
+    the next ``ingest``; the sensor retries a failed file when it changes).
+    """
+    check_batches(instance, batches)
+    failed: dict[str, str] = {}
     for batch in batches:
-        run_job(defs, "ingest_job", instance, partition_key=batch,
-                run_config={"ops": {"coco_batch": {"config": config or {}}}})
+        try:
+            run_job(defs, "ingest_job", instance, partition_key=batch,
+                    run_config={"ops": {"coco_batch": {"config": config or {}}}})
+        except RunFailedError as exc:
+            failed[batch] = str(exc)
+    return failed
 
 
 def register(defs: dg.Definitions, instance: dg.DagsterInstance, config: dict | None = None) -> str:
@@ -136,8 +222,10 @@ def predict(
     shards: Sequence[str] | None = None, config: dict | None = None,
 ) -> list[str]:
     """Predict and score the given shards (default: all) under one model version."""
-    add_partitions(instance, MODEL_VERSION, [model_version])
+    check_model_version(defs.resources["mlflow"].registry(), model_version)
     todo = list(shards) if shards is not None else instance.get_dynamic_partitions(SHARD)
+    check_shards(instance, todo)
+    add_partitions(instance, MODEL_VERSION, [model_version])
     for shard in todo:
         run_job(defs, "predict_job", instance, partition_key=prediction_key(model_version, shard),
                 run_config={"ops": {"predictions": {"config": config or {}}}})

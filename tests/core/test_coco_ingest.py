@@ -46,6 +46,7 @@ def test_tables_match_documented_schemas(demo_root: Path) -> None:
     assert tables.categories.schema.equals(schemas.CATEGORIES)
     assert tables.rejects.schema.equals(schemas.INGESTION_REJECTS)
     assert tables.rejects.num_rows == 0
+    assert tables.warnings == []
 
 
 def test_counts_and_values_match_pycocotools(demo_root: Path) -> None:
@@ -164,6 +165,46 @@ def test_missing_and_corrupt_images_are_rejected(demo_copy: Path) -> None:
     kept = set(tables.images["image_id"].to_pylist())
     assert not kept & {missing["id"], truncated["id"], not_image["id"]}
     assert not set(tables.annotations["image_id"].to_pylist()) & {missing["id"], truncated["id"]}
+
+
+def test_duplicate_image_ids_reject_every_copy_and_their_annotations(demo_copy: Path) -> None:
+    def mutate(document: dict) -> None:
+        first, second = document["images"][0], document["images"][3]
+        second["id"] = first["id"]  # which of the two do first's annotations belong to?
+        mutate.id = first["id"]
+        mutate.anns = [a["id"] for a in document["annotations"] if a["image_id"] == first["id"]]
+
+    document = rewrite(demo_copy, mutate)
+    tables = ingest(demo_copy)
+    rows = tables.rejects.to_pylist()
+    images = [r["reason"] for r in rows if r["record_type"] == "image"]
+    assert len(images) == 2 and len(set(images)) == 1
+    assert f"image id {mutate.id} appears 2 times in " in images[0]
+    assert "batch-000.json (images[0], images[3])" in images[0] and "renumber" in images[0]
+    assert mutate.id not in tables.images["image_id"].to_pylist()
+    assert tables.images.num_rows == len(document["images"]) - 2
+    ambiguous = [r["record_id"] for r in rows if r["record_type"] == "annotation"
+                 and f"image id {mutate.id} is shared by several images" in r["reason"]]
+    assert mutate.anns and sorted(ambiguous) == sorted(mutate.anns)
+    assert not set(mutate.anns) & set(tables.annotations["ann_id"].to_pylist())
+
+
+def test_area_larger_than_the_box_is_kept_with_a_warning(demo_copy: Path) -> None:
+    def mutate(document: dict) -> None:
+        anns = [a for a in document["annotations"] if not a.get("iscrowd")]
+        x, y, w, h = anns[0]["bbox"]
+        anns[0]["area"] = 3 * w * h
+        anns[1]["area"] = w * h  # at most the box: fine
+        mutate.ids = [a["id"] for a in anns[:2]]
+
+    rewrite(demo_copy, mutate)
+    tables = ingest(demo_copy)
+    assert tables.rejects.num_rows == 0
+    assert set(mutate.ids) <= set(tables.annotations["ann_id"].to_pylist())
+    assert [(w.kind, w.record_type, w.record_id) for w in tables.warnings] == [
+        ("area_exceeds_bbox", "annotation", mutate.ids[0])]
+    assert "is 3.0x its bbox" in tables.warnings[0].message
+    assert "check area and bbox" in tables.warnings[0].message
 
 
 def test_zero_size_and_outside_boxes(demo_copy: Path) -> None:

@@ -6,6 +6,7 @@ import io
 import json
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,34 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
         decode_rgb(data, "bomb.png")
 
 
+def test_max_pixels_above_pillows_own_guard_is_honoured() -> None:
+    data = png_bomb(20_000, 10_001)  # 200 MP: over Pillow's 178,956,970; only its header is read
+    before = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageDecodeError, match="over twice the limit of 100,000,000 pixels"):
+        read_header(data, "big.png")
+    with pytest.raises(ImageDecodeError, match="over the limit of 150,000,000") as refused:
+        read_header(data, "big.png", max_pixels=150_000_000)
+    assert "raise max_pixels to at least 200020000" in str(refused.value)
+    assert "ops: {coco_batch: {config: {max_pixels: N}}}" in str(refused.value)
+    header = read_header(data, "big.png", max_pixels=250_000_000)
+    assert (header.width, header.height) == (20_000, 10_001)
+    assert Image.MAX_IMAGE_PIXELS == before  # Pillow's guard is raised only during the decode
+
+
+def test_full_decode_above_pillows_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # Pillow refuses > 2,000 pixels
+    data = encode(Image.new("L", (100, 60), 128), "PNG")
+    tensor = decode_rgb(data, "a.png", expected_size=(100, 60), max_pixels=10_000)
+    assert tuple(tensor.shape) == (3, 60, 100) and int(tensor[0, 0, 0]) == 128
+    with pytest.raises(ImageDecodeError, match="6,000 pixels, over the limit of 5,000"):
+        decode_rgb(data, "a.png", max_pixels=5_000)
+    with ThreadPoolExecutor(8) as pool:  # overlapping decodes never see a lowered guard
+        shapes = set(pool.map(
+            lambda n: tuple(decode_rgb(data, "a.png", max_pixels=10_000 + n % 3).shape), range(64)))
+    assert shapes == {(3, 60, 100)}
+    assert Image.MAX_IMAGE_PIXELS == 1_000
+
+
 @pytest.mark.parametrize("mode", ["CMYK", "I;16", "P", "LA", "RGBA", "L", "1"])
 def test_pixel_formats_decode_to_rgb(mode: str) -> None:
     rgb = Image.fromarray((np.random.default_rng(0).random((40, 60, 3)) * 255).astype("uint8"))
@@ -54,11 +83,12 @@ def test_pixel_formats_decode_to_rgb(mode: str) -> None:
         assert int(tensor.max()) == 255  # scaled by range, not clipped to white
 
 
-def test_exif_rotation_applied_only_when_it_matches_the_declared_size() -> None:
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])  # PNG: read from the header, not by decoding
+def test_exif_rotation_applied_only_when_it_matches_the_declared_size(fmt: str) -> None:
     image = Image.new("RGB", (60, 40), "red")
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90: the displayed image is 40 x 60
-    data = encode(image, "JPEG", exif=exif)
+    data = encode(image, fmt, exif=exif)
     assert read_header(data, "r.jpg").exif_orientation == 6
     assert tuple(decode_rgb(data, "r.jpg", expected_size=(40, 60)).shape) == (3, 60, 40)
     assert tuple(decode_rgb(data, "r.jpg", expected_size=(60, 40)).shape) == (3, 40, 60)
@@ -111,6 +141,23 @@ def test_traversal_and_odd_file_names(tmp_path: Path) -> None:
     assert "not valid UTF-8" in reasons[5]
     assert "not found" in reasons[6]  # a legal unicode name that simply is not there
     assert tables.images["image_id"].to_pylist() == [1]
+
+
+def test_non_image_reasons_are_stable_between_runs(tmp_path: Path) -> None:
+    images = [{"id": 1, "file_name": "ok.jpg", "width": 10, "height": 10},
+              {"id": 2, "file_name": "notes.jpg", "width": 10, "height": 10}]
+    root = _pool(tmp_path, images, [])
+    (root / "images" / "notes.jpg").write_text("just some text, not a JPEG")
+    first, second = (_ingest(root).rejects["reason"].to_pylist() for _ in range(2))
+    assert first == second and len(first) == 1
+    assert "not a readable image" in first[0] and "0x" not in first[0] and "BytesIO" not in first[0]
+
+
+def test_max_pixels_reaches_the_ingest_check(tmp_path: Path) -> None:
+    root = _pool(tmp_path, [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}], [])
+    assert _ingest(root, max_pixels=1_200).images.num_rows == 1
+    with pytest.raises(Exception, match="1,200 pixels, over the limit of 1,000"):
+        _ingest(root, max_pixels=1_000)  # the only image is rejected: nothing usable
 
 
 def test_huge_annotation_file_is_refused_without_parsing(tmp_path: Path) -> None:

@@ -81,6 +81,30 @@ def test_rejects_are_recorded_and_the_run_continues(instance, demo_copy, tmp_pat
     assert meta["ingestion_rejects"]["dagster/row_count"].value == 1
 
 
+def test_max_pixels_config_and_area_warnings(instance, demo_copy, tmp_path) -> None:
+    path = demo_copy / "annotations" / "batch-000.json"
+    document = json.loads(path.read_text())
+    pixels = sorted(i["width"] * i["height"] for i in document["images"])
+    limit = pixels[len(pixels) // 2]
+    small = {i["id"] for i in document["images"] if i["width"] * i["height"] <= limit}
+    ann = next(a for a in document["annotations"] if a["image_id"] in small)
+    ann["area"] = 5 * ann["bbox"][2] * ann["bbox"][3] + 10
+    path.write_text(json.dumps(document))
+    storage = StorageResource(root=str(tmp_path / "store"))
+    result = run_ingestion(instance, storage, CocoSourceResource(root=str(demo_copy)), "batch-000",
+                           {"max_pixels": limit})
+    assert result.success
+    store = storage.tables()
+    assert set(store.read("images", "batch-000")["image_id"].to_pylist()) == small
+    rejects = store.read("ingestion_rejects", "batch-000").to_pylist()
+    too_big = [r for r in rejects if f"over the limit of {limit:,}" in r["reason"]]
+    assert len(too_big) == len(document["images"]) - len(small)
+    meta = {e.asset_key.to_user_string(): e.metadata
+            for e in result.asset_materializations_for_node("coco_batch")}
+    assert meta["annotations"]["warnings"].value == {
+        "area_exceeds_bbox": {"count": 1, "first_ids": [ann["id"]]}}
+
+
 def test_bad_annotation_file_fails_the_run_with_a_clear_message(instance, demo_copy, tmp_path):
     (demo_copy / "annotations" / "batch-000.json").write_text("{not json")
     storage = StorageResource(root=str(tmp_path / "store"))

@@ -14,6 +14,7 @@ import dagster as dg
 import pytest
 
 from al_assets.orchestration.resources import MlflowResource, S3Config, StorageResource
+from al_assets.core.errors import AlAssetsError
 from al_assets.orchestration.runs import RunFailedError, discover_batches, ingest, predict, register
 from tests.conftest import free_port, wait_for_port
 from tests.orchestration.conftest import make_pipeline
@@ -189,7 +190,7 @@ def test_registry_server_down_then_back(instance, demo_root, tmp_path, checkpoin
         server.terminate()
         server.wait(timeout=30)
     shard = instance.get_dynamic_partitions("shard")[0]
-    with pytest.raises(RunFailedError, match="unreachable"):
+    with pytest.raises(AlAssetsError, match="unreachable"):  # the version check, before the run
         predict(p.defs, instance, version, [shard], FAST)
     assert p.store.partitions("detections", under=version) == []
     server = start()

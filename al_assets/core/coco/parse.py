@@ -3,7 +3,10 @@
 A real annotation file has a few bad records among thousands; rejecting the whole file would
 stop a pool's ingestion for one typo. So structural problems of the *file* raise
 :class:`CocoFormatError`, while problems of single *records* become :class:`Reject` rows (what,
-which id, why) and the record is left out. The survivors are indexed with pycocotools.
+which id, why) and the record is left out. An id shared by several images rejects all of them
+and their annotations: which image the annotations belong to cannot be known. Records that are
+usable but look wrong (an ``area`` far larger than the box) are kept and reported as
+:class:`RecordWarning`. The survivors are indexed with pycocotools.
 """
 
 from __future__ import annotations
@@ -12,16 +15,18 @@ import contextlib
 import io
 import json
 import math
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
 from pycocotools.coco import COCO
 
 from al_assets.core.errors import CocoFormatError
 
 REQUIRED_KEYS = ("images", "categories")
+AREA_TOLERANCE = 1.5  # COCO's area is the segmentation's, so at most the box's (+ tool slack)
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,16 @@ class Reject:
     record_type: str  # category | image | annotation
     record_id: int | None
     reason: str
+
+
+@dataclass(frozen=True)
+class RecordWarning:
+    """A record that is kept but probably wrong: worth a look, not worth losing the record."""
+
+    kind: str  # area_exceeds_bbox
+    record_type: str
+    record_id: int
+    message: str
 
 
 @dataclass
@@ -39,6 +54,7 @@ class ParsedCoco:
     coco: COCO
     image_order: list[int]  # image ids in file order (``limit`` keeps the first ones)
     rejects: list[Reject] = field(default_factory=list)
+    warnings: list[RecordWarning] = field(default_factory=list)
 
 
 def load_json(data: bytes, source: str) -> dict[str, Any]:
@@ -77,18 +93,19 @@ def parse_coco(
 ) -> ParsedCoco:
     """Keep the valid categories, images (first ``limit``) and annotations, index them."""
     rejects: list[Reject] = []
+    warnings: list[RecordWarning] = []
     categories = _valid_categories(document["categories"], rejects)
     if not categories:
         raise CocoFormatError(f"{source}: no valid category; a detection dataset needs classes")
-    images = _valid_images(document["images"], set(known_image_ids), rejects)
+    duplicates = _duplicate_ids(document["images"])
+    images = _valid_images(document["images"], set(known_image_ids), duplicates, source, rejects)
     if limit is not None:
         images = images[:limit]
-    image_sizes = {img["id"]: (img["width"], img["height"]) for img in images}
-    annotations = _valid_annotations(
-        document.get("annotations", []), image_sizes, set(categories), rejects
-    )
+    known = _Known({img["id"]: (img["width"], img["height"]) for img in images},
+                   set(categories), set(duplicates))
+    annotations = _valid_annotations(document.get("annotations", []), known, rejects, warnings)
     coco = _index(document, categories.values(), images, annotations)
-    return ParsedCoco(source, coco, [img["id"] for img in images], rejects)
+    return ParsedCoco(source, coco, [img["id"] for img in images], rejects, warnings)
 
 
 def drop_images(parsed: ParsedCoco, image_ids: dict[int, str]) -> None:
@@ -125,29 +142,49 @@ def _valid_categories(records: list[Any], rejects: list[Reject]) -> dict[int, di
 
 
 # -- images ----------------------------------------------------------------------------------
+def _duplicate_ids(records: list[Any]) -> dict[int, list[int]]:
+    """``{image id: its positions in 'images'}`` for every id listed more than once."""
+    positions: dict[int, list[int]] = defaultdict(list)
+    for index, record in enumerate(records):
+        image_id = _int_field(record, "id")
+        if image_id is not None:
+            positions[image_id].append(index)
+    return {image_id: where for image_id, where in positions.items() if len(where) > 1}
+
+
 def _valid_images(
-    records: list[Any], known_ids: set[int], rejects: list[Reject]
+    records: list[Any],
+    known_ids: set[int],
+    duplicates: dict[int, list[int]],
+    source: str,
+    rejects: list[Reject],
 ) -> list[dict[str, Any]]:
     images: list[dict[str, Any]] = []
-    seen: set[int] = set()
     for record in records:
         image_id = _int_field(record, "id")
-        reason = _image_problem(record, image_id, seen, known_ids)
+        if image_id in duplicates:
+            reason: str | None = _duplicate_reason(image_id, duplicates[image_id], source)
+        else:
+            reason = _image_problem(record, image_id, known_ids)
         if reason:
             rejects.append(Reject("image", image_id, reason))
             continue
-        seen.add(image_id)
         images.append(record)
     return images
 
 
-def _image_problem(
-    record: Any, image_id: int | None, seen: set[int], known_ids: set[int]
-) -> str | None:
+def _duplicate_reason(image_id: int, positions: list[int], source: str) -> str:
+    """All copies are rejected: keeping one would hand it the annotations of the others."""
+    where = ", ".join(f"images[{i}]" for i in positions[:5]) + (", ..." if positions[5:] else "")
+    return (
+        f"image id {image_id} appears {len(positions)} times in {source} ({where}): ids must be "
+        "unique; renumber the duplicates (and the image_id of their annotations)"
+    )
+
+
+def _image_problem(record: Any, image_id: int | None, known_ids: set[int]) -> str | None:
     if image_id is None:
         return f"image without an integer id: {record!r:.120}"
-    if image_id in seen:
-        return f"duplicate image id {image_id}"
     if image_id in known_ids:
         return f"image id {image_id} was already ingested in an earlier batch"
     width, height = _int_field(record, "width"), _int_field(record, "height")
@@ -171,45 +208,53 @@ def file_name_problem(name: Any) -> str | None:
 
 
 # -- annotations -----------------------------------------------------------------------------
+class _Known(NamedTuple):
+    """What annotations may refer to."""
+
+    image_sizes: dict[int, tuple[int, int]]  # kept images
+    category_ids: set[int]
+    ambiguous_images: set[int]  # ids listed more than once in 'images'
+
+
 def _valid_annotations(
-    records: list[Any],
-    image_sizes: dict[int, tuple[int, int]],
-    category_ids: set[int],
-    rejects: list[Reject],
+    records: list[Any], known: _Known, rejects: list[Reject], warnings: list[RecordWarning]
 ) -> list[dict[str, Any]]:
     kept: list[dict[str, Any]] = []
     seen: set[int] = set()
     for record in records:
         ann_id = _int_field(record, "id")
-        reason = _annotation_problem(record, ann_id, seen, image_sizes, category_ids)
+        reason = _annotation_problem(record, ann_id, seen, known)
         if reason:
             rejects.append(Reject("annotation", ann_id, reason))
             continue
         seen.add(ann_id)
-        kept.append(_clipped(record, image_sizes[record["image_id"]]))
+        if message := _area_problem(record):  # on the box as drawn, before clipping
+            warnings.append(RecordWarning("area_exceeds_bbox", "annotation", ann_id, message))
+        kept.append(_clipped(record, known.image_sizes[record["image_id"]]))
     return kept
 
 
 def _annotation_problem(
-    record: Any,
-    ann_id: int | None,
-    seen: set[int],
-    image_sizes: dict[int, tuple[int, int]],
-    category_ids: set[int],
+    record: Any, ann_id: int | None, seen: set[int], known: _Known
 ) -> str | None:
     if ann_id is None:
         return f"annotation without an integer id: {record!r:.120}"
     if ann_id in seen:
         return f"duplicate annotation id {ann_id}"
     image_id, category_id = _int_field(record, "image_id"), _int_field(record, "category_id")
-    if image_id not in image_sizes:
+    if image_id in known.ambiguous_images:
+        return (
+            f"its image id {image_id} is shared by several images (all rejected), so which one "
+            "it belongs to is ambiguous; renumber the images and fix this image_id"
+        )
+    if image_id not in known.image_sizes:
         return f"unknown or rejected image_id {record.get('image_id')!r}"
-    if category_id not in category_ids:
+    if category_id not in known.category_ids:
         return (
             f"unknown category_id {record.get('category_id')!r}; "
-            f"known ids: {sorted(category_ids)}"
+            f"known ids: {sorted(known.category_ids)}"
         )
-    return _bbox_problem(record.get("bbox"), image_sizes[image_id])
+    return _bbox_problem(record.get("bbox"), known.image_sizes[image_id])
 
 
 def _bbox_problem(bbox: Any, size: tuple[int, int]) -> str | None:
@@ -226,6 +271,20 @@ def _bbox_problem(bbox: Any, size: tuple[int, int]) -> str | None:
     if x >= width or y >= height or x + w <= 0 or y + h <= 0:
         return f"bbox {bbox!r} lies entirely outside the {width}x{height} image"
     return None
+
+
+def _area_problem(record: dict[str, Any]) -> str | None:
+    """Why a given ``area`` cannot be right: it exceeds the box (COCO eval sizes rely on it)."""
+    area = record.get("area")
+    if not isinstance(area, int | float) or isinstance(area, bool) or not math.isfinite(area):
+        return None
+    w, h = (float(v) for v in record["bbox"][2:])
+    if area <= AREA_TOLERANCE * w * h + 1:
+        return None
+    return (
+        f"area {area:g} is {area / (w * h):.1f}x its bbox {w:g}x{h:g}, but a segmentation's "
+        "area cannot exceed its box; check area and bbox (kept as given)"
+    )
 
 
 def _clipped(record: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -10,7 +10,8 @@ import pyarrow as pa
 from pycocotools import mask as mask_utils
 
 from al_assets.core import schemas
-from al_assets.core.coco.parse import ParsedCoco, Reject
+from al_assets.core.coco.parse import ParsedCoco, RecordWarning, Reject
+from al_assets.core.errors import stable_text
 from al_assets.core.sharding import assign_shards
 from al_assets.core.storage.objects import join_uri
 
@@ -21,6 +22,7 @@ class CocoTables:
     images: pa.Table
     annotations: pa.Table
     rejects: pa.Table
+    warnings: list[RecordWarning] = field(default_factory=list)  # of kept records only
 
 
 def build_tables(
@@ -29,11 +31,13 @@ def build_tables(
     """Arrow tables of one batch; segmentations become RLE, bad ones become rejects."""
     rejects = list(parsed.rejects)
     annotations = _annotations_table(parsed, batch, rejects)
+    kept = set(annotations["ann_id"].to_pylist())
     return CocoTables(
         categories=_categories_table(parsed, batch),
         images=_images_table(parsed, batch, image_root, shard_size),
         annotations=annotations,
         rejects=rejects_table(rejects, batch, parsed.source),
+        warnings=[w for w in parsed.warnings if w.record_id in kept],
     )
 
 
@@ -77,7 +81,8 @@ def _annotations_table(parsed: ParsedCoco, batch: str, rejects: list[Reject]) ->
         try:
             rles.append(_rle(coco, ann))
         except Exception as exc:  # pycocotools raises bare Exception/TypeError/IndexError
-            rejects.append(Reject("annotation", ann["id"], f"invalid segmentation ({exc})"))
+            reason = f"invalid segmentation ({stable_text(exc)})"
+            rejects.append(Reject("annotation", ann["id"], reason))
             continue
         kept.append(ann)
     return _annotation_columns(kept, rles, coco.cats, batch)

@@ -167,9 +167,9 @@ class TableStore:
         return StorageError(f"cannot read {uri}: {exc}")
 
 
-def local_root(path: str | Path) -> Path:
+def local_root(path: str | Path, needed_for: str = "") -> Path:
     """Local folder behind a storage root, for tools (MLflow's SQLite) that need a real path."""
     uri = to_uri(path)
     if is_s3(uri):
-        raise StorageError(f"{uri} is not a local folder")
+        raise StorageError(f"{uri} is not a local folder{needed_for}")
     return local_path(uri)

@@ -1,7 +1,9 @@
 """Ingestion assets: one COCO annotation file (a batch) -> categories, images, annotations, rejects."""
 
 
+from collections import defaultdict
 from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 import pyarrow as pa
@@ -9,7 +11,9 @@ import pyarrow as pa
 from al_assets.core import schemas
 from al_assets.core.coco.categories import merge_categories
 from al_assets.core.coco.ingest import IngestOptions, ingest_batch
+from al_assets.core.coco.parse import RecordWarning
 from al_assets.core.coco.verify import VerifyMode
+from al_assets.core.images import DEFAULT_MAX_PIXELS
 from al_assets.core.sharding import DEFAULT_SHARD_SIZE
 from al_assets.core.storage import TableStore
 from al_assets.orchestration.metadata import counts_metadata, table_metadata
@@ -29,6 +33,9 @@ class IngestionConfig(dg.Config):
     """decode: read every image (catches truncated files); exists: only check presence."""
     max_json_mb: int = 2048
     """Refuse annotation files larger than this (parsing needs ~10x the size in memory)."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Reject images whose header declares more pixels (decompression-bomb guard); raise it for
+    real gigapixel images (Pillow's own lower limit is raised with it)."""
 
 
 def _spec(name: str, description: str) -> dg.AssetSpec:
@@ -63,16 +70,21 @@ def coco_batch(
         coco_source.objects(),
         IngestOptions(
             limit=config.limit, shard_size=config.shard_size, verify=config.verify_images,
-            max_json_bytes=config.max_json_mb * 1024**2,
+            max_json_bytes=config.max_json_mb * 1024**2, max_pixels=config.max_pixels,
         ),
         known_image_ids=_image_ids_of_other_batches(store, batch),
     )
     merge_categories(_categories_of_other_batches(store, batch), tables.categories)
     for reject in tables.rejects.slice(0, 20).to_pylist():
-        context.log.warning(f"rejected {reject['record_type']} {reject['record_id']}: {reject['reason']}")
+        context.log.warning(
+            f"rejected {reject['record_type']} {reject['record_id']}: {reject['reason']}")
+    for warning in tables.warnings[:20]:
+        context.log.warning(
+            f"kept {warning.record_type} {warning.record_id}, but: {warning.message}")
     shards = sorted(set(tables.images["shard"].to_pylist()))
     yield _write(store, "ingestion_rejects", tables.rejects, batch, reasons=True)
-    yield _write(store, "annotations", tables.annotations, batch, counts="label")
+    yield _write(store, "annotations", tables.annotations, batch, counts="label",
+                 warnings=tables.warnings)
     yield _write(store, "categories", tables.categories, batch)
     yield _write(store, "images", tables.images, batch, counts="shard")
     new_shards = add_partitions(context.instance, SHARD, shards)
@@ -82,7 +94,7 @@ def coco_batch(
 
 def _write(
     store: TableStore, name: str, table: pa.Table, batch: str, *, counts: str | None = None,
-    reasons: bool = False,
+    reasons: bool = False, warnings: list[RecordWarning] | None = None,
 ) -> dg.MaterializeResult:
     uri = store.write(name, table, batch)
     metadata = table_metadata(table, uri)
@@ -90,7 +102,18 @@ def _write(
         metadata[f"count_by_{counts}"] = counts_metadata(table, counts)
     if reasons:
         metadata["count_by_record_type"] = counts_metadata(table, "record_type")
+    if warnings is not None:
+        metadata["warnings"] = dg.MetadataValue.json(_warning_summary(warnings))
     return dg.MaterializeResult(asset_key=name, metadata=metadata)
+
+
+def _warning_summary(warnings: list[RecordWarning], first: int = 10) -> dict[str, Any]:
+    """``{kind: {count, first_ids}}``: kept records that deserve a look (e.g. area > box)."""
+    ids: dict[str, list[int]] = defaultdict(list)
+    for warning in warnings:
+        ids[warning.kind].append(warning.record_id)
+    return {kind: {"count": len(of_kind), "first_ids": of_kind[:first]}
+            for kind, of_kind in sorted(ids.items())}
 
 
 def _image_ids_of_other_batches(store: TableStore, batch: str) -> set[int]:
