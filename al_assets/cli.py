@@ -51,6 +51,8 @@ def cmd_setup_instance(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from al_assets.orchestration.runs import (
+        INGESTED,
+        UNCHANGED,
         discover_batches,
         discover_label_batches,
         import_label_batches,
@@ -61,10 +63,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     defs, instance = _defs_and_instance()
     source = defs.resources["coco_source"]
     discover_batches(source, instance)
-    todo = args.batch or pending_batches(instance)
-    failed = ingest(defs, instance, todo, {"limit": args.limit} if args.limit else None)
-    done = [b for b in todo if b not in failed]
-    print(f"ingested batches: {', '.join(done) or 'none new'}")
+    config = {k: v for k, v in (("limit", args.limit), ("max_pixels", args.max_pixels),
+                                ("force", args.force)) if v}
+    outcome = ingest(defs, instance, args.batch or pending_batches(instance), config)
+    done = [b for b, o in outcome.items() if o == INGESTED]
+    same = [b for b, o in outcome.items() if o == UNCHANGED]
+    failed = {b: o for b, o in outcome.items() if o not in (INGESTED, UNCHANGED)}
+    print(f"ingested batches: {', '.join(done) or 'none new'}"
+          + (f"; unchanged, not re-read: {', '.join(same)} (--force re-reads)" if same else ""))
     labels = [] if args.batch else discover_label_batches(source, instance)
     failed |= import_label_batches(defs, instance, labels)
     print(f"imported label batches: {', '.join(b for b in labels if b not in failed) or 'none new'}")
@@ -272,8 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="ingest new annotation files (or --batch NAME) and "
                        "import new label files")
-    p.add_argument("--batch", action="append", default=[])
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--batch", action="append", default=[],
+                   help="(re-)ingest this batch (repeatable); default: every pending batch")
+    p.add_argument("--limit", type=int, default=None, help="keep the first N images per batch")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="reject images declaring more pixels (default 100,000,000)")
+    p.add_argument("--force", action="store_true",
+                   help="re-read batches whose file and options are unchanged")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("register", help="register a detector version in MLflow")

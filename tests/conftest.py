@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,21 +85,29 @@ class S3Server:
         return f"s3://{bucket}/{prefix}"
 
 
+@contextmanager
+def _moto_server(**env: str) -> Iterator[str]:
+    """A moto_server process on a free port; yields its endpoint URL."""
+    port = free_port()
+    moto = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+    process = subprocess.Popen(
+        [moto or "moto_server", "-H", "127.0.0.1", "-p", str(port)],
+        env=dict(os.environ, **env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     """moto_server with IAM auth enforced: only the keys created here are accepted."""
     import boto3
 
-    port = free_port()
-    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
-    moto = shutil.which("moto_server", path=str(Path(sys.executable).parent))
-    process = subprocess.Popen(
-        [moto or "moto_server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port)
-        endpoint = f"http://127.0.0.1:{port}"
+    with _moto_server(INITIAL_NO_AUTH_ACTION_COUNT="3") as endpoint:
         iam = boto3.client(
             "iam", endpoint_url=endpoint, region_name="us-east-1",
             aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap",
@@ -111,9 +120,14 @@ def s3_server() -> Iterator[S3Server]:
         )
         key = iam.create_access_key(UserName="al-assets")["AccessKey"]
         yield S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_open_server() -> Iterator[S3Server]:
+    """moto_server without auth, for presigned URLs: with auth on, moto reads only the
+    Authorization header and fails (500) on a query-string signature; off, it checks none."""
+    with _moto_server() as endpoint:
+        yield S3Server(endpoint, "open", "open")
 
 
 @pytest.fixture

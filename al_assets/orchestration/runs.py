@@ -191,22 +191,29 @@ def import_label_batches(defs: dg.Definitions, instance: dg.DagsterInstance,
     return failed
 
 
+INGESTED, UNCHANGED = "ingested", "unchanged"
+
+
 def ingest(defs: dg.Definitions, instance: dg.DagsterInstance, batches: Sequence[str],
            config: dict | None = None) -> dict[str, str]:
     """Ingest each batch in its own run; one bad file never stops the others.
 
-    Returns {batch: error} for the batches that failed (they stay pending and are retried by
-    the next ``ingest``; the sensor retries a failed file when it changes).
+    Returns {batch: INGESTED, UNCHANGED (same file and options as last time: nothing
+    rewritten) or the error}; a failed batch stays pending and is retried by the next
+    ``ingest`` (the sensor retries a failed file when it changes).
     """
     check_batches(instance, batches)
-    failed: dict[str, str] = {}
+    outcome: dict[str, str] = {}
     for batch in batches:
         try:
-            run_job(defs, "ingest_job", instance, partition_key=batch,
-                    run_config={"ops": {"coco_batch": {"config": config or {}}}})
+            result = run_job(defs, "ingest_job", instance, partition_key=batch,
+                             run_config={"ops": {"coco_batch": {"config": config or {}}}})
         except RunFailedError as exc:
-            failed[batch] = str(exc)
-    return failed
+            outcome[batch] = str(exc)
+            continue
+        written = result.asset_materializations_for_node("coco_batch")
+        outcome[batch] = INGESTED if written else UNCHANGED
+    return outcome
 
 
 def register(defs: dg.Definitions, instance: dg.DagsterInstance, config: dict | None = None) -> str:

@@ -46,10 +46,10 @@ def new_data_sensor(context: dg.SensorEvaluationContext, coco_source: CocoSource
     cursor = json.loads(context.cursor) if context.cursor else {}
     deadline = time.monotonic() + TICK_BUDGET_S
     batches, cursor["after"] = _new_files(context, coco_source, coco_source.annotations_uri(),
-                                          BATCH, cursor.get("after"), deadline, "")
+                                          BATCH, "images", cursor.get("after"), deadline, "")
     labels, cursor["labels_after"] = _new_files(
-        context, coco_source, coco_source.labels_uri(), LABEL_BATCH, cursor.get("labels_after"),
-        deadline, LABEL_BATCH_PREFIX, missing_ok=True)
+        context, coco_source, coco_source.labels_uri(), LABEL_BATCH, "labeled_images",
+        cursor.get("labels_after"), deadline, LABEL_BATCH_PREFIX, missing_ok=True)
     requests = [dg.RunRequest(run_key=f"ingest:{b}:{etag}", partition_key=b,
                               job_name=ingest_job.name) for b, etag in sorted(batches.items())]
     requests += [dg.RunRequest(run_key=f"labels:{b}:{etag}", partition_key=b,
@@ -61,10 +61,16 @@ def new_data_sensor(context: dg.SensorEvaluationContext, coco_source: CocoSource
 
 def _new_files(
     context: dg.SensorEvaluationContext, source: CocoSourceResource, folder: str, partitions: str,
-    start_after: str | None, deadline: float, prefix: str, missing_ok: bool = False,
+    asset: str, start_after: str | None, deadline: float, prefix: str, missing_ok: bool = False,
 ) -> tuple[dict[str, str], str | None]:
-    """Files of ``folder`` not yet a partition: {partition key: etag}, and the paging cursor."""
-    known = set(context.instance.get_dynamic_partitions(partitions))
+    """Files of ``folder`` to ingest: {partition key: etag}, and the paging cursor.
+
+    New files, and files whose partition never materialized ``asset`` (their run failed): those
+    are requested again under their current etag, so the run key dedupes an unchanged bad file
+    and a fixed one is retried.
+    """
+    done = context.instance.get_materialized_partitions(dg.AssetKey(asset))
+    known = {p for p in context.instance.get_dynamic_partitions(partitions) if p in done}
     new: dict[str, str] = {}
     while time.monotonic() < deadline:
         try:

@@ -12,7 +12,9 @@ import pytest
 from al_assets.core import schemas
 from al_assets.core.errors import CocoFormatError
 from al_assets.core.labels import LabelBatch, LabelImportError, import_labels
-from al_assets.core.queue.exports import coco_preannotations, label_studio_tasks
+from al_assets.core.queue.exports import ImageUrls, coco_preannotations, label_studio_tasks
+from al_assets.core.storage.objects import ObjectStore
+from al_assets.core.storage.s3 import S3Settings
 
 SOURCE = "s3://labels/batch-007.json"
 BATCH = "labels-007"
@@ -83,27 +85,26 @@ PREDICTED = {
 }
 
 
-def exported_tasks() -> list[dict]:
-    """What label_studio_tasks writes for a queue of images 12, 15 and 21."""
-    sizes = {12: (640, 480), 15: (800, 600), 21: (640, 480)}
-    uris = dict(zip(pool_images()["image_id"].to_pylist(), pool_images()["uri"].to_pylist(),
-                    strict=True))
+def exported_tasks(predicted: dict[int, list] = PREDICTED, **export: Any) -> list[dict]:
+    """What label_studio_tasks writes for a queue of these images (12, 15 and 21)."""
+    pool = {r["image_id"]: r for r in pool_images().to_pylist()}
     queue = pa.table({
-        "queue_rank": pa.array([1, 2, 3], pa.int64()),
-        "image_id": pa.array(list(PREDICTED), pa.int64()),
-        "uri": [uris[i] for i in PREDICTED],
-        "uncertainty": [0.9, 0.5, None],
+        "queue_rank": pa.array(range(1, len(predicted) + 1), pa.int64()),
+        "image_id": pa.array(list(predicted), pa.int64()),
+        "uri": [pool[i]["uri"] for i in predicted],
+        "uncertainty": [0.9, 0.5, None][:len(predicted)],
     })
     predictions = pa.Table.from_pylist(
         [
-            {"image_id": i, "uri": uris[i], "width": sizes[i][0], "height": sizes[i][1],
-             "model_name": "m", "model_version": 1, "shard": "s0",
+            {"image_id": i, "uri": pool[i]["uri"], "width": pool[i]["width"],
+             "height": pool[i]["height"], "model_name": "m", "model_version": 1, "shard": "s0",
              "detections": [detection(box, label, 0.8) for box, label in dets]}
-            for i, dets in PREDICTED.items()
+            for i, dets in predicted.items()
         ],
         schema=schemas.PREDICTIONS,
     )
-    return label_studio_tasks(queue, predictions, pool_categories(), model_version="v1")
+    return label_studio_tasks(queue, predictions, pool_categories(), model_version="v1",
+                              **export)
 
 
 def as_export(tasks: list[dict]) -> list[dict]:
@@ -231,6 +232,49 @@ def test_task_matched_by_image_reference(image: str, expected: int) -> None:
     result = run([task(1, [rect(10.0, 10.0, 10.0, 10.0, "circle", size=size)], image=image,
                        image_id=None)])
     assert n_boxes(result) == {expected: 1}
+
+
+def _without_image_ids(export: list[dict]) -> list[dict]:
+    for item in export:
+        del item["data"]["image_id"]
+    return export
+
+
+@pytest.mark.parametrize("by_reference_only", [False, True])
+def test_local_files_tasks_import_back_onto_their_images(by_reference_only: bool) -> None:
+    tasks = exported_tasks(image_urls=ImageUrls("local-files", "/pool"))
+    assert tasks[1]["data"]["image"] == "/data/local-files/?d=images/sub/b.jpg"
+    export = as_export(tasks)
+    result = run(_without_image_ids(export) if by_reference_only else export)
+    default = run(as_export(exported_tasks()))  # the tasks with plain paths
+    assert result.annotations.to_pylist() == default.annotations.to_pylist()
+    assert n_boxes(result) == {12: 3, 15: 1, 21: 0}
+
+
+S3_PREDICTED = {20: [((100, 50, 300, 250), 2)]}
+
+
+@pytest.mark.parametrize(
+    ("mode", "endpoint", "image"),
+    [
+        ("s3", None, "s3://bucket/pool/c.jpg"),
+        ("presigned", None, "https://bucket.s3.amazonaws.com/pool/c.jpg?X-Amz-"),  # AWS
+        ("presigned", "http://127.0.0.1:9000", "http://127.0.0.1:9000/bucket/pool/c.jpg?X-Amz-"),
+    ],
+)
+def test_s3_tasks_import_back_onto_their_images(
+    mode: str, endpoint: str | None, image: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    objects = ObjectStore(S3Settings(endpoint_url=endpoint, region="us-east-1",
+                                     access_key_id="key", secret_access_key="secret"))
+    tasks = exported_tasks(S3_PREDICTED, image_urls=ImageUrls(mode), objects=objects)
+    assert tasks[0]["data"]["image"].startswith(image)  # presigning is local: no server needed
+    for export in (as_export(tasks), _without_image_ids(as_export(tasks))):
+        result = run(export)
+        assert n_boxes(result) == {20: 1}
+        assert boxes_of(result, 20) == [("square", (100.0, 50.0, 300.0, 250.0))]
 
 
 def test_ambiguous_suffix_is_not_a_match() -> None:

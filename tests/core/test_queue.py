@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import jsonschema
 import numpy as np
@@ -18,6 +20,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from al_assets.core.queue import (
+    ImageUrls,
     coco_preannotations,
     dhash,
     duplicate_clusters,
@@ -30,7 +33,9 @@ from al_assets.core.queue import (
 from al_assets.core.schemas import CATEGORIES, IMAGE_SCORES, IMAGES, LABELING_QUEUE, PREDICTIONS
 from al_assets.core.scoring.aggregation import aggregate_images
 from al_assets.core.scoring.box_scores import box_scores
+from al_assets.core.queue.exports import LOCAL_FILES_ROOT_ENV
 from al_assets.core.storage.objects import ObjectStore
+from al_assets.core.storage.s3 import S3Settings
 
 WIDTH, HEIGHT = 200, 100
 
@@ -459,6 +464,119 @@ def test_label_studio_gets_local_paths_for_file_uris(tmp_path: Path) -> None:
     queue = select_queue(_scores(predictions, {1: 0.5}), predictions, size=1)
     task = label_studio_tasks(queue, predictions, _categories(NAMES), model_version="v")[0]
     assert task["data"]["image"] == str(image)
+
+
+# -- Label Studio image URLs ------------------------------------------------------------------
+LABEL_STUDIO_TASKS = {"type": "array", "items": LABEL_STUDIO_TASK,
+                      "$defs": LABEL_STUDIO_TASK["$defs"]}
+
+
+def _task_images(uris: list[str], urls: ImageUrls, objects: ObjectStore | None = None) -> list[str]:
+    """data.image of a queue of images 1, 2, ... at ``uris``, its tasks checked against the
+    documented import format."""
+    predictions = _predictions({i: [_det(1, 0.5)] for i in range(1, len(uris) + 1)})
+    predictions = predictions.set_column(predictions.schema.get_field_index("uri"), "uri",
+                                         pa.array(uris))
+    queue = select_queue(_scores(predictions, dict.fromkeys(range(1, len(uris) + 1), 0.5)),
+                         predictions, size=len(uris))
+    tasks = label_studio_tasks(queue, predictions, _categories(NAMES), model_version="v",
+                               image_urls=urls, objects=objects)
+    jsonschema.validate(tasks, LABEL_STUDIO_TASKS)
+    assert [t["data"]["image_id"] for t in tasks] == list(range(1, len(uris) + 1))
+    return [t["data"]["image"] for t in tasks]
+
+
+LOCAL_NAMES = ["images/a.jpg", "images/sub dir/b c+d&e#f%.jpg", "images/ünï.jpg"]
+
+
+def test_local_files_urls_are_relative_to_the_document_root_and_encoded(tmp_path: Path) -> None:
+    root = tmp_path / "pool"
+    images = _task_images([(root / n).as_uri() for n in LOCAL_NAMES],
+                          ImageUrls("local-files", f"{root}/"))
+    assert images[:2] == ["/data/local-files/?d=images/a.jpg",
+                          "/data/local-files/?d=images/sub%20dir/b%20c%2Bd%26e%23f%25.jpg"]
+    for image, name in zip(images, LOCAL_NAMES, strict=True):  # what Label Studio decodes
+        url = urlparse(image)
+        assert (url.path, parse_qs(url.query)) == ("/data/local-files/", {"d": [name]})
+
+
+def test_local_files_root_may_be_a_symlink_or_the_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "pool"
+    root.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(root)
+    uris = [(root / "images" / "a.jpg").as_uri()]
+    expected = ["/data/local-files/?d=images/a.jpg"]
+    assert _task_images(uris, ImageUrls("local-files", str(link))) == expected
+    monkeypatch.setenv(LOCAL_FILES_ROOT_ENV, str(root))
+    assert _task_images(uris, ImageUrls("local-files")) == expected
+    monkeypatch.delenv(LOCAL_FILES_ROOT_ENV)
+    with pytest.raises(ValueError, match=f"local_files_root \\(or env {LOCAL_FILES_ROOT_ENV}\\)"):
+        ImageUrls("local-files")
+
+
+def test_s3_urls_stay_s3_uris_for_a_label_studio_s3_storage() -> None:
+    tasks = label_studio_tasks(EXPORT_QUEUE, EXPORT_PRED, _categories(NAMES), model_version="3",
+                               image_urls=ImageUrls("s3"))
+    jsonschema.validate(tasks, LABEL_STUDIO_TASKS)
+    assert [t["data"]["image"] for t in tasks] == [
+        f"s3://bucket/pool/{i}.jpg" for i in (10, 20, 30)]
+
+
+@pytest.mark.parametrize(
+    ("uri", "urls", "message"),
+    [
+        ("file:///data/pool/a.jpg", ImageUrls("local-files", "/srv/ls"),
+         "image /data/pool/a.jpg is outside local_files_root /srv/ls, so Label Studio cannot "
+         "serve it; set local_files_root"),
+        ("s3://bucket/a.jpg", ImageUrls("local-files", "/srv/ls"),
+         "image s3://bucket/a.jpg is in S3, but image_urls='local-files' serves local files"),
+        ("file:///data/pool/a.jpg", ImageUrls("s3"),
+         "image /data/pool/a.jpg is a local file, but image_urls='s3' needs S3 objects; use "
+         "image_urls='local-files'"),
+        ("file:///data/pool/a.jpg", ImageUrls("presigned"), "image_urls='presigned' needs S3"),
+    ],
+)
+def test_impossible_image_url_combinations_name_image_and_fix(
+    uri: str, urls: ImageUrls, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", "\\(")):
+        _task_images([uri], urls)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mode": "url"}, "unknown image_urls 'url'; use one of \\['path', 'local-files'"),
+        ({"mode": "local-files", "local_files_root": "pool"}, "must be an absolute path"),
+        ({"mode": "presigned", "presign_hours": 0}, "presign_hours must be 1..168"),
+        ({"mode": "presigned", "presign_hours": 169}, "at most 7 days"),
+    ],
+)
+def test_image_url_settings_are_checked_up_front(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ImageUrls(**kwargs)
+
+
+def test_presigned_urls_serve_the_image_without_credentials(s3_open_server) -> None:
+    server = s3_open_server
+    keys = ["pool/images/a.jpg", "pool/images/sub dir/b+c.jpg"]
+    server.client().create_bucket(Bucket="presigned")
+    for key in keys:
+        server.client().put_object(Bucket="presigned", Key=key, Body=f"bytes of {key}".encode())
+    objects = ObjectStore(S3Settings(endpoint_url=server.endpoint_url,
+                                     access_key_id=server.access_key_id,
+                                     secret_access_key=server.secret_access_key))
+    images = _task_images([f"s3://presigned/{k}" for k in keys],
+                          ImageUrls("presigned", presign_hours=2), objects)
+    for image, key in zip(images, keys, strict=True):
+        query = parse_qs(urlparse(image).query)
+        assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]  # SigV4: every region takes it
+        assert query["X-Amz-Expires"] == ["7200"]
+        with urllib.request.urlopen(image, timeout=10) as response:  # a plain GET, as a browser
+            assert response.read() == f"bytes of {key}".encode()
 
 
 def test_label_studio_config_is_xml_with_escaped_names() -> None:

@@ -160,3 +160,36 @@ def test_s3_missing_bucket_fails_clearly(instance, s3_server, bucket) -> None:
     assert not result.success
     message = failure_text(result)
     assert "no-such-bucket-al" in message and "does not exist" in message
+
+
+def test_an_unchanged_batch_is_not_rewritten_and_nothing_downstream_recomputes(
+    instance, demo_copy, tmp_path
+) -> None:
+    """Issue 14 item 2: the README re-ingests batch-000; that must not re-predict its shards."""
+    import os
+
+    storage = StorageResource(root=str(tmp_path / "store"))
+    source = CocoSourceResource(root=str(demo_copy))
+    images = dg.AssetKey("images")
+
+    def materializations() -> int:
+        return len(instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=images, asset_partitions=["batch-000"]),
+            limit=100).records)
+
+    assert run_ingestion(instance, storage, source, "batch-000").success
+    first = instance.get_latest_data_version_record(images, partition_key="batch-000")
+    assert materializations() == 1
+    assert run_ingestion(instance, storage, source, "batch-000").success  # same file, options
+    assert materializations() == 1  # no event: new_shards_sensor and the views see nothing
+    assert run_ingestion(instance, storage, source, "batch-000", {"force": True}).success
+    assert materializations() == 2
+    again = instance.get_latest_data_version_record(images, partition_key="batch-000")
+    tag = "dagster/data_version"  # same inputs, same data version
+    assert again.asset_materialization.tags[tag] == first.asset_materialization.tags[tag]
+    assert run_ingestion(instance, storage, source, "batch-000", {"limit": 5}).success
+    assert materializations() == 3  # other options: other tables
+    path = demo_copy / "annotations" / "batch-000.json"
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert run_ingestion(instance, storage, source, "batch-000", {"limit": 5}).success
+    assert materializations() == 4  # the file changed (mtime; the ETag on S3)

@@ -10,6 +10,7 @@ import copy
 import json
 import shutil
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,10 +21,12 @@ from al_assets.core.demo.generator import GROUND_TRUTH_DIR, withhold_labels
 from al_assets.core.detection.sources import DEMO_CHECKPOINT
 from al_assets.core.loop.oracle import oracle_export
 from al_assets.core.loop.selection import ScoringSettings, exclusions
+from al_assets.core.queue import ImageUrls
 from al_assets.core.queue.dedup import perceptual_hashes
+from al_assets.core.queue.exports import LOCAL_FILES_ROOT_ENV
 from al_assets.core.simulation.loop import queue_from_predictions
-from al_assets.core.storage.objects import ObjectStore, to_uri
-from al_assets.orchestration.assets.queue import QueueConfig
+from al_assets.core.storage.objects import ObjectStore, local_path, to_uri
+from al_assets.orchestration.assets.queue import IMAGE_URLS_ENV, QueueConfig
 from al_assets.orchestration.partitions import LABEL_BATCH, prediction_key
 from al_assets.orchestration.runs import (
     RunFailedError,
@@ -180,9 +183,19 @@ def test_the_simulation_selects_what_the_queue_selects(loop: Pipeline) -> None:
     key = register(p.defs, p.instance, {"weights": str(DEMO_CHECKPOINT)})
     predict(p.defs, p.instance, key, config=FAST)
     config = QueueConfig(size=6, max_per_class=2)
-    run_job(p.defs, "refresh_views_job", p.instance, run_config={
-        "ops": {"labeling_queue": {"config": {"size": 6, "max_per_class": 2}}}})
+    root = Path(p.source.root)  # Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT
+    result = run_job(p.defs, "refresh_views_job", p.instance, run_config={
+        "ops": {"labeling_queue": {"config": {"size": 6, "max_per_class": 2,
+                                              "image_urls": "local-files",
+                                              "local_files_root": str(root)}}}})
     queue = p.store.read("labeling_queue")
+    tasks = json.loads(Path(p.store.file_uri("queue", "label_studio_tasks.json")[7:]).read_text())
+    served = [parse_qs(urlparse(t["data"]["image"]).query)["d"][0] for t in tasks]
+    assert all(t["data"]["image"].startswith("/data/local-files/?d=images/") for t in tasks)
+    assert [(root / d).resolve() for d in served] == [
+        local_path(u) for u in queue["uri"].to_pylist()]  # what Label Studio serves for d
+    meta = result.asset_materializations_for_node("labeling_queue")[0].metadata
+    assert meta["image_urls"].value == "local-files"
     predictions = pa.concat_tables(p.store.read("detections", part)
                                    for part in p.store.partitions("detections", under=key))
     from al_assets.core.prediction.arrow import confident_detections
@@ -201,6 +214,18 @@ def test_the_simulation_selects_what_the_queue_selects(loop: Pipeline) -> None:
     assert queue.num_rows == 6
     assert simulated["image_id"].to_pylist() == queue["image_id"].to_pylist()
     assert simulated["reason"].to_pylist() == queue["reason"].to_pylist()
+
+
+def test_image_urls_default_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Automated refreshes run with the defaults: the deployment's env sets the URL form."""
+    monkeypatch.delenv(IMAGE_URLS_ENV, raising=False)
+    assert QueueConfig().task_images() == ImageUrls("path")
+    monkeypatch.setenv(IMAGE_URLS_ENV, "presigned")
+    assert QueueConfig(presign_hours=3).task_images() == ImageUrls("presigned", None, 3)
+    monkeypatch.setenv(IMAGE_URLS_ENV, "local-files")
+    monkeypatch.delenv(LOCAL_FILES_ROOT_ENV, raising=False)
+    with pytest.raises(ValueError, match="needs local_files_root"):
+        QueueConfig().task_images()
 
 
 def test_a_bad_label_file_fails_clearly_and_writes_nothing(loop: Pipeline) -> None:

@@ -42,13 +42,40 @@ def test_new_data_sensor_requests_only_new_batches(instance, demo_copy, tmp_path
     assert instance.get_dynamic_partitions(BATCH) == ["batch-000", "batch-001"]
     assert all(r.run_key.startswith("ingest:batch-00") for r in first.run_requests)
 
-    again = tick(new_data_sensor, instance, first.cursor, coco_source=p.source)
+    running = tick(new_data_sensor, instance, first.cursor, coco_source=p.source)
+    assert {r.run_key for r in running.run_requests} <= {r.run_key for r in first.run_requests}
+    ingest(p.defs, instance, ["batch-000", "batch-001"], {"verify_images": "exists"})
+    again = tick(new_data_sensor, instance, running.cursor, coco_source=p.source)
     assert again.run_requests == []
 
     add_demo_batch(demo_copy, 6)
     third = tick(new_data_sensor, instance, again.cursor, coco_source=p.source)
     assert [r.partition_key for r in third.run_requests] == ["batch-002"]
     assert instance.get_dynamic_partitions(BATCH)[-1] == "batch-002"
+
+
+def test_a_failed_file_is_retried_when_it_changes_and_blocks_nothing(
+    instance, demo_copy, tmp_path
+) -> None:
+    import os
+
+    bad = demo_copy / "annotations" / "a_zero.json"
+    bad.write_bytes(b"")
+    p = make_pipeline(instance, demo_copy, tmp_path)
+    first = tick(new_data_sensor, instance, None, coco_source=p.source)
+    assert sorted(r.partition_key for r in first.run_requests) == [
+        "a_zero", "batch-000", "batch-001"]
+    outcome = ingest(p.defs, instance, ["a_zero", "batch-000", "batch-001"],
+                     {"verify_images": "exists"})
+    assert "a_zero.json" in outcome["a_zero"] and outcome["batch-000"] == "ingested"
+    unchanged = tick(new_data_sensor, instance, first.cursor, coco_source=p.source)
+    keys = {r.run_key for r in unchanged.run_requests}
+    assert keys == {r.run_key for r in first.run_requests if r.partition_key == "a_zero"}
+    bad.write_text("{}")  # changed (still bad): a new run key, so the daemon runs it again
+    os.utime(bad, ns=(bad.stat().st_atime_ns, bad.stat().st_mtime_ns + 10**9))
+    changed = tick(new_data_sensor, instance, unchanged.cursor, coco_source=p.source)
+    assert [r.partition_key for r in changed.run_requests] == ["a_zero"]
+    assert changed.run_requests[0].run_key not in keys
 
 
 def test_new_data_sensor_pages_through_a_large_prefix(instance, demo_copy, tmp_path, monkeypatch):

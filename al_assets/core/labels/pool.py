@@ -5,7 +5,7 @@ URLs for serving, COCO tools renumber images and categories. So images are match
 most specific reference that agrees, in this order (the first rule with a hit decides):
 
 1. the exact pool ``uri`` (``s3://...`` or ``file://...``);
-2. the local path of a ``file://`` uri (what :func:`label_studio_tasks` exports);
+2. the local path of a ``file://`` uri (what :func:`label_studio_tasks` exports by default);
 3. the pool ``file_name`` itself;
 4. a ``/``-boundary suffix of the pool uri's path, e.g. Label Studio's local-files
    ``/data/local-files/?d=images/a.jpg`` or a presigned ``https://bucket.s3.../key?...``;

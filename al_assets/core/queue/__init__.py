@@ -8,6 +8,7 @@ from al_assets.core.queue.dedup import (
     perceptual_hashes,
 )
 from al_assets.core.queue.exports import (
+    ImageUrls,
     coco_preannotations,
     label_studio_config,
     label_studio_tasks,
@@ -17,6 +18,7 @@ from al_assets.core.queue.selection import select_queue
 
 __all__ = [
     "HashFailure",
+    "ImageUrls",
     "PerceptualHashes",
     "coco_preannotations",
     "dhash",

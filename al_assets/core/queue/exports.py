@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
 
 from al_assets.core.queue.selection import require_columns
-from al_assets.core.storage.objects import is_s3, local_path
+from al_assets.core.storage.objects import ObjectStore, is_s3, local_path
 
 QUEUE_COLUMNS = ("queue_rank", "image_id", "uri", "uncertainty")
 CSV_COLUMNS = (
@@ -89,6 +93,70 @@ def _coco_categories(categories: pa.Table, names: dict[int, str]) -> list[dict]:
     ]
 
 
+IMAGE_URL_MODES = ("path", "local-files", "s3", "presigned")
+DEFAULT_IMAGE_URLS = "path"
+LOCAL_FILES_ROOT_ENV = "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
+LOCAL_FILES_PREFIX = "/data/local-files/?d="
+MAX_PRESIGN_HOURS = 168  # S3 (SigV4) refuses presigned URLs valid for longer than 7 days
+DEFAULT_PRESIGN_HOURS = MAX_PRESIGN_HOURS
+
+
+@dataclass(frozen=True)
+class ImageUrls:
+    """How a Label Studio task's ``data.image`` refers to its image (docs/label-studio.md).
+
+    Label Studio loads ``data.image`` in the labeler's browser, so it must be a URL that Label
+    Studio can serve, and how depends on where the pool lives (``mode``):
+
+    - ``path`` (default): a ``file://`` image's local path, ``s3://`` as is; for tools that read
+      files themselves (Label Studio shows neither without the setup of the modes below);
+    - ``local-files``: ``/data/local-files/?d=<path under local_files_root, URL-encoded>``, for
+      Label Studio started with ``LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true`` and
+      ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` = ``local_files_root``, with a Local Files
+      storage in the project;
+    - ``s3``: ``s3://bucket/key``, which a project's S3 source storage with "Use pre-signed
+      URLs" on signs whenever a labeler opens the task;
+    - ``presigned``: an ``https`` GET URL signed now with the source's S3 credentials, valid
+      ``presign_hours`` (Label Studio then needs no S3 access at all).
+
+    ``local_files_root`` defaults to the ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` environment
+    variable. It is this machine's path of that folder: the same path, unless Label Studio runs
+    in a container that mounts it elsewhere (``d`` is relative, so it works either way).
+    """
+
+    mode: str = DEFAULT_IMAGE_URLS
+    local_files_root: str | None = None
+    presign_hours: int = DEFAULT_PRESIGN_HOURS
+
+    def __post_init__(self) -> None:
+        if self.mode not in IMAGE_URL_MODES:
+            raise ValueError(
+                f"unknown image_urls {self.mode!r}; use one of {list(IMAGE_URL_MODES)}"
+            )
+        if not 1 <= self.presign_hours <= MAX_PRESIGN_HOURS:
+            raise ValueError(
+                f"presign_hours must be 1..{MAX_PRESIGN_HOURS} (S3 signs URLs for at most 7 "
+                f"days), got {self.presign_hours}"
+            )
+        if self.mode == "local-files":
+            self.document_root()  # fail at configuration, not at the first image
+
+    def document_root(self) -> Path:
+        """The local-files document root: the setting, else the environment variable."""
+        root = self.local_files_root or os.environ.get(LOCAL_FILES_ROOT_ENV)
+        if not root:
+            raise ValueError(
+                f"image_urls='local-files' needs local_files_root (or env {LOCAL_FILES_ROOT_ENV})"
+                ": the folder Label Studio serves as its LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
+            )
+        if not os.path.isabs(root):
+            raise ValueError(
+                f"local_files_root must be an absolute path, like Label Studio's "
+                f"{LOCAL_FILES_ROOT_ENV}; got {root!r}"
+            )
+        return Path(os.path.normpath(root))
+
+
 def label_studio_tasks(
     queue: pa.Table,
     predictions: pa.Table,
@@ -98,17 +166,20 @@ def label_studio_tasks(
     to_name: str = "image",
     model_version: str,
     score_thresh: float = 0.0,
+    image_urls: ImageUrls | None = None,
+    objects: ObjectStore | None = None,
 ) -> list[dict]:
     """Label Studio import tasks, one per queued image in queue order, with pre-annotations.
 
     Boxes are in percent of the image size (clipped to 0-100), as Label Studio expects. The
     prediction ``score`` is the image's uncertainty (omitted when it has no detections), so
-    Label Studio can sort tasks by it. ``s3://`` URIs are kept: Label Studio resolves them
-    through a connected S3 cloud storage. ``file://`` URIs become plain local paths: Label
-    Studio serves those only with local-files serving enabled and a matching local storage,
-    so rewrite them (for example to ``/data/local-files/?d=...``) if it is set up that way.
+    Label Studio can sort tasks by it. ``data.image`` is the image in the form ``image_urls``
+    says (:class:`ImageUrls`; ``objects`` signs ``presigned`` URLs, default: the AWS chain);
+    ``data.image_id`` is our id, which label import and the oracle match tasks by.
     ``from_name``/``to_name`` must match the labeling config (``label_studio_config``).
     """
+    urls = image_urls or ImageUrls()
+    signer = objects or ObjectStore()  # one client for all images, built only if presigning
     names = category_names(categories)
     queued = _queue_rows(queue)
     detections = detections_by_image(predictions, [r["image_id"] for r in queued])
@@ -123,16 +194,45 @@ def label_studio_tasks(
         if row["uncertainty"] is not None:
             prediction["score"] = row["uncertainty"]
         tasks.append({
-            "data": {"image": task_image_url(row["uri"]), "image_id": row["image_id"],
-                     "queue_rank": row["queue_rank"]},
+            "data": {"image": task_image_url(row["uri"], urls, signer),
+                     "image_id": row["image_id"], "queue_rank": row["queue_rank"]},
             "predictions": [prediction],
         })
     return tasks
 
 
-def task_image_url(uri: str) -> str:
-    """The image reference Label Studio gets: s3:// as is, a local URI as its path."""
-    return uri if is_s3(uri) else str(local_path(uri))
+def task_image_url(uri: str, urls: ImageUrls, objects: ObjectStore) -> str:
+    """The ``data.image`` of the image stored at ``uri`` (``file://`` or ``s3://``);
+    ``objects`` signs presigned URLs."""
+    if urls.mode == "path":
+        return uri if is_s3(uri) else str(local_path(uri))
+    if urls.mode == "local-files":
+        return _local_files_url(uri, urls.document_root())
+    if not is_s3(uri):
+        raise ValueError(
+            f"image {local_path(uri)} is a local file, but image_urls={urls.mode!r} needs S3 "
+            "objects; use image_urls='local-files' for a local pool"
+        )
+    if urls.mode == "s3":
+        return uri
+    return objects.presigned_url(uri, urls.presign_hours * 3600)
+
+
+def _local_files_url(uri: str, root: Path) -> str:
+    """``/data/local-files/?d=<relative path>``, quoted as Label Studio's own storage does."""
+    if is_s3(uri):
+        raise ValueError(
+            f"image {uri} is in S3, but image_urls='local-files' serves local files only; use "
+            "image_urls='s3' (an S3 storage in Label Studio) or 'presigned'"
+        )
+    path = Path(os.path.normpath(local_path(uri)))
+    for base in (root, root.resolve()):  # the pool's paths are resolved; the root may not be
+        if path.is_relative_to(base):
+            return LOCAL_FILES_PREFIX + quote(path.relative_to(base).as_posix())
+    raise ValueError(
+        f"image {path} is outside local_files_root {root}, so Label Studio cannot serve it; "
+        "set local_files_root (and Label Studio's document root) to a folder above the pool"
+    )
 
 
 def _ls_result(

@@ -154,6 +154,19 @@ class ObjectStore:
         ]
         return objects, bool(response.get("IsTruncated"))
 
+    def presigned_url(self, uri: str, expires_s: int) -> str:
+        """A GET URL of an S3 object that works without credentials for ``expires_s`` seconds.
+
+        Signed here without a request to S3, so a missing object shows only when the URL is
+        used; it stops working early if the signing credentials are temporary and expire first.
+        """
+        bucket, key = split_s3_uri(uri)
+        try:
+            return self.clients.boto3.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_s)
+        except Exception as exc:  # e.g. botocore's NoCredentialsError
+            raise self._s3_error(exc, uri, "presigning") from exc
+
     # -- writing ---------------------------------------------------------------------------
     def write_bytes(self, uri: str, data: bytes) -> None:
         """Atomically replace the object at ``uri`` with ``data``."""

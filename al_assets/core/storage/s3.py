@@ -24,6 +24,8 @@ _CREDENTIAL_CODES = {
     "ExpiredToken",
     "InvalidToken",
     "UnrecognizedClientException",
+    "403",  # HEAD requests carry no error body: a bare 403 is a refused key or a missing grant
+    "Forbidden",
 }
 
 
@@ -87,7 +89,9 @@ class S3Clients:
         import boto3
         from botocore.config import Config
 
-        config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10)
+        # s3v4 everywhere: boto3 still presigns with the deprecated SigV2 unless told
+        config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10,
+                        signature_version="s3v4")
         return boto3.client("s3", config=config, **self.settings.boto3_kwargs())
 
     @cached_property
@@ -111,6 +115,11 @@ def translate_s3_error(exc: BaseException, uri: str, action: str) -> StorageErro
         hint = (
             "S3 rejected the credentials: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the "
             "storage resource's s3 settings) and that they may access this bucket"
+        )
+    elif "Unable to locate credentials" in message or type(exc).__name__ == "NoCredentialsError":
+        hint = (
+            "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+            "AWS_PROFILE, or the resource's s3 settings; AWS_ENDPOINT_URL for a non-AWS server)"
         )
     elif code == "NoSuchBucket" or "NoSuchBucket" in message:
         hint = "the bucket does not exist: create it or fix the URI"

@@ -10,7 +10,9 @@ import pyarrow as pa
 
 from al_assets.core import schemas
 from al_assets.core.coco.categories import merge_categories
-from al_assets.core.coco.ingest import IngestOptions, ingest_batch
+from al_assets.core.coco.ingest import IngestOptions, batch_fingerprint, ingest_batch
+from al_assets.core.errors import CocoFormatError
+from al_assets.core.storage.objects import ObjectInfo
 from al_assets.core.coco.parse import RecordWarning
 from al_assets.core.coco.verify import VerifyMode
 from al_assets.core.images import DEFAULT_MAX_PIXELS
@@ -36,12 +38,21 @@ class IngestionConfig(dg.Config):
     max_pixels: int = DEFAULT_MAX_PIXELS
     """Reject images whose header declares more pixels (decompression-bomb guard); raise it for
     real gigapixel images (Pillow's own lower limit is raised with it)."""
+    force: bool = False
+    """Re-read the batch even if its file and these options are unchanged since the last
+    ingestion (e.g. after replacing images on disk under the same annotation file)."""
+
+    def options(self) -> IngestOptions:
+        return IngestOptions(
+            limit=self.limit, shard_size=self.shard_size, verify=self.verify_images,
+            max_json_bytes=self.max_json_mb * 1024**2, max_pixels=self.max_pixels,
+        )
 
 
 def _spec(name: str, description: str) -> dg.AssetSpec:
     return dg.AssetSpec(
         name, description=description, group_name=INGESTION, kinds={"parquet", "python"},
-        owners=OWNERS, partitions_def=batch_partitions,
+        owners=OWNERS, partitions_def=batch_partitions, skippable=True,  # unchanged: skip
     )
 
 
@@ -63,15 +74,14 @@ def coco_batch(
 ) -> Iterator[dg.MaterializeResult]:
     batch = context.partition_key
     store = storage.tables()
+    uri, options = coco_source.annotation_uri(batch), config.options()
+    fingerprint = batch_fingerprint(_file_info(coco_source, uri), options)
+    if not config.force and _unchanged(context, store, batch, fingerprint):
+        context.log.info(f"batch {batch} unchanged since its last ingestion (same file, same "
+                         "options): nothing rewritten (config force: true re-reads it)")
+        return
     tables = ingest_batch(
-        coco_source.annotation_uri(batch),
-        coco_source.image_root(),
-        batch,
-        coco_source.objects(),
-        IngestOptions(
-            limit=config.limit, shard_size=config.shard_size, verify=config.verify_images,
-            max_json_bytes=config.max_json_mb * 1024**2, max_pixels=config.max_pixels,
-        ),
+        uri, coco_source.image_root(), batch, coco_source.objects(), options,
         known_image_ids=_image_ids_of_other_batches(store, batch),
     )
     merge_categories(_categories_of_other_batches(store, batch), tables.categories)
@@ -82,18 +92,38 @@ def coco_batch(
         context.log.warning(
             f"kept {warning.record_type} {warning.record_id}, but: {warning.message}")
     shards = sorted(set(tables.images["shard"].to_pylist()))
-    yield _write(store, "ingestion_rejects", tables.rejects, batch, reasons=True)
-    yield _write(store, "annotations", tables.annotations, batch, counts="label",
+    version = dg.DataVersion(fingerprint)
+    yield _write(store, "ingestion_rejects", tables.rejects, batch, version, reasons=True)
+    yield _write(store, "annotations", tables.annotations, batch, version, counts="label",
                  warnings=tables.warnings)
-    yield _write(store, "categories", tables.categories, batch)
-    yield _write(store, "images", tables.images, batch, counts="shard")
+    yield _write(store, "categories", tables.categories, batch, version)
+    yield _write(store, "images", tables.images, batch, version, counts="shard")
     new_shards = add_partitions(context.instance, SHARD, shards)
     context.log.info(f"batch {batch}: {tables.images.num_rows} images in shards {shards} "
                      f"({len(new_shards)} new)")
 
 
+def _file_info(source: CocoSourceResource, uri: str) -> ObjectInfo:
+    try:
+        return source.objects().info(uri)
+    except FileNotFoundError:
+        raise CocoFormatError(f"annotation file {uri} does not exist: check the source root "
+                              "(bucket) and its annotations folder") from None
+
+
+def _unchanged(context: dg.AssetExecutionContext, store: TableStore, batch: str,
+               fingerprint: str) -> bool:
+    """The last ingestion of this batch had the same fingerprint and its tables are still there."""
+    record = context.instance.get_latest_data_version_record(dg.AssetKey("images"),
+                                                             partition_key=batch)
+    previous = record.asset_materialization.tags.get("dagster/data_version") if record and \
+        record.asset_materialization else None
+    return previous == fingerprint and batch in store.partitions("images")
+
+
 def _write(
-    store: TableStore, name: str, table: pa.Table, batch: str, *, counts: str | None = None,
+    store: TableStore, name: str, table: pa.Table, batch: str, version: dg.DataVersion, *,
+    counts: str | None = None,
     reasons: bool = False, warnings: list[RecordWarning] | None = None,
 ) -> dg.MaterializeResult:
     uri = store.write(name, table, batch)
@@ -104,7 +134,7 @@ def _write(
         metadata["count_by_record_type"] = counts_metadata(table, "record_type")
     if warnings is not None:
         metadata["warnings"] = dg.MetadataValue.json(_warning_summary(warnings))
-    return dg.MaterializeResult(asset_key=name, metadata=metadata)
+    return dg.MaterializeResult(asset_key=name, metadata=metadata, data_version=version)
 
 
 def _warning_summary(warnings: list[RecordWarning], first: int = 10) -> dict[str, Any]:

@@ -1,11 +1,13 @@
 """The labeling queue: top-N images by a strategy, exported for COCO tools and Label Studio."""
 
 import json
+import os
 from collections.abc import Iterator
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field
 
 from al_assets.core import schemas
 from al_assets.core.loop.selection import (
@@ -25,6 +27,7 @@ from al_assets.core.queue import (
     queue_csv,
 )
 from al_assets.core.prediction.arrow import confident_detections
+from al_assets.core.queue.exports import DEFAULT_IMAGE_URLS, DEFAULT_PRESIGN_HOURS, ImageUrls
 from al_assets.core.scoring.views import DEFAULT_MIN_SCORE
 from al_assets.core.storage import TableStore
 from al_assets.orchestration.automation import VIEW_REFRESH
@@ -32,6 +35,9 @@ from al_assets.orchestration.assets.labels import pool_categories, pool_labels, 
 from al_assets.orchestration.champion import ChampionConfig, champion_key, read_partitions
 from al_assets.orchestration.metadata import table_metadata
 from al_assets.orchestration.resources import CocoSourceResource, MlflowResource, StorageResource
+
+IMAGE_URLS_ENV = "AL_ASSETS_IMAGE_URLS"
+
 
 class QueueConfig(ChampionConfig):
     strategy: str = DEFAULT_STRATEGY
@@ -54,6 +60,16 @@ class QueueConfig(ChampionConfig):
     """Only boxes at or above this detector score go into the exports as pre-annotations."""
     min_score: float = DEFAULT_MIN_SCORE
     """Detections below it are noise (class balancing ignores them); image_scores' value."""
+    image_urls: str = Field(
+        default_factory=lambda: os.environ.get(IMAGE_URLS_ENV, DEFAULT_IMAGE_URLS))
+    """How Label Studio tasks refer to images: path | local-files | s3 | presigned (core
+    ImageUrls; docs/label-studio.md). Default: env AL_ASSETS_IMAGE_URLS, else path, so that
+    automated refreshes, which run with the defaults, export loadable tasks too."""
+    local_files_root: str | None = None
+    """local-files: the folder Label Studio serves as LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT
+    (default: that environment variable)."""
+    presign_hours: int = DEFAULT_PRESIGN_HOURS
+    """presigned: hours the URLs work (at most 168, S3's limit); signed with coco_source's S3."""
 
     def selection(self) -> SelectionConfig:
         return SelectionConfig(
@@ -61,6 +77,9 @@ class QueueConfig(ChampionConfig):
             max_per_class=self.max_per_class,
             deduplicate=self.deduplicate, dedup_distance=self.dedup_distance,
             exclude_labeled=self.exclude_labeled, seed=self.seed)
+
+    def task_images(self) -> ImageUrls:
+        return ImageUrls(self.image_urls, self.local_files_root, self.presign_hours)
 
 
 @dg.asset(
@@ -77,6 +96,7 @@ def labeling_queue(
     mlflow: MlflowResource, coco_source: CocoSourceResource,
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
     store = storage.tables()
+    urls = config.task_images()  # a bad image_urls setting fails before any work
     key = champion_key(config, mlflow)
     rankings = store.read("image_rankings")
     excluded = exclusions(read_splits(store), config.exclude_labeled)
@@ -95,7 +115,8 @@ def labeling_queue(
                                                      queue["image_id"].combine_chunks()))
     categories = pool_categories(store)
     images = store.read_many("images", store.partitions("images"), schema=schemas.IMAGES)
-    files = _export(store, queue, predictions, images, categories, key, config)
+    files = _export(store, queue, predictions, images, categories, key, config,
+                    urls, coco_source)
     uri = store.write("labeling_queue", queue)
     ranked = rankings.filter(pc.equal(rankings["measure"], config.selection().measure))
     eligible = int(pc.sum(pc.invert(pc.is_in(ranked["image_id"], pa.array(
@@ -105,6 +126,7 @@ def labeling_queue(
         metadata={
             **table_metadata(queue, uri, preview_rows=10),
             "model_version": key, "strategy": config.strategy, "requested_size": config.size,
+            "image_urls": config.image_urls,
             "class_weights": dg.MetadataValue.json({str(k): round(v, 3)
                                                     for k, v in weights.items()}),
             "excluded_images": len(excluded),
@@ -159,11 +181,13 @@ def _hashes(candidates: pa.Table, source: CocoSourceResource, context) -> dict[i
             if u in hashes}
 
 
-def _export(store, queue, predictions, images, categories, key, config) -> dict[str, str]:
+def _export(store, queue, predictions, images, categories, key, config, urls: ImageUrls,
+            source: CocoSourceResource) -> dict[str, str]:
     coco = coco_preannotations(queue, predictions, images, categories,
                                score_thresh=config.preannotation_score)
     tasks = label_studio_tasks(queue, predictions, categories, model_version=key,
-                               score_thresh=config.preannotation_score)
+                               score_thresh=config.preannotation_score, image_urls=urls,
+                               objects=source.objects())  # the images' S3 signs their URLs
     return {
         "coco_json": store.write_file(json.dumps(coco).encode(), "queue", "labeling_queue.coco.json"),
         "label_studio_tasks": store.write_file(
