@@ -81,8 +81,10 @@ def predict_shard(
     device: torch.device,
     options: PredictOptions = PredictOptions(),
     dataset: ShardImages | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ShardStats:
-    """Run ``detect`` over every image row of ``images`` and write PREDICTIONS row groups."""
+    """Run ``detect`` over every image row of ``images`` and write PREDICTIONS row groups;
+    ``progress(done, total)`` after every batch (a shard can take minutes)."""
     stats = ShardStats()
     loader = make_loader(
         dataset or ShardImages(images), batch_size=options.batch_size,
@@ -102,6 +104,8 @@ def predict_shard(
             ))
             stats.images += len(rows)
             stats.detections += sum(int(o["boxes"].shape[0]) for o in outputs)
+        if progress is not None:
+            progress(stats.images + len(stats.error_rows), images.num_rows)
         if sum(b.num_rows for b in pending) >= options.rows_per_group:
             writer.write_table(pa.Table.from_batches(pending, schemas.PREDICTIONS))
             pending = []
@@ -110,6 +114,23 @@ def predict_shard(
     stats.seconds = time.perf_counter() - start
     stats.errors = len(stats.error_rows)
     return stats
+
+
+def throttled(report: Callable[[str], None], label: str, every_s: float = 15.0
+              ) -> Callable[[int, int], None]:
+    """A ``progress`` callback that reports "label: done/total images (rate)" at most every
+    ``every_s`` seconds and once at the end: progress lines for Dagster's log and the CLI."""
+    start = last = time.perf_counter()
+
+    def update(done: int, total: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if now - last >= every_s or done >= total:
+            last = now
+            rate = done / (now - start) if now > start else 0.0
+            report(f"{label}: {done}/{total} images ({100 * done / max(total, 1):.0f} %, "
+                   f"{rate:.1f} images/s)")
+    return update
 
 
 def _predict_isolating_failures(

@@ -16,6 +16,7 @@ from al_assets.core.prediction.runner import (
     default_workers,
     errors_table,
     predict_shard,
+    throttled,
 )
 from al_assets.core.sharding import batch_of_shard
 from al_assets.core.storage import TableStore
@@ -121,6 +122,7 @@ def predictions(
             stats = predict_shard(
                 images, extractor, writer, ShardRef(model_name, version, shard), device=dev,
                 options=options, dataset=ShardImages(images, coco_source.s3.settings()),
+                progress=throttled(context.log.info, f"predicting {partition} on {dev}"),
             )
     errors = errors_table(stats.error_rows)
     errors_uri = store.write("prediction_errors", errors, partition)
