@@ -101,7 +101,7 @@ def _env(block: Block, root: Path, s3: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # the demo, the S3 variant, dg launch, a loop round: ~12 min
+@pytest.mark.timeout(3600)  # demo, S3 variant, dg launch, two loop rounds: ~15 min quiet
 def test_every_readme_block_runs_as_printed(fresh_copy: Path) -> None:
     import boto3
 
