@@ -4,75 +4,95 @@ One module holds them all so that producers and consumers agree by construction,
 README's schema section can be checked against the code. Boxes are always absolute pixel
 coordinates of the original image, ``xmin <= xmax``, ``ymin <= ymax`` (the notebook's ``box2d``).
 Category ids are the dataset's own (COCO ids, gaps allowed), never a model's contiguous index.
+
+Each column's description is Arrow field metadata (``description``), not a comment: Parquet
+keeps it with the data, and the Dagster UI shows it (``dagster/column_schema``).
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
+DESCRIPTION = b"description"
+
+
+def _f(name: str, type_: pa.DataType, doc: str, *, nullable: bool = True) -> pa.Field:
+    """A field that carries its description, so the documentation travels with the data."""
+    return pa.field(name, type_, nullable=nullable, metadata={DESCRIPTION: doc})
+
+
+def description(field: pa.Field) -> str | None:
+    """The ``description`` metadata of a field; None for an undocumented one."""
+    text = (field.metadata or {}).get(DESCRIPTION)
+    return text.decode("utf-8") if text else None
+
+
 BOX2D = pa.struct(
     [
-        pa.field("xmin", pa.float32(), nullable=False),
-        pa.field("ymin", pa.float32(), nullable=False),
-        pa.field("xmax", pa.float32(), nullable=False),
-        pa.field("ymax", pa.float32(), nullable=False),
+        _f("xmin", pa.float32(), "left edge, pixels", nullable=False),
+        _f("ymin", pa.float32(), "top edge, pixels", nullable=False),
+        _f("xmax", pa.float32(), "right edge, pixels (>= xmin)", nullable=False),
+        _f("ymax", pa.float32(), "bottom edge, pixels (>= ymin)", nullable=False),
     ]
 )
 """Axis-aligned box in pixels, like the notebook's ``box2d``."""
 
 RLE = pa.struct(
     [
-        pa.field("size", pa.list_(pa.int32()), nullable=False),  # [height, width]
-        pa.field("counts", pa.string(), nullable=False),  # compressed COCO RLE string
+        _f("size", pa.list_(pa.int32()), "[height, width] of the mask", nullable=False),
+        _f("counts", pa.string(), "compressed COCO RLE string", nullable=False),
     ]
 )
 """A COCO run-length-encoded mask (pycocotools ``frPyObjects``/``merge`` output, counts as text)."""
 
 CATEGORIES = pa.schema(
     [
-        pa.field("category_id", pa.int32(), nullable=False),
-        pa.field("name", pa.string(), nullable=False),
-        pa.field("supercategory", pa.string()),
-        pa.field("batch", pa.string(), nullable=False),
+        _f("category_id", pa.int32(), "the dataset's category id (COCO id)", nullable=False),
+        _f("name", pa.string(), "category name", nullable=False),
+        _f("supercategory", pa.string(), "COCO supercategory; null when absent"),
+        _f("batch", pa.string(), "ingest batch = annotation file stem", nullable=False),
     ]
 )
 
 IMAGES = pa.schema(
     [
-        pa.field("image_id", pa.int64(), nullable=False),
-        pa.field("file_name", pa.string(), nullable=False),
-        pa.field("uri", pa.string(), nullable=False),  # file:// path or s3:// key, never copied
-        pa.field("width", pa.int32(), nullable=False),
-        pa.field("height", pa.int32(), nullable=False),
-        pa.field("date_captured", pa.string()),
-        pa.field("batch", pa.string(), nullable=False),  # ingest batch = annotation file stem
-        pa.field("shard", pa.string(), nullable=False),  # stable prediction shard key
+        _f("image_id", pa.int64(), "the dataset's image id", nullable=False),
+        _f("file_name", pa.string(), "COCO file_name, relative to the images folder",
+           nullable=False),
+        _f("uri", pa.string(), "file:// path or s3:// key of the image, never copied",
+           nullable=False),
+        _f("width", pa.int32(), "pixels", nullable=False),
+        _f("height", pa.int32(), "pixels", nullable=False),
+        _f("date_captured", pa.string(), "as given in the annotation file; null when absent"),
+        _f("batch", pa.string(), "ingest batch = annotation file stem", nullable=False),
+        _f("shard", pa.string(), "stable prediction shard key", nullable=False),
     ]
 )
 
 ANNOTATIONS = pa.schema(
     [
-        pa.field("ann_id", pa.int64(), nullable=False),
-        pa.field("image_id", pa.int64(), nullable=False),
-        pa.field("category_id", pa.int32(), nullable=False),
-        pa.field("label", pa.string(), nullable=False),
-        pa.field("supercategory", pa.string()),
-        pa.field("bbox", BOX2D, nullable=False),
-        pa.field("bbox_xywh", pa.list_(pa.float32(), 4), nullable=False),  # COCO [x, y, w, h]
-        pa.field("area", pa.float64(), nullable=False),
-        pa.field("iscrowd", pa.bool_(), nullable=False),
-        pa.field("segmentation", RLE),  # polygons are converted to RLE; null when absent
-        pa.field("batch", pa.string(), nullable=False),
+        _f("ann_id", pa.int64(), "annotation id in its file", nullable=False),
+        _f("image_id", pa.int64(), "the annotated image", nullable=False),
+        _f("category_id", pa.int32(), "the dataset's category id", nullable=False),
+        _f("label", pa.string(), "category name", nullable=False),
+        _f("supercategory", pa.string(), "COCO supercategory; null when absent"),
+        _f("bbox", BOX2D, "box in pixels, corners", nullable=False),
+        _f("bbox_xywh", pa.list_(pa.float32(), 4), "COCO [x, y, w, h]", nullable=False),
+        _f("area", pa.float64(), "COCO area (of the mask when there is one)", nullable=False),
+        _f("iscrowd", pa.bool_(), "COCO crowd region (left out of matching and counts)",
+           nullable=False),
+        _f("segmentation", RLE, "mask; polygons are converted to RLE; null when absent"),
+        _f("batch", pa.string(), "ingest or label batch", nullable=False),
     ]
 )
 
 INGESTION_REJECTS = pa.schema(
     [
-        pa.field("batch", pa.string(), nullable=False),
-        pa.field("source", pa.string(), nullable=False),  # file or object the record came from
-        pa.field("record_type", pa.string(), nullable=False),  # image | annotation | category
-        pa.field("record_id", pa.int64()),
-        pa.field("reason", pa.string(), nullable=False),  # names the record and the fix
+        _f("batch", pa.string(), "the batch the record was left out of", nullable=False),
+        _f("source", pa.string(), "file or object the record came from", nullable=False),
+        _f("record_type", pa.string(), "image | annotation | category", nullable=False),
+        _f("record_id", pa.int64(), "the record's id; null when it has none"),
+        _f("reason", pa.string(), "names the record and the fix (stable text)", nullable=False),
     ]
 )
 """Records left out of a batch, one row each; reasons are stable text (no addresses), so runs
@@ -83,45 +103,47 @@ metadata and logged."""
 
 DETECTION = pa.struct(
     [
-        pa.field("box", BOX2D, nullable=False),
-        # The detector's own score for label_id (torchvision's softmax incl. background).
-        pa.field("score", pa.float32(), nullable=False),
-        pa.field("label_id", pa.int32(), nullable=False),
-        # Top-k of the foreground distribution (background dropped, renormalized), descending.
-        pa.field("label_ids", pa.list_(pa.int32()), nullable=False),
-        pa.field("scores", pa.list_(pa.float32()), nullable=False),
-        # Full foreground distribution in the model's category order; null unless configured.
-        pa.field("distribution", pa.list_(pa.float32())),
+        _f("box", BOX2D, "box in pixels", nullable=False),
+        _f("score", pa.float32(),
+           "the detector's own score for label_id (torchvision's softmax incl. background)",
+           nullable=False),
+        _f("label_id", pa.int32(), "the detector's label (a category id)", nullable=False),
+        _f("label_ids", pa.list_(pa.int32()),
+           "top-k of the foreground distribution, descending", nullable=False),
+        _f("scores", pa.list_(pa.float32()),
+           "their probabilities (background dropped, renormalized)", nullable=False),
+        _f("distribution", pa.list_(pa.float32()),
+           "full foreground distribution in the model's category order; null unless configured"),
     ]
 )
 """One detection with its class distribution: the notebook's class-scores variant."""
 
 PREDICTIONS = pa.schema(
     [
-        pa.field("image_id", pa.int64(), nullable=False),
-        pa.field("uri", pa.string(), nullable=False),
-        pa.field("width", pa.int32(), nullable=False),
-        pa.field("height", pa.int32(), nullable=False),
-        pa.field("model_name", pa.string(), nullable=False),
-        pa.field("model_version", pa.int32(), nullable=False),
-        pa.field("shard", pa.string(), nullable=False),
-        # One row per image; an image with no detection has an empty list (never a missing row).
-        pa.field("detections", pa.list_(DETECTION), nullable=False),
-        # The detector's own view of the image (extractor.image_embeddings: pooled backbone
-        # maps, L2-normalized), for diversity-aware selection; null where a model gave none.
-        pa.field("embedding", pa.list_(pa.float32())),
+        _f("image_id", pa.int64(), "the pool's image id", nullable=False),
+        _f("uri", pa.string(), "the image read", nullable=False),
+        _f("width", pa.int32(), "pixels", nullable=False),
+        _f("height", pa.int32(), "pixels", nullable=False),
+        _f("model_name", pa.string(), "registered model name", nullable=False),
+        _f("model_version", pa.int32(), "registered model version", nullable=False),
+        _f("shard", pa.string(), "prediction shard key", nullable=False),
+        _f("detections", pa.list_(DETECTION),
+           "one row per image; an image with no detection has an empty list", nullable=False),
+        _f("embedding", pa.list_(pa.float32()),
+           "pooled, L2-normalized backbone features for diversity-aware selection; "
+           "null where a model gave none"),
     ]
 )
 
 PREDICTION_ERRORS = pa.schema(
     [
-        pa.field("image_id", pa.int64(), nullable=False),
-        pa.field("uri", pa.string(), nullable=False),
-        pa.field("model_name", pa.string(), nullable=False),
-        pa.field("model_version", pa.int32(), nullable=False),
-        pa.field("shard", pa.string(), nullable=False),
-        pa.field("stage", pa.string(), nullable=False),  # read | decode | predict
-        pa.field("error", pa.string(), nullable=False),
+        _f("image_id", pa.int64(), "the image that failed", nullable=False),
+        _f("uri", pa.string(), "its location", nullable=False),
+        _f("model_name", pa.string(), "registered model name", nullable=False),
+        _f("model_version", pa.int32(), "registered model version", nullable=False),
+        _f("shard", pa.string(), "prediction shard key", nullable=False),
+        _f("stage", pa.string(), "read | decode | predict", nullable=False),
+        _f("error", pa.string(), "what went wrong (stable text)", nullable=False),
     ]
 )
 
@@ -130,48 +152,50 @@ PREDICTION_ERRORS = pa.schema(
 
 BOX_SCORES = pa.schema(
     [
-        pa.field("image_id", pa.int64(), nullable=False),
-        pa.field("uri", pa.string(), nullable=False),
-        pa.field("model_name", pa.string(), nullable=False),
-        pa.field("model_version", pa.int32(), nullable=False),
-        pa.field("shard", pa.string(), nullable=False),
-        pa.field("det_index", pa.int32(), nullable=False),  # position in the image's detections
-        pa.field("box", BOX2D, nullable=False),
-        pa.field("label_id", pa.int32(), nullable=False),  # the detector's label and score
-        pa.field("score", pa.float32(), nullable=False),
-        # True: measures from the full `distribution`; False: from the top-k `scores`
-        # (entropy then is a lower bound of the true entropy).
-        pa.field("from_distribution", pa.bool_(), nullable=False),
-        pa.field("p1", pa.float32(), nullable=False),  # top class probability, renormalized
-        pa.field("p2", pa.float32(), nullable=False),  # second one; 0 when k == 1
-        pa.field("first_label_id", pa.int32(), nullable=False),  # label_ids[0]
-        pa.field("second_label_id", pa.int32()),  # label_ids[1]; null when k == 1
-        # Measures (al_assets.core.scoring.measures); all high = uncertain except margin.
-        pa.field("least_confidence", pa.float32(), nullable=False),  # 1 - p1
-        pa.field("least_confidence_norm", pa.float32(), nullable=False),  # n/(n-1) (1 - p1)
-        pa.field("margin", pa.float32(), nullable=False),  # p1 - p2; LOW = uncertain
-        pa.field("margin_uncertainty", pa.float32(), nullable=False),  # 1 - (p1 - p2)
-        pa.field("ratio", pa.float32(), nullable=False),  # p2 / p1
-        pa.field("entropy", pa.float32(), nullable=False),  # nats, in [0, log n]
-        pa.field("entropy_norm", pa.float32(), nullable=False),  # entropy / log n
+        _f("image_id", pa.int64(), "the pool's image id", nullable=False),
+        _f("uri", pa.string(), "the image", nullable=False),
+        _f("model_name", pa.string(), "registered model name", nullable=False),
+        _f("model_version", pa.int32(), "registered model version", nullable=False),
+        _f("shard", pa.string(), "prediction shard key", nullable=False),
+        _f("det_index", pa.int32(), "position in the image's detections", nullable=False),
+        _f("box", BOX2D, "box in pixels", nullable=False),
+        _f("label_id", pa.int32(), "the detector's label", nullable=False),
+        _f("score", pa.float32(), "the detector's score", nullable=False),
+        _f("from_distribution", pa.bool_(),
+           "true: measures from the full distribution; false: from the top-k scores "
+           "(entropy then is a lower bound)", nullable=False),
+        _f("p1", pa.float32(), "top class probability, renormalized", nullable=False),
+        _f("p2", pa.float32(), "second class probability; 0 when k == 1", nullable=False),
+        _f("first_label_id", pa.int32(), "label_ids[0]: the most likely class", nullable=False),
+        _f("second_label_id", pa.int32(), "label_ids[1]; null when k == 1"),
+        _f("least_confidence", pa.float32(), "1 - p1 (high = uncertain)", nullable=False),
+        _f("least_confidence_norm", pa.float32(), "n/(n-1) (1 - p1), in [0, 1]",
+           nullable=False),
+        _f("margin", pa.float32(), "p1 - p2; LOW = uncertain", nullable=False),
+        _f("margin_uncertainty", pa.float32(), "1 - (p1 - p2) (high = uncertain)",
+           nullable=False),
+        _f("ratio", pa.float32(), "p2 / p1 (high = uncertain)", nullable=False),
+        _f("entropy", pa.float32(), "nats, in [0, log n] (high = uncertain)", nullable=False),
+        _f("entropy_norm", pa.float32(), "entropy / log n, in [0, 1]", nullable=False),
     ]
 )
 """One row per detection with its uncertainty measures; float32 like the detector's scores."""
 
 IMAGE_SCORES = pa.schema(
     [
-        pa.field("image_id", pa.int64(), nullable=False),
-        pa.field("uri", pa.string(), nullable=False),
-        pa.field("measure", pa.string(), nullable=False),  # a BOX_SCORES measure, or p1/score
-        pa.field("agg", pa.string(), nullable=False),  # max | mean | sum | topk_mean
-        pa.field("top_k", pa.int32()),  # the k of topk_mean; null for the other aggregations
-        # Aggregated uncertainty, higher = more uncertain whatever the measure (margin, p1 and
-        # score are turned into 1 - value). Null for an image without detections.
-        pa.field("uncertainty", pa.float64()),
-        pa.field("n_detections", pa.int32(), nullable=False),
-        pa.field("has_detections", pa.bool_(), nullable=False),
-        # 1 = most uncertain; ties by image_id; images without detections placed by policy.
-        pa.field("rank", pa.int64(), nullable=False),
+        _f("image_id", pa.int64(), "the pool's image id", nullable=False),
+        _f("uri", pa.string(), "the image", nullable=False),
+        _f("measure", pa.string(), "a box_scores measure, or p1/score", nullable=False),
+        _f("agg", pa.string(), "max | mean | sum | topk_mean", nullable=False),
+        _f("top_k", pa.int32(), "the k of topk_mean; null for the other aggregations"),
+        _f("uncertainty", pa.float64(),
+           "aggregated uncertainty, higher = more uncertain whatever the measure; null for "
+           "an image without detections"),
+        _f("n_detections", pa.int32(), "detections aggregated", nullable=False),
+        _f("has_detections", pa.bool_(), "false: nothing detected", nullable=False),
+        _f("rank", pa.int64(),
+           "1 = most uncertain; ties by image_id; images without detections placed by policy",
+           nullable=False),
     ]
 )
 """One row per predicted image, sorted by rank: the input of the labeling queue."""
@@ -181,19 +205,22 @@ IMAGE_SCORES = pa.schema(
 
 LABELING_QUEUE = pa.schema(
     [
-        pa.field("queue_rank", pa.int64(), nullable=False),  # 1 = label first
-        pa.field("image_id", pa.int64(), nullable=False),
-        pa.field("uri", pa.string(), nullable=False),
-        pa.field("strategy", pa.string(), nullable=False),  # the IMAGE_SCORES measure
-        pa.field("agg", pa.string(), nullable=False),  # the IMAGE_SCORES aggregation
-        pa.field("uncertainty", pa.float64()),  # null for an image without detections
-        pa.field("n_detections", pa.int32(), nullable=False),
-        # Most frequent predicted label (ties: highest detection score, then lowest id);
-        # null for an image without detections. The class that max_per_class balances.
-        pa.field("top_label_id", pa.int32()),
-        pa.field("labels", pa.list_(pa.int32()), nullable=False),  # distinct label ids, ascending
-        pa.field("score_rank", pa.int64(), nullable=False),  # IMAGE_SCORES rank; gaps = skipped
-        pa.field("reason", pa.string(), nullable=False),  # e.g. "entropy max 0.93 over 4 boxes"
+        _f("queue_rank", pa.int64(), "1 = label first", nullable=False),
+        _f("image_id", pa.int64(), "the pool's image id", nullable=False),
+        _f("uri", pa.string(), "the image", nullable=False),
+        _f("strategy", pa.string(), "the image_scores measure", nullable=False),
+        _f("agg", pa.string(), "the image_scores aggregation", nullable=False),
+        _f("uncertainty", pa.float64(), "higher = more uncertain; null without detections"),
+        _f("n_detections", pa.int32(), "confident detections", nullable=False),
+        _f("top_label_id", pa.int32(),
+           "most frequent predicted label (ties: highest score, then lowest id), the class "
+           "max_per_class balances; null without detections"),
+        _f("labels", pa.list_(pa.int32()), "distinct predicted label ids, ascending",
+           nullable=False),
+        _f("score_rank", pa.int64(), "image_scores rank; gaps = skipped images",
+           nullable=False),
+        _f("reason", pa.string(), "why it was picked, e.g. 'entropy max 0.93 over 4 boxes'",
+           nullable=False),
     ]
 )
 """The images to label next, in order (al_assets.core.queue.select_queue); exports read it."""
@@ -203,85 +230,94 @@ LABELING_QUEUE = pa.schema(
 
 CONFUSED_PAIRS = pa.schema(
     [
-        # (label_ids[0], label_ids[1]) of the grouped detections; when `unordered` the pair
-        # (a, b) and (b, a) are merged and first_label_id < second_label_id.
-        pa.field("first_label_id", pa.int32(), nullable=False),
-        pa.field("first_name", pa.string(), nullable=False),
-        pa.field("second_label_id", pa.int32(), nullable=False),
-        pa.field("second_name", pa.string(), nullable=False),
-        pa.field("unordered", pa.bool_(), nullable=False),
-        pa.field("count", pa.int64(), nullable=False),  # detections of the pair
-        pa.field("n_images", pa.int64(), nullable=False),  # distinct images among them
-        pa.field("avg_margin", pa.float64(), nullable=False),
-        pa.field("min_margin", pa.float64(), nullable=False),
-        pa.field("median_margin", pa.float64(), nullable=False),  # exact, not approximate
+        _f("first_label_id", pa.int32(),
+           "label_ids[0] of the grouped detections (the smaller id when unordered)",
+           nullable=False),
+        _f("first_name", pa.string(), "its category name", nullable=False),
+        _f("second_label_id", pa.int32(), "label_ids[1] (the larger id when unordered)",
+           nullable=False),
+        _f("second_name", pa.string(), "its category name", nullable=False),
+        _f("unordered", pa.bool_(), "true: (a, b) and (b, a) merged", nullable=False),
+        _f("count", pa.int64(), "detections of the pair", nullable=False),
+        _f("n_images", pa.int64(), "distinct images among them", nullable=False),
+        _f("avg_margin", pa.float64(), "mean p1 - p2", nullable=False),
+        _f("min_margin", pa.float64(), "smallest p1 - p2", nullable=False),
+        _f("median_margin", pa.float64(), "median p1 - p2, exact", nullable=False),
     ]
 )
 """Confused class pairs, sorted by count desc then avg_margin asc (al_assets.core.analysis)."""
 
 CLASS_FREQUENCY = pa.schema(
     [
-        pa.field("category_id", pa.int32(), nullable=False),
-        pa.field("name", pa.string(), nullable=False),
-        pa.field("predicted_count", pa.int64(), nullable=False),  # detections, score >= thresh
-        pa.field("predicted_share", pa.float64()),  # of all detections; null when there is none
-        # max predicted_count / this class's count; null when this class's count is 0.
-        pa.field("predicted_imbalance", pa.float64()),
-        pa.field("gt_count", pa.int64()),  # non-crowd annotations; null: no ground truth given
-        pa.field("gt_share", pa.float64()),
-        pa.field("gt_imbalance", pa.float64()),
+        _f("category_id", pa.int32(), "the dataset's category id", nullable=False),
+        _f("name", pa.string(), "category name", nullable=False),
+        _f("predicted_count", pa.int64(), "detections at or above the score threshold",
+           nullable=False),
+        _f("predicted_share", pa.float64(), "of all detections; null when there is none"),
+        _f("predicted_imbalance", pa.float64(),
+           "max predicted_count / this class's count; null when this class's count is 0"),
+        _f("gt_count", pa.int64(), "non-crowd annotations; null: no ground truth given"),
+        _f("gt_share", pa.float64(), "of all annotations"),
+        _f("gt_imbalance", pa.float64(), "max gt_count / this class's gt_count"),
     ]
 )
 """One row per category (zero counts included), sorted by predicted_count desc."""
 
 DETECTION_MATCHES = pa.schema(
     [
-        pa.field("image_id", pa.int64(), nullable=False),
-        pa.field("det_index", pa.int32()),  # position in the image's detections; null: missed
-        pa.field("ann_id", pa.int64()),  # matched annotation; null: false positive
-        pa.field("gt_category_id", pa.int32()),  # null = background (false positive)
-        pa.field("pred_category_id", pa.int32()),  # null = missed (false negative)
-        pa.field("iou", pa.float64()),  # IoU of the matched pair; null when unmatched
-        pa.field("score", pa.float32()),  # detector score; null for a missed annotation
-        pa.field("outcome", pa.string(), nullable=False),  # correct|confused|false_positive|missed
+        _f("image_id", pa.int64(), "the pool's image id", nullable=False),
+        _f("det_index", pa.int32(), "position in the image's detections; null: missed"),
+        _f("ann_id", pa.int64(), "matched annotation; null: false positive"),
+        _f("gt_category_id", pa.int32(), "ground-truth class; null = background"),
+        _f("pred_category_id", pa.int32(), "predicted class; null = missed"),
+        _f("iou", pa.float64(), "IoU of the matched pair; null when unmatched"),
+        _f("score", pa.float32(), "detector score; null for a missed annotation"),
+        _f("outcome", pa.string(), "correct | confused | false_positive | missed",
+           nullable=False),
     ]
 )
 """Class-agnostic greedy matching of detections to ground truth (crowd matches left out)."""
 
 CONFUSION_MATRIX = pa.schema(
     [
-        pa.field("gt_category_id", pa.int32()),  # null = background
-        pa.field("gt_name", pa.string(), nullable=False),  # "background" for null
-        pa.field("pred_category_id", pa.int32()),  # null = background (missed)
-        pa.field("pred_name", pa.string(), nullable=False),
-        pa.field("count", pa.int64(), nullable=False),  # > 0: only non-empty cells are rows
+        _f("gt_category_id", pa.int32(), "ground-truth class; null = background"),
+        _f("gt_name", pa.string(), "its name; 'background' for null", nullable=False),
+        _f("pred_category_id", pa.int32(), "predicted class; null = background (missed)"),
+        _f("pred_name", pa.string(), "its name; 'background' for null", nullable=False),
+        _f("count", pa.int64(), "matched boxes (> 0: only non-empty cells are rows)",
+           nullable=False),
     ]
 )
 """The confusion matrix in long form, sorted by gt then predicted category id (background last)."""
 
 MODEL_EVALUATION = pa.schema(
     [
-        pa.field("category_id", pa.int32()),  # null: the row of all categories
-        pa.field("name", pa.string(), nullable=False),  # "all" for the overall row
-        pa.field("ap", pa.float64()),  # COCO AP@[.5:.95]; null: no ground truth of the class
-        pa.field("ap50", pa.float64()),
-        pa.field("ap75", pa.float64()),
-        pa.field("num_gt", pa.int64(), nullable=False),  # non-crowd annotations evaluated
+        _f("category_id", pa.int32(), "the class; null: the row of all categories"),
+        _f("name", pa.string(), "category name; 'all' for the overall row", nullable=False),
+        _f("ap", pa.float64(), "COCO AP@[.5:.95]; null: no ground truth of the class"),
+        _f("ap50", pa.float64(), "COCO AP at IoU 0.5"),
+        _f("ap75", pa.float64(), "COCO AP at IoU 0.75"),
+        _f("num_gt", pa.int64(), "non-crowd annotations evaluated", nullable=False),
+        _f("model_version", pa.string(), "the evaluated model version (partition key)",
+           nullable=False),
     ]
 )
-"""COCOeval of stored predictions against the ground-truth tables, overall row first."""
+"""COCOeval of stored predictions against the ground-truth tables: per model version, overall
+row first (al_assets.core.analysis.evaluation.version_comparison puts versions side by side)."""
 
 
 # --- the loop: labels back, fixed split, model versions ---
 
 LABELED_IMAGES = pa.schema(
     [
-        pa.field("image_id", pa.int64(), nullable=False),  # the pool's image id
-        pa.field("batch", pa.string(), nullable=False),  # label batch = label file stem
-        pa.field("source", pa.string(), nullable=False),  # the label file
-        pa.field("record_id", pa.string(), nullable=False),  # LS task id or COCO image id there
-        pa.field("n_boxes", pa.int32(), nullable=False),  # 0 = labeled as containing nothing
-        pa.field("format", pa.string(), nullable=False),  # label_studio | coco
+        _f("image_id", pa.int64(), "the pool's image id", nullable=False),
+        _f("batch", pa.string(), "label batch = label file stem", nullable=False),
+        _f("source", pa.string(), "the label file", nullable=False),
+        _f("record_id", pa.string(), "Label Studio task id or COCO image id in that file",
+           nullable=False),
+        _f("n_boxes", pa.int32(), "boxes labeled; 0 = labeled as containing nothing",
+           nullable=False),
+        _f("format", pa.string(), "label_studio | coco", nullable=False),
     ]
 )
 """One row per image a label file labels (its boxes are ANNOTATIONS rows of the same batch).
@@ -291,47 +327,48 @@ ANNOTATIONS alone cannot tell an image labeled empty from an unlabeled one; this
 
 SPLITS = pa.schema(
     [
-        pa.field("image_id", pa.int64(), nullable=False),
-        pa.field("split", pa.string(), nullable=False),  # train | heldout
-        pa.field("labeled", pa.bool_(), nullable=False),  # has ground truth (ingested or imported)
-        pa.field("label_batch", pa.string()),  # batch of its effective labels; null: unlabeled
-        pa.field("n_boxes", pa.int32(), nullable=False),  # effective non-crowd boxes
+        _f("image_id", pa.int64(), "the pool's image id", nullable=False),
+        _f("split", pa.string(), "train | heldout", nullable=False),
+        _f("labeled", pa.bool_(), "has ground truth (ingested or imported)", nullable=False),
+        _f("label_batch", pa.string(), "batch of its effective labels; null: unlabeled"),
+        _f("n_boxes", pa.int32(), "effective non-crowd boxes", nullable=False),
     ]
 )
 """Every pool image's split, a pure function of its id (al_assets.core.splits), never moved."""
 
 MODEL_VERSIONS = pa.schema(
     [
-        pa.field("evaluated_at", pa.string(), nullable=False),  # ISO 8601 UTC
-        pa.field("model_version", pa.string(), nullable=False),  # challenger partition key
-        pa.field("champion_version", pa.string()),  # the champion it was compared with
-        pa.field("label_batches", pa.list_(pa.string()), nullable=False),  # training lineage
-        pa.field("train_images", pa.int64(), nullable=False),
-        pa.field("train_boxes", pa.int64(), nullable=False),
-        pa.field("heldout_images", pa.int64(), nullable=False),
-        pa.field("map", pa.float64()),  # challenger COCO mAP on the held-out split
-        pa.field("map_low", pa.float64()),  # bootstrap interval over held-out images
-        pa.field("map_high", pa.float64()),
-        pa.field("champion_map", pa.float64()),
-        pa.field("delta_map", pa.float64()),  # challenger - champion
-        pa.field("delta_low", pa.float64()),  # paired bootstrap interval of the delta
-        pa.field("delta_high", pa.float64()),
-        pa.field("ap50", pa.float64()),
-        pa.field("promoted", pa.bool_(), nullable=False),
-        pa.field("reason", pa.string(), nullable=False),  # why promoted or kept
+        _f("evaluated_at", pa.string(), "ISO 8601 UTC", nullable=False),
+        _f("model_version", pa.string(), "challenger partition key", nullable=False),
+        _f("champion_version", pa.string(), "the champion it was compared with; null: none"),
+        _f("label_batches", pa.list_(pa.string()), "training lineage: label batches used",
+           nullable=False),
+        _f("train_images", pa.int64(), "training images", nullable=False),
+        _f("train_boxes", pa.int64(), "training boxes", nullable=False),
+        _f("heldout_images", pa.int64(), "labeled held-out images evaluated", nullable=False),
+        _f("map", pa.float64(), "challenger COCO mAP on the held-out split"),
+        _f("map_low", pa.float64(), "bootstrap interval over held-out images, low end"),
+        _f("map_high", pa.float64(), "bootstrap interval, high end"),
+        _f("champion_map", pa.float64(), "champion COCO mAP on the same images"),
+        _f("delta_map", pa.float64(), "challenger - champion"),
+        _f("delta_low", pa.float64(), "paired bootstrap interval of the delta, low end"),
+        _f("delta_high", pa.float64(), "paired bootstrap interval of the delta, high end"),
+        _f("ap50", pa.float64(), "challenger COCO AP at IoU 0.5"),
+        _f("promoted", pa.bool_(), "the challenger became champion", nullable=False),
+        _f("reason", pa.string(), "why promoted or kept", nullable=False),
     ]
 )
 """One row per evaluation-gate decision, oldest first: the loop's history for the report."""
 
 GATE_CLASS_DELTAS = pa.schema(
     [
-        pa.field("model_version", pa.string(), nullable=False),  # the challenger
-        pa.field("champion_version", pa.string()),
-        pa.field("category_id", pa.int32(), nullable=False),
-        pa.field("name", pa.string(), nullable=False),
-        pa.field("champion_ap", pa.float64()),  # COCO AP on the held-out split
-        pa.field("challenger_ap", pa.float64()),
-        pa.field("delta", pa.float64()),  # challenger - champion; null when either is
+        _f("model_version", pa.string(), "the challenger", nullable=False),
+        _f("champion_version", pa.string(), "the champion; null: none"),
+        _f("category_id", pa.int32(), "the class", nullable=False),
+        _f("name", pa.string(), "category name", nullable=False),
+        _f("champion_ap", pa.float64(), "champion COCO AP on the held-out split"),
+        _f("challenger_ap", pa.float64(), "challenger COCO AP on the held-out split"),
+        _f("delta", pa.float64(), "challenger - champion; null when either is"),
     ]
 )
 """The last gate decision per class, worst change first: what the last round's labels changed."""

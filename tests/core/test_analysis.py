@@ -10,7 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from al_assets.core.analysis.confused_pairs import confused_pairs
-from al_assets.core.analysis.evaluation import evaluate_predictions, evaluation_table
+from al_assets.core.analysis.evaluation import (
+    evaluate_predictions,
+    evaluation_table,
+    version_comparison,
+)
 from al_assets.core.analysis.frequency import class_frequency, imbalance_summary
 from al_assets.core.analysis.matching import confusion_matrix, confusion_table, match_detections
 from al_assets.core.schemas import (
@@ -430,12 +434,13 @@ def test_perfect_predictions_have_map_one() -> None:
     }
     assert result["per_category_num_gt"] == {PERSON: 2, CHAIR: 1, REMOTE: 0, PHONE: 0}
     assert (result["num_images"], result["num_detections"], result["num_annotations"]) == (2, 3, 3)
-    table = evaluation_table(result, COCO_FOUR)
+    table = evaluation_table(result, COCO_FOUR, "detector-v1")
     assert table.schema.equals(MODEL_EVALUATION)
     assert _rows(table, "name", "num_gt") == [
         ("all", 3), ("person", 2), ("chair", 1), ("remote", 0), ("cell phone", 0),
     ]
     assert table["ap"].to_pylist() == pytest.approx([1.0, 1.0, 1.0, None, None])
+    assert table["model_version"].to_pylist() == ["detector-v1"] * 5
 
 
 def test_shifted_boxes_lower_map(capsys: pytest.CaptureFixture[str]) -> None:
@@ -449,13 +454,41 @@ def test_shifted_boxes_lower_map(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out == ""  # pycocotools' prints are swallowed
 
 
+def test_version_comparison_puts_versions_side_by_side_with_the_newest_change() -> None:
+    images = _images(1, 2, 3, 4)
+    stacked = pa.concat_tables([
+        evaluation_table(evaluate_predictions(_eval_predictions(shift), EVAL_GT, images,
+                                              COCO_FOUR), COCO_FOUR, version)
+        for version, shift in (("det-v1", 0), ("det-v2", 20))
+    ])
+
+    table = version_comparison(stacked)
+
+    assert table.column_names == ["category_id", "name", "metric", "det-v1", "det-v2", "delta"]
+    assert _rows(table, "category_id", "name", "metric") == [
+        (None, "all classes", "mAP"), (None, "all classes", "AP50"), (PERSON, "person", "AP"),
+        (CHAIR, "chair", "AP"), (REMOTE, "remote", "AP"), (PHONE, "cell phone", "AP"),
+    ]
+    assert table["det-v2"].to_pylist() == pytest.approx([0.3, 1.0, 0.4, 0.2, None, None])
+    # newest minus previous; null where a class has no ground truth
+    assert table["delta"].to_pylist() == pytest.approx([-0.7, 0.0, -0.6, -0.8, None, None])
+    older_last = version_comparison(stacked, ["det-v2", "det-v1"])
+    assert older_last["delta"].to_pylist()[:2] == pytest.approx([0.7, 0.0])
+    only_one = version_comparison(stacked.filter(pc.equal(stacked["model_version"], "det-v1")))
+    assert only_one.column_names[-2:] == ["det-v1", "delta"]
+    assert only_one["delta"].null_count == only_one.num_rows == 6
+    assert version_comparison(MODEL_EVALUATION.empty_table()).num_rows == 0
+    with pytest.raises(ValueError, match="clash"):
+        version_comparison(stacked, ["det-v1", "name"])
+
+
 def test_evaluation_without_ground_truth() -> None:
     result = evaluate_predictions(_eval_predictions(0), EVAL_GT.slice(0, 0), _images(1, 2),
                                   COCO_FOUR)
     assert result["map"] is None and result["ap50"] is None and result["num_images"] == 0
     assert "no image has both predictions" in result["reason"]
     assert set(result["per_category"].values()) == {None}
-    assert evaluation_table(result, COCO_FOUR)["ap"].null_count == 5
+    assert evaluation_table(result, COCO_FOUR, "detector-v1")["ap"].null_count == 5
 
 
 def test_evaluation_errors_name_the_record() -> None:

@@ -18,20 +18,25 @@ from al_assets.core.report.charts import (
     confusion_heatmap,
     learning_curves_chart,
 )
+from al_assets.core import schemas
+from al_assets.core.errors import ImageDecodeError
 from al_assets.core.report.drawing import (
     GalleryItem,
     draw_detections,
     draw_margins,
     gallery,
     margin_text,
+    thumbnail_jpeg,
     to_png,
 )
 from al_assets.core.report.html import (
     ReportImage,
     ReportSection,
+    ThumbnailTable,
     render_html_report,
     write_html_report,
 )
+from al_assets.core.report.uncertainty_report import ReportInputs, report_sections
 
 GRAY = (128, 128, 128)
 YELLOW = (255, 255, 0)
@@ -296,7 +301,8 @@ def test_html_escapes_user_text_and_references_every_image(embed: bool):
     assert "script" not in parsed.tags and MALICIOUS not in page
     text = "".join(parsed.text)
     assert text.count(MALICIOUS) >= 5  # title, heading, paragraph, caption, table cell
-    assert "cow & sheep" in text and "xmin=1, ymin=2" in text and "0.1235" in text
+    assert "cow & sheep" in text and "xmin=1, ymin=2" in text and "0.123" in text
+    assert "0.1235" not in text  # figures are rounded to 3 decimals (core.display)
     images = [image for section in sections for image in section.images]
     assert len(parsed.sources) == len(images)
     for source, image in zip(parsed.sources, images):
@@ -338,3 +344,104 @@ def test_bad_image_names_and_data_are_rejected():
         render_html_report("r", [ReportSection("s", images=[ReportImage("a.png", png)] * 2)])
     with pytest.raises(ValueError, match="neither PNG nor JPEG"):
         render_html_report("r", [ReportSection("s", images=[ReportImage("a.png", b"GIF89a")])])
+
+
+# --- the report's sections: queue thumbnails, versions side by side ---------------------------
+ROOT = "file:///pool/images"
+
+
+def _queue_rows() -> pa.Table:
+    rows = [
+        {"queue_rank": rank, "image_id": image_id, "uri": f"{ROOT}/{name}",
+         "strategy": "entropy", "agg": "max", "uncertainty": 0.91234567, "n_detections": 2,
+         "top_label_id": 1, "labels": [1, 3], "score_rank": rank, "reason": "entropy max"}
+        for rank, image_id, name in ((1, 10, "a/good.jpg"), (2, 20, "a/broken.jpg"),
+                                     (3, 30, "missing.jpg"))
+    ]
+    return pa.Table.from_pylist(rows, schema=schemas.LABELING_QUEUE)
+
+
+def _evaluation() -> pa.Table:
+    rows = [
+        {"category_id": cid, "name": name, "ap": ap, "ap50": ap50, "ap75": None, "num_gt": 3,
+         "model_version": version}
+        for version, rows in (("m-v1", [(None, "all", 0.2, 0.5), (1, "cow", 0.2, 0.5)]),
+                              ("m-v2", [(None, "all", 0.35, 0.6), (1, "cow", 0.35, 0.6)]))
+        for cid, name, ap, ap50 in rows
+    ]
+    return pa.Table.from_pylist(rows, schema=schemas.MODEL_EVALUATION)
+
+
+def _inputs() -> ReportInputs:
+    views = schemas.BOX_SCORES.empty_table()
+    categories = pa.Table.from_pylist(
+        [{"category_id": i, "name": n, "supercategory": None, "batch": "b"}
+         for i, n in ((1, "cow"), (3, "sheep"))], schema=schemas.CATEGORIES)
+    frequency = pa.Table.from_pylist(
+        [{"category_id": 1, "name": "cow", "predicted_count": 2, "predicted_share": 1.0,
+          "predicted_imbalance": 1.0, "gt_count": None, "gt_share": None, "gt_imbalance": None}],
+        schema=schemas.CLASS_FREQUENCY)
+    return ReportInputs(
+        model_version="m-v2", least_confidence=views, least_margin=views, entropy=views,
+        confused_pairs=schemas.CONFUSED_PAIRS.empty_table(), class_frequency=frequency,
+        evaluation=_evaluation(), confusion=schemas.CONFUSION_MATRIX.empty_table(),
+        queue=_queue_rows(), categories=categories, image_root=ROOT,
+    )
+
+
+def _loader(tmp_path: Path):
+    """good.jpg loads; broken.jpg fails like decode_rgb does; anything else is missing."""
+    _photo(3, (300, 200)).save(tmp_path / "good.jpg")
+
+    def load(uri: str) -> Image.Image:
+        if uri.endswith("good.jpg"):
+            return Image.open(tmp_path / "good.jpg")
+        if uri.endswith("broken.jpg"):
+            raise ImageDecodeError(f"{uri}: not a readable image (<object at 0x7f00dead>)")
+        raise FileNotFoundError(uri)
+
+    return load
+
+
+def test_queue_table_has_thumbnails_names_and_short_paths(tmp_path: Path):
+    sections = report_sections(_inputs(), _loader(tmp_path))
+    queue = next(s for s in sections if s.title == "Labeling queue")
+    (table,) = queue.tables
+
+    assert isinstance(table, ThumbnailTable)
+    assert [t is None for t in table.thumbnails] == [False, True, True]
+    assert table.table["file"].to_pylist() == ["a/good.jpg", "a/broken.jpg", "missing.jpg"]
+    assert table.table["top_label"].to_pylist() == ["cow"] * 3
+    assert table.table["labels"].to_pylist() == [["cow", "sheep"]] * 3
+    with Image.open(io.BytesIO(table.thumbnails[0].data)) as thumb:
+        assert thumb.format == "JPEG" and max(thumb.size) == 96
+
+    page_path = write_html_report(tmp_path / "report" / "index.html", "r", sections)
+
+    page = page_path.read_text(encoding="utf-8")
+    assert "queue_1.jpg" in _parse(page).sources and (page_path.parent / "queue_1.jpg").is_file()
+    assert page.count('class="thumb missing"') == 2 and "file://" not in page
+    assert "0.912" in page and "0.9123" not in page
+
+
+def test_model_versions_section_is_side_by_side_with_delta(tmp_path: Path):
+    sections = report_sections(_inputs(), _loader(tmp_path))
+    (table,) = next(s for s in sections if s.title == "Model versions").tables
+
+    assert table.column_names == ["category_id", "name", "metric", "m-v1", "m-v2", "delta"]
+    assert table["metric"].to_pylist() == ["mAP", "AP50", "AP"]
+    assert table["delta"].to_pylist() == pytest.approx([0.15, 0.1, 0.15])
+
+
+def test_unloadable_images_become_placeholders_with_stable_text():
+    addresses = iter(range(0x7F00, 0x7FFF))
+
+    def broken() -> Image.Image:  # like Pillow's errors: each names an object's address
+        raise ImageDecodeError(f"<x at 0x{next(addresses):x}>")
+
+    assert thumbnail_jpeg(broken) is None
+    first, second = (gallery([GalleryItem(broken, caption="x")], thumb_size=256)
+                     for _ in range(2))
+    assert first.tobytes() == second.tobytes()  # no memory address drawn into the tile
+    with pytest.raises(ValueError, match="one per row"):
+        ThumbnailTable(pa.table({"a": [1, 2]}), [None])

@@ -61,6 +61,11 @@ def test_two_shards_by_two_versions(ingested: Pipeline, checkpoints) -> None:
     checks = {e.check_name: e.passed for e in rerun.get_asset_check_evaluations()}
     assert checks == {"schema_matches": True, "distributions_sum_to_one": True,
                       "no_duplicate_detections": True, "every_image_accounted_for": True}
+    described = {e.materialization.asset_key.to_user_string(): [
+        c.description for c in e.materialization.metadata["dagster/column_schema"].schema.columns]
+        for e in rerun.get_asset_materialization_events()}
+    assert len(described["detections"]) == len(schemas.PREDICTIONS) and all(
+        all(described[key]) for key in ("detections", "prediction_errors"))  # UI column docs
     after = {v: _files(p.store, "detections", v) for v in versions}
     assert after[versions[1]] == before[versions[1]]
     assert after[versions[0]][f"{shards[1]}.parquet"] == before[versions[0]][f"{shards[1]}.parquet"]

@@ -79,15 +79,46 @@ def test_full_chain_views_queue_analysis_report(ingested: Pipeline, checkpoints)
     matrix = p.store.read("confusion_matrix")
     assert sum(matrix["count"].to_pylist()) > 0
 
+    pivot = meta["preview"].value.splitlines()  # versions side by side, not stacked
+    assert all(f" {v} |" in pivot[0] for v in versions) and "| delta |" in pivot[0]
+    assert pivot[2].startswith("|  | all classes | mAP |")
+    _assert_readable_metadata(result)
+
     report = _local(p.store.file_uri("report", "index.html"))
     parser = _Images()
     parser.feed(report.read_text())
     assert set(parser.sources) >= {"least_margin.png", "confusion_matrix.png", "class_frequency.png"}
-    for name in parser.sources:
+    for name in (s for s in parser.sources if s.endswith(".png")):
         with Image.open(report.parent / name) as image:
             assert image.width > 200 and len(image.convert("RGB").getcolors(1 << 20)) > 50
+    thumbs = [s for s in parser.sources if s.startswith("queue_")]  # one per queue row shown
+    assert len(thumbs) == min(queue.num_rows, 20)
+    with Image.open(report.parent / thumbs[0]) as thumb:
+        assert thumb.format == "JPEG" and max(thumb.size) <= 96
     meta = result.asset_materializations_for_node("uncertainty_report")[0].metadata
     assert "data:image/jpeg;base64," in meta["pictures"].value
+
+
+def _assert_readable_metadata(result) -> None:
+    """Every written table documents its columns; previews show names and short paths."""
+    undocumented, described = {}, set()
+    for event in result.get_asset_materialization_events():
+        materialization = event.materialization
+        column_schema = materialization.metadata.get("dagster/column_schema")
+        if column_schema is not None:
+            described.add(materialization.asset_key.to_user_string())
+            missing = [c.name for c in column_schema.schema.columns if not c.description]
+            if missing:
+                undocumented[materialization.asset_key.to_user_string()] = missing
+        preview = materialization.metadata.get("preview")
+        assert preview is None or "file://" not in preview.value
+    assert not undocumented
+    assert described >= {"splits", "least_margin", "image_rankings", "labeling_queue",
+                         "confused_pairs", "class_frequency", "model_evaluation",
+                         "confusion_matrix"}
+    queue = result.asset_materializations_for_node("labeling_queue")[0].metadata["preview"]
+    header = [cell.strip() for cell in queue.value.splitlines()[0].strip("|").split("|")]
+    assert {"file", "top_label", "labels"} <= set(header)
 
 
 class _Images(HTMLParser):

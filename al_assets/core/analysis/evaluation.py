@@ -67,8 +67,9 @@ def evaluate_predictions(
     }
 
 
-def evaluation_table(result: dict, categories: pa.Table) -> pa.Table:
-    """An :func:`evaluate_predictions` result as MODEL_EVALUATION: overall row, then classes."""
+def evaluation_table(result: dict, categories: pa.Table, model_version: str) -> pa.Table:
+    """An :func:`evaluate_predictions` result as MODEL_EVALUATION rows of ``model_version``:
+    overall row, then classes."""
     lookup = category_table(categories)
     ids = lookup["category_id"].to_pylist()
     per = {key: result.get(key) or {} for key in
@@ -82,9 +83,56 @@ def evaluation_table(result: dict, categories: pa.Table) -> pa.Table:
             "ap75": [result["ap75"], *(per["per_category_ap75"].get(i) for i in ids)],
             "num_gt": [sum(per["per_category_num_gt"].values()),
                        *(per["per_category_num_gt"].get(i, 0) for i in ids)],
+            "model_version": [model_version] * (len(ids) + 1),
         },
         schema=MODEL_EVALUATION,
     )
+
+
+ALL_CLASSES = "all classes"
+
+
+def version_comparison(evaluation: pa.Table, versions: Sequence[str] | None = None) -> pa.Table:
+    """MODEL_EVALUATION rows side by side, so versions compare at a glance.
+
+    Rows: ``all classes`` mAP, ``all classes`` AP50, then one AP@[.5:.95] row per class (in
+    the order of the table); columns ``category_id``, ``name``, ``metric`` (mAP | AP50 | AP),
+    one per version (``versions``, default: in order of appearance, which is oldest first for
+    model_evaluation), then ``delta`` = the last version minus the one before it (what the
+    newest version changed; null with one version, or where either value is null).
+    """
+    order = list(versions) if versions is not None else list(dict.fromkeys(
+        evaluation["model_version"].to_pylist()))
+    clash = set(order) & {"category_id", "name", "metric", "delta"}
+    if clash:
+        raise ValueError(f"model version(s) {sorted(clash)} clash with the comparison's own "
+                         "columns; name versions like 'al-detector-v3'")
+    values: dict[tuple, dict[str, float | None]] = {}
+    for row in evaluation.to_pylist():
+        if row["model_version"] not in order:
+            continue
+        if row["category_id"] is None:
+            values.setdefault((None, ALL_CLASSES, "mAP"), {})[row["model_version"]] = row["ap"]
+            values.setdefault((None, ALL_CLASSES, "AP50"), {})[row["model_version"]] = row["ap50"]
+        else:
+            values.setdefault((row["category_id"], row["name"], "AP"), {})[
+                row["model_version"]] = row["ap"]
+    keys = sorted(values, key=lambda key: key[0] is not None)  # overall rows first, stable
+    columns = {
+        "category_id": pa.array([key[0] for key in keys], pa.int32()),
+        "name": pa.array([key[1] for key in keys], pa.string()),
+        "metric": pa.array([key[2] for key in keys], pa.string()),
+        **{v: pa.array([values[key].get(v) for key in keys], pa.float64()) for v in order},
+        "delta": pa.array([_last_change(values[key], order) for key in keys], pa.float64()),
+    }
+    return pa.table(columns)
+
+
+def _last_change(by_version: dict[str, float | None], order: list[str]) -> float | None:
+    """The newest value minus the one before it; None without two values."""
+    if len(order) < 2:
+        return None
+    return _difference(by_version.get(order[-1]), by_version.get(order[-2]))
 
 
 def compare_predictions(

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
+from al_assets.core.errors import AlAssetsError, stable_text
+
 Box = tuple[float, float, float, float]
 """``(xmin, ymin, xmax, ymax)`` in pixels of the image it is drawn on."""
 
@@ -31,12 +33,18 @@ CAPTION_COLOR = (20, 20, 20)
 TILE_GAP = 2
 """Pixels left free around each thumbnail so neighbouring photos do not merge."""
 
+LOAD_ERRORS = (OSError, ValueError, AlAssetsError, Image.DecompressionBombError)
+"""What loading one image may raise (missing, unreadable, undecodable, too large): such an
+image becomes a placeholder, because one bad image must not lose a gallery or a report."""
+
+ImageSource = Image.Image | Callable[[], Image.Image]
+
 
 @dataclass(frozen=True)
 class GalleryItem:
     """One gallery tile: an image (or a loader, so a gallery never holds the whole pool)."""
 
-    image: Image.Image | Callable[[], Image.Image]
+    image: ImageSource
     boxes: Sequence[BoxLike] = ()
     labels: Sequence[str] = ()
     scores: Sequence[float] = ()
@@ -150,6 +158,22 @@ def to_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def to_jpeg(image: Image.Image, quality: int = 80) -> bytes:
+    """JPEG bytes (RGB): photos and thumbnails at a fraction of their PNG size."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def thumbnail_jpeg(source: ImageSource, size: int = 96) -> bytes | None:
+    """A JPEG of the image shrunk to fit ``size`` pixels; None when it cannot be loaded."""
+    try:
+        small, _ = _shrink(source, size)
+    except LOAD_ERRORS:
+        return None
+    return to_jpeg(small)
+
+
 def box_xyxy(box: BoxLike, index: int = 0) -> Box:
     """``(xmin, ymin, xmax, ymax)`` of a box; rejects non-finite or inverted boxes."""
     if isinstance(box, Mapping):
@@ -200,9 +224,10 @@ def _thumbnail(item: GalleryItem, thumb_size: int, color: str, width: int) -> Im
     """The item's image shrunk to fit ``thumb_size`` and drawn at that scale (legible text)."""
     try:
         small, scale = _shrink(item.image, thumb_size)
-    except (OSError, ValueError) as error:
+    except LOAD_ERRORS as error:
         font = load_font(max(10, thumb_size // 20))
-        return _message_image(f"cannot load image: {error}", (thumb_size, thumb_size), font)
+        return _message_image(f"cannot load image: {stable_text(error)}",
+                              (thumb_size, thumb_size), font)
     boxes = [tuple(v * scale for v in box_xyxy(box, i)) for i, box in enumerate(item.boxes)]
     texts = item.texts
     if texts is None:
@@ -211,9 +236,7 @@ def _thumbnail(item: GalleryItem, thumb_size: int, color: str, width: int) -> Im
     return draw_boxes(small, boxes, texts, color=color, width=width)
 
 
-def _shrink(
-    source: Image.Image | Callable[[], Image.Image], thumb_size: int
-) -> tuple[Image.Image, float]:
+def _shrink(source: ImageSource, thumb_size: int) -> tuple[Image.Image, float]:
     """An RGB copy fitting ``thumb_size`` and its scale; a loaded image is closed after use."""
     image = source() if callable(source) else source
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +17,10 @@ from urllib.parse import quote
 
 import pyarrow as pa
 
+from al_assets.core.display import display_text
 from al_assets.core.storage.files import write_bytes_atomic
 
 MAX_TABLE_ROWS = 100
-MAX_LIST_ITEMS = 10
 
 _MIME_BY_MAGIC = {
     b"\x89PNG\r\n\x1a\n": "image/png",
@@ -40,6 +39,9 @@ table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left; }
 th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.thumb { padding: 2px; text-align: center; }
+td.thumb img { display: block; max-width: 96px; max-height: 96px; }
+td.thumb.missing { color: #888; font-size: 0.8em; width: 96px; }
 .note { font-size: 0.85em; color: #666; }
 """
 
@@ -54,13 +56,33 @@ class ReportImage:
 
 
 @dataclass(frozen=True)
+class ThumbnailTable:
+    """A table whose rows each start with a small picture; None gives a placeholder cell, so a
+    missing or broken image costs one cell, never the report."""
+
+    table: pa.Table
+    thumbnails: Sequence[ReportImage | None]
+
+    def __post_init__(self) -> None:
+        if len(self.thumbnails) != self.table.num_rows:
+            raise ValueError(f"{len(self.thumbnails)} thumbnails for {self.table.num_rows} "
+                             "rows; give one per row (None for a missing image)")
+
+
+@dataclass(frozen=True)
 class ReportSection:
     """A titled part of the report: explanation first, then images, then tables."""
 
     title: str
     text: str = ""
     images: Sequence[ReportImage] = ()
-    tables: Sequence[pa.Table] = ()
+    tables: Sequence[pa.Table | ThumbnailTable] = ()
+
+    def files(self) -> list[ReportImage]:
+        """Every image the section refers to (figures, then table thumbnails)."""
+        thumbs = [image for table in self.tables if isinstance(table, ThumbnailTable)
+                  for image in table.thumbnails if image is not None]
+        return [*self.images, *thumbs]
 
 
 def render_html_report(
@@ -109,7 +131,7 @@ def write_html_report(
     path.parent.mkdir(parents=True, exist_ok=True)
     if not embed_images:
         for section in sections:
-            for image in section.images:
+            for image in section.files():
                 write_bytes_atomic(path.parent / image.name, image.data)
     write_bytes_atomic(path, page.encode("utf-8"))
     return path
@@ -128,7 +150,7 @@ def _section(index: int, section: ReportSection, embed: bool, max_rows: int) -> 
     parts = [f'<section id="section-{index}">', f"<h2>{_esc(section.title)}</h2>"]
     parts += [f"<p>{_esc(paragraph)}</p>" for paragraph in _paragraphs(section.text)]
     parts += [_figure(image, embed) for image in section.images]
-    parts += [_table(table, max_rows) for table in section.tables]
+    parts += [_table(table, max_rows, embed) for table in section.tables]
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -150,24 +172,35 @@ def _paragraphs(text: str) -> list[str]:
 
 
 def _figure(image: ReportImage, embed: bool) -> str:
-    """An ``<img>`` with its caption; ``src`` is a data URI or the URL-quoted file name."""
+    """An ``<img>`` with its caption."""
+    caption = f"<figcaption>{_esc(image.caption)}</figcaption>" if image.caption else ""
+    return f"<figure>{_img(image, embed)}{caption}</figure>"
+
+
+def _img(image: ReportImage, embed: bool) -> str:
+    """``src`` is a data URI or the URL-quoted file name."""
     mime = image_mime_type(image)
     if embed:
         source = f"data:{mime};base64,{base64.b64encode(image.data).decode('ascii')}"
     else:
         source = quote(image.name)
     alt = image.caption or image.name
-    caption = f"<figcaption>{_esc(image.caption)}</figcaption>" if image.caption else ""
-    return f'<figure><img src="{_esc(source)}" alt="{_esc(alt)}">{caption}</figure>'
+    return f'<img src="{_esc(source)}" alt="{_esc(alt)}">'
 
 
-def _table(table: pa.Table, max_rows: int) -> str:
+def _table(table: pa.Table | ThumbnailTable, max_rows: int, embed: bool) -> str:
     """An HTML table of the first ``max_rows`` rows, numbers right-aligned."""
+    thumbs = table.thumbnails if isinstance(table, ThumbnailTable) else None
+    table = table.table if isinstance(table, ThumbnailTable) else table
     header = "".join(f"<th>{_esc(name)}</th>" for name in table.column_names)
     rows = [
-        "<tr>" + "".join(_cell(row[name]) for name in table.column_names) + "</tr>"
+        "".join(_cell(row[name]) for name in table.column_names)
         for row in table.slice(0, max_rows).to_pylist()
     ]
+    if thumbs is not None:
+        header = "<th>image</th>" + header
+        rows = [_thumb_cell(image, embed) + row for image, row in zip(thumbs, rows)]
+    rows = [f"<tr>{row}</tr>" for row in rows]
     note = ""
     if table.num_rows > max_rows:
         note = f'<p class="note">First {max_rows} of {table.num_rows} rows.</p>'
@@ -175,35 +208,24 @@ def _table(table: pa.Table, max_rows: int) -> str:
     return f"<table>\n<thead><tr>{header}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>{note}"
 
 
+def _thumb_cell(image: ReportImage | None, embed: bool) -> str:
+    if image is None:
+        return '<td class="thumb missing">no image</td>'
+    return f'<td class="thumb">{_img(image, embed)}</td>'
+
+
 def _cell(value: object) -> str:
     """A ``<td>``; numbers get the ``num`` class so they line up."""
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     css = ' class="num"' if is_number else ""
-    return f"<td{css}>{_esc(_format(value))}</td>"
-
-
-def _format(value: object) -> str:
-    """Short, readable text for an Arrow value (structs such as boxes, lists, floats)."""
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    if isinstance(value, dict):
-        return ", ".join(f"{key}={_format(item)}" for key, item in value.items())
-    if isinstance(value, list):
-        shown = ", ".join(_format(item) for item in value[:MAX_LIST_ITEMS])
-        more = f", ... ({len(value)} items)" if len(value) > MAX_LIST_ITEMS else ""
-        return f"[{shown}{more}]"
-    if isinstance(value, bytes):
-        return f"<{len(value)} bytes>"
-    return str(value)
+    return f"<td{css}>{_esc(display_text(value))}</td>"
 
 
 def _check_image_names(sections: Sequence[ReportSection]) -> None:
     """Names must be distinct plain file names: they are written next to the page."""
     seen: set[str] = set()
     for section in sections:
-        for image in section.images:
+        for image in section.files():
             name = image.name
             if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
                 raise ValueError(

@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
+import base64
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from al_assets.core.analysis.evaluation import version_comparison
+from al_assets.core.display import readable
+from al_assets.core.queue.exports import category_names
 from al_assets.core.report.charts import class_frequency_chart, confusion_heatmap
 from al_assets.core.report.drawing import (
     GalleryItem,
     detection_text,
     gallery,
     margin_text,
+    thumbnail_jpeg,
+    to_jpeg,
     to_png,
 )
-from al_assets.core.report.html import ReportImage, ReportSection
+from al_assets.core.report.html import ReportImage, ReportSection, ThumbnailTable
 
 LoadImage = Callable[[str], Image.Image]
 GALLERY_SIZE = 12
 QUEUE_ROWS = 20
+QUEUE_THUMB_SIZE = 96
+QUEUE_COLUMNS = ("queue_rank", "image_id", "uri", "top_label_id", "labels", "uncertainty",
+                 "reason")
 
 
 @dataclass(frozen=True)
@@ -41,13 +50,13 @@ class ReportInputs:
     categories: pa.Table
     loop_history: pa.Table | None = None  # MODEL_VERSIONS: one row per gate decision
     class_deltas: pa.Table | None = None  # GATE_CLASS_DELTAS of the last decision
+    image_root: str | None = None  # the pool's images folder: queue files shown below it
 
 
 def report_sections(inputs: ReportInputs, load: LoadImage) -> list[ReportSection]:
-    names = dict(zip(inputs.categories["category_id"].to_pylist(),
-                     inputs.categories["name"].to_pylist(), strict=True))
+    names = category_names(inputs.categories)
     return [
-        _queue_section(inputs),
+        _queue_section(inputs, names, load),
         _gallery_section("Least confidence", "least_confidence.png", inputs.least_confidence,
                          names, load, "score",
                          "Detections with the lowest detector score (1 - P(y1|x) highest)."),
@@ -61,8 +70,10 @@ def report_sections(inputs: ReportInputs, load: LoadImage) -> list[ReportSection
                       tables=[inputs.confused_pairs]),
         _frequency_section(inputs.class_frequency),
         _confusion_section(inputs.confusion, inputs.categories),
-        ReportSection("Model versions", "COCO mAP (pycocotools) of each model version on the "
-                      "labeled held-out images of the pool.", tables=[inputs.evaluation]),
+        ReportSection("Model versions", "COCO AP (pycocotools) of each model version on the "
+                      "labeled held-out images of the pool, side by side: one row per class "
+                      "(AP@[.5:.95]) after the overall mAP and AP50; delta = the newest version "
+                      "minus the one before it.", tables=[version_comparison(inputs.evaluation)]),
         *_loop_sections(inputs),
     ]
 
@@ -89,14 +100,26 @@ def _loop_sections(inputs: ReportInputs) -> list[ReportSection]:
     return sections
 
 
-def _queue_section(inputs: ReportInputs) -> ReportSection:
-    text = (f"The {inputs.queue.num_rows} images to label next, most uncertain first, according "
-            f"to model version {inputs.model_version}; the first {QUEUE_ROWS} are shown, the "
-            "whole queue is in the exports (COCO JSON, Label Studio tasks, CSV).")
-    columns = [c for c in ("queue_rank", "image_id", "uri", "strategy", "uncertainty", "reason")
-               if c in inputs.queue.column_names]
-    return ReportSection("Labeling queue", text,
-                         tables=[inputs.queue.select(columns).slice(0, QUEUE_ROWS)])
+def _queue_section(inputs: ReportInputs, names: Mapping[int, str], load: LoadImage
+                   ) -> ReportSection:
+    used = (sorted(set(inputs.queue["strategy"].to_pylist()))
+            if "strategy" in inputs.queue.column_names else [])
+    by = f" by {', '.join(used)}" if used else ""
+    text = (f"The {inputs.queue.num_rows} images to label next, most uncertain first{by}, "
+            f"according to model version {inputs.model_version}; the first {QUEUE_ROWS} are "
+            "shown, the whole queue is in the exports (COCO JSON, Label Studio tasks, CSV).")
+    head = inputs.queue.slice(0, QUEUE_ROWS)
+    columns = [c for c in QUEUE_COLUMNS if c in head.column_names]
+    thumbs = [_queue_thumbnail(row, load) for row in head.select(["queue_rank", "uri"]).to_pylist()]
+    table = readable(head.select(columns), names, inputs.image_root)
+    return ReportSection("Labeling queue", text, tables=[ThumbnailTable(table, thumbs)])
+
+
+def _queue_thumbnail(row: dict, load: LoadImage) -> ReportImage | None:
+    """A small JPEG of one queued image, written next to the page; None: cannot be loaded."""
+    data = thumbnail_jpeg(lambda: load(row["uri"]), QUEUE_THUMB_SIZE)
+    caption = f"queue rank {row['queue_rank']}"
+    return None if data is None else ReportImage(f"queue_{row['queue_rank']}.jpg", data, caption)
 
 
 def _gallery_section(
@@ -182,10 +205,6 @@ def confusion_matrix_array(confusion: pa.Table, categories: pa.Table) -> tuple[n
 
 def thumbnail_markdown(png: bytes, alt: str, width: int = 900) -> str:
     """A small JPEG data URI for Dagster's markdown metadata (the full PNG is on storage)."""
-    import base64
-
     image = Image.open(io.BytesIO(png)).convert("RGB")
     image.thumbnail((width, width))
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=80)
-    return f"![{alt}](data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+    return f"![{alt}](data:image/jpeg;base64,{base64.b64encode(to_jpeg(image)).decode()})"

@@ -6,7 +6,11 @@ import pyarrow.compute as pc
 
 from al_assets.core import schemas
 from al_assets.core.analysis.confused_pairs import confused_pairs as find_confused_pairs
-from al_assets.core.analysis.evaluation import evaluate_predictions, evaluation_table
+from al_assets.core.analysis.evaluation import (
+    evaluate_predictions,
+    evaluation_table,
+    version_comparison,
+)
 from al_assets.core.analysis.frequency import class_frequency as count_classes
 from al_assets.core.analysis.frequency import imbalance_summary
 from al_assets.core.analysis.matching import confusion_table, match_detections
@@ -112,16 +116,19 @@ def model_evaluation(
         if predictions.num_rows == 0:
             continue
         result = evaluate_predictions(predictions, annotations, images, categories)
-        table = evaluation_table(result, categories)
-        rows.append(table.append_column("model_version", pa.array([version] * table.num_rows)))
-        summary[version] = {k: result[k] for k in ("map", "ap50", "ap75", "num_images")}
+        rows.append(evaluation_table(result, categories, version))
+        summary[version] = {**{k: _rounded(result[k]) for k in ("map", "ap50", "ap75")},
+                            "num_images": result["num_images"]}
         if version == champion:
             matched = match_detections(predictions, annotations, iou_threshold=config.iou_threshold,
                                        score_thresh=config.score_thresh)
             matrix = confusion_table(matched, categories)
-    evaluation = pa.concat_tables(rows) if rows else _empty_evaluation()
+    evaluation = pa.concat_tables(rows) if rows else schemas.MODEL_EVALUATION.empty_table()
+    comparison = version_comparison(evaluation)
     yield dg.MaterializeResult(asset_key="model_evaluation", metadata={
-        **table_metadata(evaluation, store.write("model_evaluation", evaluation), preview_rows=20),
+        **table_metadata(evaluation, store.write("model_evaluation", evaluation)),
+        # versions side by side (oldest first; delta = newest - previous), not stacked
+        "preview": dg.MetadataValue.md(markdown_preview(comparison, comparison.num_rows)),
         "map_by_version": dg.MetadataValue.json(summary),
         "heldout_images": len(labeled),
     })
@@ -146,6 +153,6 @@ def _off_diagonal(matrix: pa.Table) -> pa.Table:
     return matrix.filter(differs).sort_by([("count", "descending")])
 
 
-def _empty_evaluation() -> pa.Table:
-    empty = schemas.MODEL_EVALUATION.empty_table()
-    return empty.append_column("model_version", pa.array([], pa.string()))
+def _rounded(value: float | None) -> float | None:
+    """3 decimals, like the previews: the stored table keeps full precision."""
+    return None if value is None else round(value, 3)

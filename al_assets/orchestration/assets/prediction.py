@@ -20,6 +20,7 @@ from al_assets.core.prediction.runner import (
 )
 from al_assets.core.sharding import batch_of_shard
 from al_assets.core.storage import TableStore
+from al_assets.orchestration.metadata import column_schema, table_metadata
 from al_assets.orchestration.partitions import (
     MODEL_VERSION,
     SHARD,
@@ -132,6 +133,7 @@ def predictions(
         asset_key="detections",
         metadata={
             "dagster/row_count": stats.images,
+            "dagster/column_schema": column_schema(schemas.PREDICTIONS),  # streamed: no table
             "dagster/uri": store.uri("detections", partition),
             "images": stats.images,
             "detections": stats.detections,
@@ -143,7 +145,7 @@ def predictions(
     )
     yield dg.MaterializeResult(
         asset_key="prediction_errors",
-        metadata={"dagster/row_count": errors.num_rows, "dagster/uri": errors_uri},
+        metadata=table_metadata(errors, errors_uri),
     )
     yield from _checks(store.read("detections", partition), images["image_id"], errors)
 

@@ -27,7 +27,12 @@ from al_assets.core.queue import (
     queue_csv,
 )
 from al_assets.core.prediction.arrow import confident_detections
-from al_assets.core.queue.exports import DEFAULT_IMAGE_URLS, DEFAULT_PRESIGN_HOURS, ImageUrls
+from al_assets.core.queue.exports import (
+    DEFAULT_IMAGE_URLS,
+    DEFAULT_PRESIGN_HOURS,
+    ImageUrls,
+    category_names,
+)
 from al_assets.core.scoring.views import DEFAULT_MIN_SCORE
 from al_assets.core.storage import TableStore
 from al_assets.orchestration.automation import VIEW_REFRESH
@@ -124,7 +129,8 @@ def labeling_queue(
     yield _size_check(queue.num_rows, config.size, eligible)
     yield dg.MaterializeResult(
         metadata={
-            **table_metadata(queue, uri, preview_rows=10),
+            **table_metadata(queue, uri, preview_rows=10, names=category_names(categories),
+                             root=coco_source.image_root()),
             "model_version": key, "strategy": config.strategy, "requested_size": config.size,
             "image_urls": config.image_urls,
             "class_weights": dg.MetadataValue.json({str(k): round(v, 3)

@@ -38,15 +38,17 @@ def uncertainty_report(
         categories=pool_categories(store),
         loop_history=_optional(store, "model_versions"),
         class_deltas=_optional(store, "gate_class_deltas"),
+        image_root=coco_source.image_root(),
     )
 
     def load(uri: str) -> Image.Image:
         return Image.fromarray(decode_rgb(objects.read_bytes(uri), uri).permute(1, 2, 0).numpy())
 
     sections = report_sections(inputs, load)
+    for section in sections:  # figures and queue thumbnails, before the page that shows them
+        for file in section.files():
+            store.write_file(file.data, "report", file.name)
     images = [image for section in sections for image in section.images]
-    for image in images:
-        store.write_file(image.data, "report", image.name)
     html = render_html_report(f"al_assets uncertainty report: {inputs.model_version}", sections)
     page = store.write_file(html.encode("utf-8"), "report", "index.html")
     return dg.MaterializeResult(metadata={

@@ -348,6 +348,7 @@ def _append_history(store: TableStore, row: dict) -> pa.Table:
     except FileNotFoundError:
         history = schemas.MODEL_VERSIONS.empty_table()
     table = pa.concat_tables([history, pa.Table.from_pylist([row], schema=schemas.MODEL_VERSIONS)])
+    table = table.cast(schemas.MODEL_VERSIONS)  # a history written before the docs gets them
     store.write("model_versions", table)
     return table
 

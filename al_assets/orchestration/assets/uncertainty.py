@@ -9,7 +9,9 @@ import pyarrow.compute as pc
 from al_assets.core import schemas
 from al_assets.core.loop.selection import MEASURES as STRATEGIES
 from al_assets.core.loop.selection import ScoringSettings, pool_ranking, rank_images
+from al_assets.core.queue.exports import category_names
 from al_assets.core.scoring.views import DEFAULT_MIN_SCORE, confident, top_rows
+from al_assets.orchestration.assets.labels import pool_categories
 from al_assets.orchestration.assets.prediction import storage_partition
 from al_assets.orchestration.automation import PARTITION_FOLLOWS_UPSTREAM, VIEW_REFRESH
 from al_assets.orchestration.champion import ChampionConfig, champion_partitions, read_partitions
@@ -57,7 +59,8 @@ def shard_scores(
         min_score=config.min_score))
     yield dg.MaterializeResult(
         asset_key="box_scores",
-        metadata=table_metadata(boxes, store.write("box_scores", boxes, partition)),
+        metadata=table_metadata(boxes, store.write("box_scores", boxes, partition),
+                                names=category_names(pool_categories(store))),
     )
     yield dg.MaterializeResult(
         asset_key="image_scores",
@@ -104,7 +107,9 @@ def _detection_view(name: str, column: str, descending: bool, limit: int, doc: s
             list(dict.fromkeys(columns)))
         uri = store.write(name, best)
         return dg.MaterializeResult(
-            metadata={**table_metadata(best, uri, preview_rows=10), "model_version": key,
+            metadata={**table_metadata(best, uri, preview_rows=10,
+                                       names=category_names(pool_categories(store))),
+                      "model_version": key,
                       "shards": len(partitions), "min_score": config.min_score}
         )
 
