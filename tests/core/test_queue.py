@@ -575,7 +575,10 @@ def test_presigned_urls_serve_the_image_without_credentials(s3_open_server) -> N
         query = parse_qs(urlparse(image).query)
         assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]  # SigV4: every region takes it
         assert query["X-Amz-Expires"] == ["7200"]
-        with urllib.request.urlopen(image, timeout=10) as response:  # a plain GET, as a browser
+        # a plain GET, as a browser; a fresh opener: urlopen's global one keeps the proxies of
+        # the environment it first saw (another test points them at a closed port)
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with direct.open(image, timeout=10) as response:
             assert response.read() == f"bytes of {key}".encode()
 
 
