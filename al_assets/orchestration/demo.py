@@ -76,8 +76,9 @@ def summary(store, key: str, top: int = 5) -> str:
         lines.append(f"  model: {key}, held-out mAP {overall[0]['ap']:.3f} "
                      f"(AP50 {overall[0]['ap50']:.3f}) on labeled pool images")
     names = {r["category_id"]: r["name"] for r in evaluation if r["category_id"] is not None}
-    lines.append(f"  labeling queue, top {top} of {store.read('labeling_queue').num_rows}:")
-    for row in store.read("labeling_queue").slice(0, top).to_pylist():
+    queue = store.read("labeling_queue", columns=["queue_rank", "uri", "reason", "labels"])
+    lines.append(f"  labeling queue, top {top} of {queue.num_rows}:")
+    for row in queue.slice(0, top).to_pylist():
         labels = ", ".join(names.get(i, str(i)) for i in row["labels"])
         lines.append(f"    {row['queue_rank']}. {row['uri'].rsplit('/', 1)[-1]}  "
                      f"({row['reason']}{'; ' + labels if labels else ''})")

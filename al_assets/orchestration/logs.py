@@ -12,7 +12,7 @@ import sys
 
 import dagster as dg
 
-_SILENT_EVENTS = {"STEP_FAILURE", "PIPELINE_FAILURE", "RUN_FAILURE"}
+_SILENT_EVENTS = {"STEP_FAILURE", "PIPELINE_FAILURE"}  # PIPELINE_FAILURE: a run's failure
 
 
 class _CliFormatter(logging.Formatter):

@@ -79,23 +79,24 @@ def _sample(keys: Sequence[str], n: int = 4) -> str:
     return shown + (f" ... {keys[-1]} ({len(keys)} in all)" if len(keys) > n else "")
 
 
-def check_shards(instance: dg.DagsterInstance, shards: Sequence[str]) -> None:
-    """Refuse unknown shard keys with the known ones, instead of Dagster's partition traceback."""
-    known = instance.get_dynamic_partitions(SHARD)
-    unknown = [s for s in shards if s not in set(known)]
+def _check_partitions(instance: dg.DagsterInstance, name: str, keys: Sequence[str],
+                      hint: str) -> None:
+    """Refuse unknown partition keys with the known ones, instead of Dagster's traceback."""
+    known = instance.get_dynamic_partitions(name)
+    unknown = [k for k in keys if k not in set(known)] if keys else []
     if unknown:
-        have = f"known shards: {_sample(known)}" if known else "no shard exists yet"
-        raise UsageError(f"unknown shard {unknown[0]!r}; {have} (`al-assets ingest` adds the "
-                         "shards of new annotation files)")
+        have = f"known: {_sample(known)}" if known else f"no {name} exists yet"
+        raise UsageError(f"unknown {name} {unknown[0]!r}; {have} ({hint})")
+
+
+def check_shards(instance: dg.DagsterInstance, shards: Sequence[str]) -> None:
+    _check_partitions(instance, SHARD, shards,
+                      "`al-assets ingest` adds the shards of new annotation files")
 
 
 def check_batches(instance: dg.DagsterInstance, batches: Sequence[str]) -> None:
-    known = instance.get_dynamic_partitions(BATCH)
-    unknown = [b for b in batches if b not in set(known)]
-    if unknown:
-        have = f"known batches: {_sample(known)}" if known else "no batch exists yet"
-        raise UsageError(f"unknown batch {unknown[0]!r}; {have} (a batch is the stem of a file "
-                         "in the source's annotations/ folder)")
+    _check_partitions(instance, BATCH, batches,
+                      "a batch is the stem of a file in the source's annotations/ folder")
 
 
 def check_model_version(registry, key: str) -> None:

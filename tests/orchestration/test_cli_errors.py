@@ -42,7 +42,7 @@ def test_unknown_shard_is_one_line_naming_the_known_ones(ingested, monkeypatch, 
     code, _, err = _run(capsys, "predict", "--model-version", key, "--shard", "batch-009.s000")
     assert code == 1
     (line,) = _error_lines(err)
-    assert "unknown shard 'batch-009.s000'" in line and "batch-000.s000" in line
+    assert "unknown shard 'batch-009.s000'; known: batch-000.s000" in line
     assert "al-assets ingest" in line
     assert not ingested.instance.get_materialized_partitions(dg.AssetKey("detections"))
 
@@ -94,6 +94,9 @@ def test_a_bad_annotation_file_never_blocks_the_good_ones(
     assert "a_zero" in err and "fix them and run `al-assets ingest` again" in err
     images = dg.AssetKey("images")
     assert instance.get_materialized_partitions(images) == {"batch-000", "batch-001"}
+    code, _, err = _run(capsys, "ingest", "--batch", "batch-0001")  # a typo'd batch name
+    (line,) = _error_lines(err)
+    assert code == 1 and "unknown batch 'batch-0001'; known: a_zero, batch-000, batch-001" in line
     code, out, err = _run(capsys, "ingest")  # the bad one is still pending: reported again
     assert code == 1 and "a_zero" in err and "ingested batches: none new" in out
     good = json.loads((demo_copy / "annotations" / "batch-000.json").read_text())

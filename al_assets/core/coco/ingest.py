@@ -73,10 +73,21 @@ def batch_fingerprint(file: ObjectInfo, options: IngestOptions) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def annotation_file_info(uri: str, objects: ObjectStore) -> ObjectInfo:
+    """The file's version (for ``batch_fingerprint``), without reading it."""
+    try:
+        return objects.info(uri)
+    except FileNotFoundError:
+        raise _missing(uri) from None
+
+
 def _read_annotation_file(uri: str, objects: ObjectStore, options: IngestOptions) -> bytes:
     try:
         return objects.read_bytes(uri, max_bytes=options.max_json_bytes)
     except FileNotFoundError:
-        raise CocoFormatError(
-            f"annotation file {uri} not found: check the source root and annotations folder"
-        ) from None
+        raise _missing(uri) from None
+
+
+def _missing(uri: str) -> CocoFormatError:
+    return CocoFormatError(f"annotation file {uri} not found (it does not exist): check the "
+                           "source root (bucket) and its annotations folder")

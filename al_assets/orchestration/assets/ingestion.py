@@ -10,9 +10,12 @@ import pyarrow as pa
 
 from al_assets.core import schemas
 from al_assets.core.coco.categories import merge_categories
-from al_assets.core.coco.ingest import IngestOptions, batch_fingerprint, ingest_batch
-from al_assets.core.errors import CocoFormatError
-from al_assets.core.storage.objects import ObjectInfo
+from al_assets.core.coco.ingest import (
+    IngestOptions,
+    annotation_file_info,
+    batch_fingerprint,
+    ingest_batch,
+)
 from al_assets.core.coco.parse import RecordWarning
 from al_assets.core.coco.verify import VerifyMode
 from al_assets.core.images import DEFAULT_MAX_PIXELS
@@ -75,7 +78,7 @@ def coco_batch(
     batch = context.partition_key
     store = storage.tables()
     uri, options = coco_source.annotation_uri(batch), config.options()
-    fingerprint = batch_fingerprint(_file_info(coco_source, uri), options)
+    fingerprint = batch_fingerprint(annotation_file_info(uri, coco_source.objects()), options)
     if not config.force and _unchanged(context, store, batch, fingerprint):
         context.log.info(f"batch {batch} unchanged since its last ingestion (same file, same "
                          "options): nothing rewritten (config force: true re-reads it)")
@@ -101,14 +104,6 @@ def coco_batch(
     new_shards = add_partitions(context.instance, SHARD, shards)
     context.log.info(f"batch {batch}: {tables.images.num_rows} images in shards {shards} "
                      f"({len(new_shards)} new)")
-
-
-def _file_info(source: CocoSourceResource, uri: str) -> ObjectInfo:
-    try:
-        return source.objects().info(uri)
-    except FileNotFoundError:
-        raise CocoFormatError(f"annotation file {uri} does not exist: check the source root "
-                              "(bucket) and its annotations folder") from None
 
 
 def _unchanged(context: dg.AssetExecutionContext, store: TableStore, batch: str,
