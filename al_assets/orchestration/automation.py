@@ -1,20 +1,132 @@
-"""Declarative automation: when downstream assets refresh after upstream partitions change."""
+"""Declarative automation: when downstream assets refresh after upstream partitions change.
+
+The pool-wide views must refresh once, after every partition run they read from has finished,
+and never be left stale. Three things in Dagster's ``eager()`` break that here (issue 14):
+
+* a new batch's predictions are requested by ``new_shards_sensor``, up to a sensor interval
+  *after* its ingestion: in that gap nothing is in progress, so ``eager`` refreshed the views on
+  the old predictions (then again later) -> ``PredictionPending`` holds them back;
+* ``any_deps_in_progress`` sees direct parents only: ``class_frequency`` reads ``box_scores``,
+  which waits on a running ``detections`` run -> the views wait on anything in progress up to
+  ``UPSTREAM_DEPTH`` levels above them;
+* ``since_last_handled`` resets when the view *updates*: a parent that updated while a view run
+  was in progress was forgotten when that run finished (views STALE for good) -> the trigger is
+  reset only by automation's own *request*, and not when a parent updated since it. Parent updates made by the same run as the
+  view are ignored by ``any_deps_updated`` itself, so a chain refreshed in one run stays quiet.
+"""
+
+from __future__ import annotations
+
+import time
 
 import dagster as dg
+from dagster._core.events import DagsterEventType
+
+from al_assets.core.sharding import batch_of_shard
+from al_assets.orchestration.partitions import SHARD, prediction_partitions
+
+PREDICTION_GRACE_S = 300.0
+"""How long views wait for a new batch's prediction runs to be created. new_shards_sensor runs
+every 30 s; past this the sensor is off or there is no champion, and the views go ahead."""
+
+UPSTREAM_DEPTH = 4
+"""Levels of parents checked for in-progress runs: report <- confused_pairs <- least_margin <-
+box_scores <- detections is the longest chain from a view down to a partition run."""
 
 PARTITION_FOLLOWS_UPSTREAM = dg.AutomationCondition.eager()
 """Per-partition scores follow their predictions partition."""
 
-VIEW_REFRESH = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
-"""Pool-wide views: once after any upstream partition updated and none is still in progress
-(one refresh per burst of partition runs). ``eager`` would also wait for *missing* upstream
-partitions, but model_version x shard always has some (old versions are never run on new
-shards), so that clause is dropped."""
+
+class PredictionPending(dg.AutomationCondition):
+    """True while an ingested batch has a shard that no prediction run was created for since.
+
+    Evaluated on the code server (the automation sensor sets ``use_user_code_server``): two
+    event-log queries per tick, whatever the number of shards, cached for the tick.
+    """
+
+    @property
+    def name(self) -> str:
+        return "prediction_pending"
+
+    @property
+    def description(self) -> str:
+        return f"a batch ingested less than {PREDICTION_GRACE_S:.0f} s ago awaits its predictions"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        now = context.evaluation_time.timestamp()
+        pending = _pending_cached(context.asset_graph_view.instance, now)
+        subset = context.candidate_subset if pending else context.get_empty_subset()
+        return dg.AutomationResult(context=context, true_subset=subset)
+
+
+_last: tuple[tuple[int, float], list[str]] | None = None
+
+
+def _pending_cached(instance: dg.DagsterInstance, now: float) -> list[str]:
+    """``pending_batches`` once per tick: every view's condition asks the same question."""
+    global _last
+    key = (id(instance), now)
+    if _last is None or _last[0] != key:
+        _last = (key, pending_batches(instance, now))
+    return _last[1]
+
+
+def pending_batches(instance: dg.DagsterInstance, now: float | None = None,
+                    grace_s: float = PREDICTION_GRACE_S) -> list[str]:
+    """Batches ingested within ``grace_s`` with a shard no ``detections`` run planned since.
+
+    Storage ids order events across assets, so "planned after the ingestion" is one comparison.
+    """
+    now = time.time() if now is None else now
+    ingested = instance.get_latest_storage_id_by_partition(
+        dg.AssetKey("images"), DagsterEventType.ASSET_MATERIALIZATION)
+    planned: dict[str, int] = {}
+    for key, storage_id in instance.get_latest_storage_id_by_partition(
+            dg.AssetKey("detections"), DagsterEventType.ASSET_MATERIALIZATION_PLANNED).items():
+        shard = prediction_partitions.get_partition_key_from_str(key).keys_by_dimension[SHARD]
+        planned[shard] = max(planned.get(shard, -1), storage_id)
+    waiting = sorted({batch_of_shard(s) for s in instance.get_dynamic_partitions(SHARD)
+                      if ingested.get(batch_of_shard(s), -1) > planned.get(s, -1)})
+    return [b for b in waiting if now - _ingested_at(instance, b) < grace_s]
+
+
+def _ingested_at(instance: dg.DagsterInstance, batch: str) -> float:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("images"), asset_partitions=[batch]),
+        limit=1, ascending=False).records
+    return records[0].timestamp if records else 0.0
+
+
+def _upstream_in_progress(depth: int = UPSTREAM_DEPTH) -> dg.AutomationCondition:
+    busy = dg.AutomationCondition.in_progress()
+    for _ in range(depth - 1):
+        busy = dg.AutomationCondition.in_progress() | dg.AutomationCondition.any_deps_match(busy)
+    return dg.AutomationCondition.any_deps_match(busy).with_label("upstream_in_progress")
+
+
+_UPDATED = dg.AutomationCondition.any_deps_updated()
+_HANDLED = ((dg.AutomationCondition.newly_requested() & ~_UPDATED)
+            | dg.AutomationCondition.initial_evaluation()).with_label("requested")
+"""Reset on the tick after a request, unless a parent updated since that request: the run
+may have read the parent before it changed (Dagster drops a trigger that fires together with
+its reset)."""
+
+VIEW_REFRESH = (
+    (dg.AutomationCondition.newly_missing() | _UPDATED).since(_HANDLED)
+    & ~_upstream_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+    & ~PredictionPending()
+).with_label("view_refresh")
+"""Pool-wide views: once, after a parent updated since the view was last requested, when no
+run above it is in progress and no new batch awaits its predictions. ``eager``'s
+``any_deps_missing`` is left out: model_version x shard always has missing partitions (old
+versions are never run on new shards)."""
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "automation_sensor",
     target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
+    use_user_code_server=True,  # PredictionPending reads the event log: Python, not a snapshot
     description="Evaluates the assets' automation conditions (scores, views, report).",
 )

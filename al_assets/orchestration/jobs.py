@@ -53,3 +53,19 @@ gate_job = dg.define_asset_job(
 )
 JOBS = [ingest_job, register_job, predict_job, refresh_views_job, label_import_job, train_job,
         gate_job]
+
+JOB_KEYS: dict[str, list[dg.AssetKey]] = {
+    ingest_job.name: INGESTION_KEYS, register_job.name: [dg.AssetKey("registered_model")],
+    predict_job.name: PREDICTION_KEYS, refresh_views_job.name: VIEW_KEYS,
+    label_import_job.name: LABEL_KEYS, train_job.name: TRAIN_KEYS,
+    gate_job.name: [dg.AssetKey("evaluation_gate")],
+}
+"""Every job's assets, passed as the run's asset_selection whenever we launch one: automation
+recognises an update as "made by the run that also refreshed me" only from a run's
+asset_selection (a plain job run has none), so without it every job run that refreshed a view
+and its parents would be followed by a second, redundant refresh of that view."""
+
+
+def run_request(job, **kwargs) -> dg.RunRequest:
+    """A RunRequest for ``job`` that names its assets (see ``JOB_KEYS``)."""
+    return dg.RunRequest(job_name=job.name, asset_selection=JOB_KEYS[job.name], **kwargs)

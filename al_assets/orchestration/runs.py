@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from al_assets.core.coco.discovery import list_batch_files
 from al_assets.core.errors import AlAssetsError
+from al_assets.orchestration.jobs import JOB_KEYS
 from al_assets.orchestration.logs import cli_console_logger
 from al_assets.orchestration.partitions import (
     BATCH,
@@ -125,6 +126,7 @@ def run_job(
     job = defs.resolve_job_def(name).with_logger_defs({"console": cli_console_logger})
     result = job.execute_in_process(
         instance=instance, partition_key=partition_key, run_config=run_config,
+        asset_selection=JOB_KEYS[name],
         raise_on_error=False, tags={PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()},
     )
     if not result.success:

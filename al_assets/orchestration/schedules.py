@@ -4,18 +4,21 @@ import os
 
 import dagster as dg
 
-from al_assets.orchestration.jobs import ingest_job, predict_job, refresh_views_job
+from al_assets.orchestration.jobs import ingest_job, predict_job, refresh_views_job, run_request
 from al_assets.orchestration.partitions import BATCH, MODEL_VERSION, SHARD, prediction_key
 
 REFRESH_CRON = os.environ.get("AL_ASSETS_REFRESH_CRON", "0 6 * * *")
 CATCH_UP_CRON = os.environ.get("AL_ASSETS_CATCH_UP_CRON", "0 2 * * *")
 
-daily_refresh_schedule = dg.ScheduleDefinition(
+@dg.schedule(
     name="daily_refresh", job=refresh_views_job, cron_schedule=REFRESH_CRON,
     default_status=dg.DefaultScheduleStatus.STOPPED,
     description="Recompute rankings, labeling queue, analysis and report (cron: "
     "AL_ASSETS_REFRESH_CRON).",
 )
+def daily_refresh_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    tick = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
+    return run_request(refresh_views_job, run_key=f"daily:{tick}")
 
 
 @dg.schedule(
@@ -28,7 +31,7 @@ def catch_up_ingestion(context: dg.ScheduleEvaluationContext):
     done = context.instance.get_materialized_partitions(dg.AssetKey("images"))
     for batch in context.instance.get_dynamic_partitions(BATCH):
         if batch not in done:
-            yield dg.RunRequest(run_key=f"catch-up:{tick}:{batch}", partition_key=batch)
+            yield run_request(ingest_job, run_key=f"catch-up:{tick}:{batch}", partition_key=batch)
 
 
 @dg.schedule(
@@ -43,7 +46,7 @@ def catch_up_predictions(context: dg.ScheduleEvaluationContext):
         for shard in context.instance.get_dynamic_partitions(SHARD):
             key = prediction_key(version, shard)
             if key not in done:
-                yield dg.RunRequest(run_key=f"catch-up:{tick}:{key}", partition_key=key)
+                yield run_request(predict_job, run_key=f"catch-up:{tick}:{key}", partition_key=key)
 
 
 SCHEDULES = [daily_refresh_schedule, catch_up_ingestion, catch_up_predictions]

@@ -8,6 +8,7 @@ import json
 import time
 
 import dagster as dg
+from dagster._core.events import DagsterEventType
 
 from al_assets.core.coco.discovery import list_batch_files
 from al_assets.core.sharding import batch_of_shard
@@ -18,6 +19,7 @@ from al_assets.orchestration.jobs import (
     label_import_job,
     predict_job,
     refresh_views_job,
+    run_request,
     train_job,
 )
 from al_assets.orchestration.partitions import (
@@ -50,10 +52,10 @@ def new_data_sensor(context: dg.SensorEvaluationContext, coco_source: CocoSource
     labels, cursor["labels_after"] = _new_files(
         context, coco_source, coco_source.labels_uri(), LABEL_BATCH, "labeled_images",
         cursor.get("labels_after"), deadline, LABEL_BATCH_PREFIX, missing_ok=True)
-    requests = [dg.RunRequest(run_key=f"ingest:{b}:{etag}", partition_key=b,
-                              job_name=ingest_job.name) for b, etag in sorted(batches.items())]
-    requests += [dg.RunRequest(run_key=f"labels:{b}:{etag}", partition_key=b,
-                               job_name=label_import_job.name) for b, etag in sorted(labels.items())]
+    requests = [run_request(ingest_job, run_key=f"ingest:{b}:{etag}", partition_key=b)
+                for b, etag in sorted(batches.items())]
+    requests += [run_request(label_import_job, run_key=f"labels:{b}:{etag}", partition_key=b)
+                 for b, etag in sorted(labels.items())]
     add_partitions(context.instance, BATCH, sorted(batches))  # before the runs that need them
     add_partitions(context.instance, LABEL_BATCH, sorted(labels))
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor))
@@ -89,27 +91,33 @@ def _new_files(
     return new, start_after
 
 
-@dg.asset_sensor(
-    asset_key=dg.AssetKey("images"), job=predict_job,
-    default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
-    description="When a batch is ingested, predicts its shards with the champion version.",
+@dg.sensor(
+    job=predict_job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
+    description="When batches are ingested, predicts their shards with the champion version.",
 )
-def new_shards_sensor(
-    context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry, mlflow: MlflowResource
-):
-    batch = asset_event.dagster_event.partition
-    shards = [s for s in context.instance.get_dynamic_partitions(SHARD) if batch_of_shard(s) == batch]
+def new_shards_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowResource):
+    """Every ``images`` materialization since the cursor (several batches may land between two
+    ticks), then one event-log query for all their shards' predictions."""
+    after = int(context.cursor) if context.cursor else None
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("images"), after_storage_id=after),
+        limit=PAGE_SIZE, ascending=True).records
+    if not records:
+        return dg.SkipReason("no batch ingested since the last tick")
+    ingested = {r.partition_key: r.storage_id for r in records}  # latest ingestion per batch
+    cursor = str(records[-1].storage_id)
     config = ChampionConfig()
     version = _alias_version(mlflow.registry(), config)
-    if version is None:
-        yield dg.SkipReason(f"no {config.alias!r} model registered yet; batch {batch} waits for one")
-        return
+    if version is None:  # the first champion's promotion predicts the whole pool
+        return dg.SkipReason(f"no {config.alias!r} model registered yet; "
+                             f"batches {sorted(ingested)} wait for one")
     key = model_version_key(config.model_name, version)
-    for shard in _stale(context.instance, key, shards, since=asset_event.timestamp):
-        yield dg.RunRequest(
-            run_key=f"predict:{key}:{shard}:{asset_event.run_id}",
-            partition_key=prediction_key(key, shard),
-        )
+    shards = [s for s in context.instance.get_dynamic_partitions(SHARD)
+              if batch_of_shard(s) in ingested]
+    requests = [run_request(predict_job, partition_key=prediction_key(key, shard),
+                            run_key=f"predict:{key}:{shard}:{ingested[batch_of_shard(shard)]}")
+                for shard in _stale(context.instance, key, shards, ingested)]
+    return dg.SensorResult(run_requests=requests, cursor=cursor)
 
 
 @dg.sensor(
@@ -131,13 +139,13 @@ def new_model_version_sensor(context: dg.SensorEvaluationContext, mlflow: Mlflow
         key = model_version_key(config.model_name, alias)
         shards = context.instance.get_dynamic_partitions(SHARD)
         done = context.instance.get_materialized_partitions(dg.AssetKey("detections"))
-        requests = [dg.RunRequest(run_key=f"predict:{key}:{shard}", job_name=predict_job.name,
-                                  partition_key=prediction_key(key, shard))
+        requests = [run_request(predict_job, run_key=f"predict:{key}:{shard}",
+                                partition_key=prediction_key(key, shard))
                     for shard in shards if prediction_key(key, shard) not in done]
         keys.append(key)
-        if not requests:  # every shard already predicted with it: only the views change
-            requests.append(dg.RunRequest(run_key=f"views:{config.alias}:{alias}",
-                                          job_name=refresh_views_job.name))
+        if not requests and not _views_describe(context.instance, key):  # only the views change
+            requests.append(run_request(refresh_views_job,
+                                        run_key=f"views:{config.alias}:{alias}"))
     add_partitions(context.instance, MODEL_VERSION, keys)  # before the runs that need them
     return dg.SensorResult(
         run_requests=requests,
@@ -159,26 +167,30 @@ def new_labels_sensor(context: dg.SensorEvaluationContext, asset_event: dg.Event
     ).records
     if latest and latest[0].timestamp > asset_event.timestamp:  # e.g. `al-assets train` ran
         return dg.SkipReason(f"a challenger was trained after {batch} was imported")
-    return dg.RunRequest(run_key=f"train:{batch}:{asset_event.run_id}",
+    return run_request(train_job, run_key=f"train:{batch}:{asset_event.run_id}",
                          tags={"al_assets/label_batch": str(batch)})
 
 
-def _stale(instance: dg.DagsterInstance, key: str, shards: list[str], since: float) -> list[str]:
-    """Shards without a ``detections`` materialization under ``key`` newer than ``since``.
+def _stale(instance: dg.DagsterInstance, key: str, shards: list[str],
+           ingested: dict[str, int]) -> list[str]:
+    """Shards with no ``detections`` under ``key`` since their batch's ingestion (storage ids).
 
     A pipeline run by hand or by the CLI (``make demo``) has already predicted what the
-    sensors see as new on their first tick; predicting it again would only cost GPU time.
+    sensor sees as new on its first tick; predicting it again would only cost GPU time.
     """
-    stale = []
-    for shard in shards:
-        latest = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("detections"),
-                                  asset_partitions=[prediction_key(key, shard)]),
-            limit=1, ascending=False,
-        ).records
-        if not latest or latest[0].timestamp < since:
-            stale.append(shard)
-    return stale
+    wanted = {str(prediction_key(key, shard)): shard for shard in shards}
+    latest = instance.get_latest_storage_id_by_partition(
+        dg.AssetKey("detections"), DagsterEventType.ASSET_MATERIALIZATION, set(wanted))
+    return [shard for partition, shard in wanted.items()
+            if latest.get(partition, -1) < ingested[batch_of_shard(shard)]]
+
+
+def _views_describe(instance: dg.DagsterInstance, key: str) -> bool:
+    """Whether the queue (the last view refreshed) was built for model version ``key``: then
+    a newly seen alias (the daemon's first tick after ``make demo``) needs no refresh."""
+    event = instance.get_latest_materialization_event(dg.AssetKey("labeling_queue"))
+    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    return getattr(metadata.get("model_version"), "value", None) == key
 
 
 def _alias_version(registry, config: ChampionConfig) -> int | None:

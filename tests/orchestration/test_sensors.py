@@ -9,7 +9,7 @@ from al_assets.core.demo.generator import add_demo_batch
 from al_assets.core.registry import RegistryError
 from al_assets.orchestration.partitions import BATCH, MODEL_VERSION
 from al_assets.orchestration.resources import MlflowResource, StorageResource
-from al_assets.orchestration.runs import discover_batches, ingest, predict, register
+from al_assets.orchestration.runs import discover_batches, ingest, predict, refresh_views, register
 from al_assets.orchestration.sensors import (
     new_data_sensor,
     new_model_version_sensor,
@@ -120,6 +120,10 @@ def test_model_version_sensor_predicts_every_shard_of_a_new_champion(
     assert [(r.job_name, r.run_key) for r in moved.run_requests] == [
         ("refresh_views_job", "views:champion:1")]
 
+    refresh_views(p.defs, p.instance)  # the views describe v1: the daemon's first tick (no
+    fresh = tick(new_model_version_sensor, p.instance, None, mlflow=mlflow)  # cursor) leaves them
+    assert [r.job_name for r in fresh.run_requests] == []
+
 
 def test_model_version_sensor_fails_clearly_when_the_registry_is_down_then_recovers(
     ingested, checkpoints
@@ -149,4 +153,11 @@ def test_new_shards_sensor_predicts_an_ingested_batch_with_the_champion(
     ingest(p.defs, instance, discover_batches(p.source, instance), {"verify_images": "exists"})
     data = tick(new_shards_sensor, instance, first.cursor, mlflow=p.mlflow)
     assert [r.partition_key for r in data.run_requests] == ["al-class-scores-v1|batch-002.s000"]
-    assert tick(new_shards_sensor, instance, data.cursor, mlflow=p.mlflow).run_requests == []
+    assert not tick(new_shards_sensor, instance, data.cursor, mlflow=p.mlflow).run_requests
+
+    add_demo_batch(demo_copy, 6)  # two batches land between two ticks: both are predicted
+    add_demo_batch(demo_copy, 6)
+    ingest(p.defs, instance, discover_batches(p.source, instance), {"verify_images": "exists"})
+    both = tick(new_shards_sensor, instance, data.cursor, mlflow=p.mlflow)
+    assert sorted(r.partition_key for r in both.run_requests) == [
+        "al-class-scores-v1|batch-003.s000", "al-class-scores-v1|batch-004.s000"]

@@ -1,0 +1,108 @@
+"""The views' automation, evaluated by Dagster's own evaluator on a real instance and real runs.
+
+Each step puts the instance in the state the daemon would see (a batch just ingested, a
+prediction run created and not finished, a view run in progress while a parent updates) and
+asks ``evaluate_automation_conditions``, the evaluation the automation sensor runs, what it
+would request. The daemon itself runs in ``test_automation_daemon.py`` (slow).
+"""
+
+from __future__ import annotations
+
+import time
+
+import dagster as dg
+import pytest
+
+from al_assets.core.demo.generator import add_demo_batch
+from al_assets.orchestration.automation import pending_batches
+from al_assets.orchestration.jobs import VIEW_KEYS
+from al_assets.orchestration.partitions import prediction_key
+from al_assets.orchestration.runs import (
+    discover_batches,
+    ingest,
+    predict,
+    refresh_views,
+    register,
+)
+from tests.orchestration.conftest import Pipeline, make_pipeline
+from tests.orchestration.test_prediction import FAST
+
+VIEWS = set(VIEW_KEYS) - {dg.AssetKey("splits")}  # splits reads no predictions: it may go first
+
+
+def evaluate(p: Pipeline, cursor):
+    """One automation tick: the asset keys it requests, and the cursor for the next."""
+    result = dg.evaluate_automation_conditions(defs=p.defs, instance=p.instance, cursor=cursor)
+    requested = {subset.key for subset in result._requested_subsets if not subset.is_empty}
+    return requested, result.cursor
+
+
+def in_flight(p: Pipeline, job: str, partition_key=None) -> dg.DagsterRun:
+    """A run created (its materializations planned) and not finished yet."""
+    job_def = p.defs.resolve_job_def(job)
+    tags = job_def.partitions_def.get_tags_for_partition_key(partition_key) if partition_key else {}
+    return p.instance.create_run_for_job(job_def=job_def, tags=tags,
+                                         status=dg.DagsterRunStatus.STARTED)
+
+
+@pytest.fixture
+def pool(instance, demo_copy, tmp_path, checkpoints) -> tuple[Pipeline, str]:
+    """The demo pool predicted by a champion, every view materialized."""
+    p = make_pipeline(instance, demo_copy, tmp_path)
+    ingest(p.defs, instance, discover_batches(p.source, instance), {"verify_images": "exists"})
+    version = register(p.defs, instance, {"weights": str(checkpoints[0])})
+    predict(p.defs, instance, version, config=FAST)
+    refresh_views(p.defs, instance)
+    return p, version
+
+
+def test_views_wait_for_a_new_batchs_predictions_then_refresh_once(pool, demo_copy) -> None:
+    p, version = pool
+    requested, cursor = evaluate(p, None)
+    assert not requested & VIEWS  # first evaluation: everything is up to date
+
+    add_demo_batch(demo_copy, 6)
+    ingest(p.defs, p.instance, discover_batches(p.source, p.instance), {"verify_images": "exists"})
+    new_shard = "batch-002.s000"
+    assert pending_batches(p.instance) == ["batch-002"]
+    requested, cursor = evaluate(p, cursor)
+    assert not requested & VIEWS, "views refreshed before the new batch was even predicted"
+
+    run = in_flight(p, "predict_job", prediction_key(version, new_shard))  # the sensor's run
+    assert pending_batches(p.instance) == []
+    requested, cursor = evaluate(p, cursor)
+    assert not requested & VIEWS, "views refreshed while the new shard's prediction was queued"
+
+    p.instance.report_run_canceled(run)  # the queued run is replaced by a real one
+    predict(p.defs, p.instance, version, [new_shard], config=FAST)
+    requested, cursor = evaluate(p, cursor)
+    assert requested >= VIEWS, "views left stale after the prediction"
+    requested, cursor = evaluate(p, cursor)
+    assert not requested & VIEWS  # requested once, not on every tick
+
+
+def test_a_parent_updated_during_a_view_run_is_not_forgotten(pool) -> None:
+    p, version = pool
+    _, cursor = evaluate(p, None)
+    shard = p.instance.get_dynamic_partitions("shard")[0]
+    predict(p.defs, p.instance, version, [shard], config=FAST)
+    requested, cursor = evaluate(p, cursor)
+    assert dg.AssetKey("class_frequency") in requested
+
+    view_run = in_flight(p, "refresh_views_job")  # the requested view run, still running...
+    predict(p.defs, p.instance, version, [shard], config=FAST)  # ...when a parent updates
+    requested, cursor = evaluate(p, cursor)
+    assert not requested & VIEWS, "a second view run started while one was in progress"
+
+    p.instance.report_run_canceled(view_run)
+    refresh_views(p.defs, p.instance)  # the views update, from a run that began earlier
+    requested, cursor = evaluate(p, cursor)
+    assert dg.AssetKey("class_frequency") in requested, "the update made mid-run was forgotten"
+
+
+def test_a_batch_without_a_champion_holds_the_views_for_the_grace_period_only(pool, demo_copy):
+    p, _ = pool
+    add_demo_batch(demo_copy, 6)
+    ingest(p.defs, p.instance, discover_batches(p.source, p.instance), {"verify_images": "exists"})
+    assert pending_batches(p.instance) == ["batch-002"]
+    assert pending_batches(p.instance, now=time.time() + 3600) == []
