@@ -42,6 +42,10 @@ BENCHMARKS = {  # name: (script, default arguments, --quick arguments)
     "memory": ("bench_memory.py", [], ["--images", "8", "--factor", "3", "--view-shards", "1",
                                        "--shard-images", "500"]),
     "end_to_end": ("bench_end_to_end.py", [], ["--images", "16", "--new-images", "6"]),
+    "scale": ("bench_scale.py", [], ["--sizes", "2000", "6000", "--candidates", "50",
+                                     "--demo-images", "8"]),
+    "evaluation": ("bench_evaluation.py", [], ["--images", "4000", "--baseline-images", "2000",
+                                               "--shard-images", "1000"]),
 }
 
 
@@ -143,6 +147,18 @@ def _headline(name: str, figures: dict | None) -> tuple[str, str]:
         text = "; ".join(f"{k} peak {v['peak_ratio']:.2f}x" for k, v in r.items())
         return (f"{text} (<= {figures['target']:g}x)",
                 common.verdict(all(v["target_met"] for v in r.values())))
+    if name == "scale":
+        r, (small, large) = figures["ratios"], figures["inputs"]["sizes"]
+        return (f"{large:,}/{small:,} images, time: queue {r['queue_pushed']['time']:.1f}x, views "
+                f"{r['views_pushed']['time']:.1f}x; peak {r['queue_pushed']['peak']:.2f}x / "
+                f"{r['views_pushed']['peak']:.2f}x", "no target")
+    if name == "evaluation":
+        ratios = "; ".join(f"{c['time_ratio']:.0f}x faster than pycocotools at {c['images']:,}"
+                           f" (max diff {c['max_stat_difference']:.0e})"
+                           for c in figures["comparisons"])
+        return (f"{figures['inputs']['images']:,} images {figures['full_seconds']:.0f} s, "
+                f"{figures['full_peak_rss_mib']:,.0f} MiB (< 300 s, < 2048 MiB); {ratios}",
+                common.verdict(figures["target_met"]))
     if name == "end_to_end":
         t = figures["total_s"]
         return (f"incremental / full = {t['incremental']:.0f} / {t['full']:.0f} s = "

@@ -18,6 +18,7 @@ and never be left stale. Three things in Dagster's ``eager()`` break that here (
 from __future__ import annotations
 
 import time
+import warnings
 
 import dagster as dg
 from dagster._core.events import DagsterEventType
@@ -122,11 +123,13 @@ run above it is in progress and no new batch awaits its predictions. ``eager``'s
 ``any_deps_missing`` is left out: model_version x shard always has missing partitions (old
 versions are never run on new shards)."""
 
-automation_sensor = dg.AutomationConditionSensorDefinition(
-    "automation_sensor",
-    target=dg.AssetSelection.all(),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
-    use_user_code_server=True,  # PredictionPending reads the event log: Python, not a snapshot
-    description="Evaluates the assets' automation conditions (scores, views, report).",
-)
+with warnings.catch_warnings():  # use_user_code_server is beta: pinned Dagster, tested here
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    automation_sensor = dg.AutomationConditionSensorDefinition(
+        "automation_sensor",
+        target=dg.AssetSelection.all(),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        use_user_code_server=True,  # PredictionPending reads the event log: Python, not a snapshot
+        description="Evaluates the assets' automation conditions (scores, views, report).",
+    )

@@ -40,10 +40,16 @@ def prediction_key(model_version: str, shard: str) -> dg.MultiPartitionKey:
     return dg.MultiPartitionKey({MODEL_VERSION: model_version, SHARD: shard})
 
 
-def add_partitions(instance: dg.DagsterInstance, name: str, keys: list[str]) -> list[str]:
-    """Add the keys that are not there yet; returns the new ones (idempotent)."""
+def new_keys(instance: dg.DagsterInstance, name: str, keys: list[str]) -> list[str]:
+    """The keys not yet partitions of ``name``, in order, without repeats."""
     existing = set(instance.get_dynamic_partitions(name))
-    new = [k for k in dict.fromkeys(keys) if k not in existing]
+    return [k for k in dict.fromkeys(keys) if k not in existing]
+
+
+def add_partitions(instance: dg.DagsterInstance, name: str, keys: list[str]) -> list[str]:
+    """Add the keys that are not there yet; returns the new ones (idempotent). Sensors ask
+    Dagster to add them instead (SensorResult.dynamic_partitions_requests)."""
+    new = new_keys(instance, name, keys)
     if new:
         instance.add_dynamic_partitions(name, new)
     return new

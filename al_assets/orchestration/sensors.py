@@ -25,10 +25,12 @@ from al_assets.orchestration.jobs import (
 from al_assets.orchestration.partitions import (
     BATCH,
     LABEL_BATCH,
-    MODEL_VERSION,
     SHARD,
-    add_partitions,
+    batch_partitions,
+    label_batch_partitions,
     model_version_key,
+    model_version_partitions,
+    new_keys,
     prediction_key,
 )
 from al_assets.orchestration.resources import CocoSourceResource, MlflowResource
@@ -56,9 +58,10 @@ def new_data_sensor(context: dg.SensorEvaluationContext, coco_source: CocoSource
                 for b, etag in sorted(batches.items())]
     requests += [run_request(label_import_job, run_key=f"labels:{b}:{etag}", partition_key=b)
                  for b, etag in sorted(labels.items())]
-    add_partitions(context.instance, BATCH, sorted(batches))  # before the runs that need them
-    add_partitions(context.instance, LABEL_BATCH, sorted(labels))
-    return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor))
+    return dg.SensorResult(  # Dagster adds the partitions before it launches the runs
+        run_requests=requests, cursor=json.dumps(cursor),
+        dynamic_partitions_requests=_additions(context.instance, {
+            batch_partitions: sorted(batches), label_batch_partitions: sorted(labels)}))
 
 
 def _new_files(
@@ -146,9 +149,9 @@ def new_model_version_sensor(context: dg.SensorEvaluationContext, mlflow: Mlflow
         if not requests and not _views_describe(context.instance, key):  # only the views change
             requests.append(run_request(refresh_views_job,
                                         run_key=f"views:{config.alias}:{alias}"))
-    add_partitions(context.instance, MODEL_VERSION, keys)  # before the runs that need them
     return dg.SensorResult(
         run_requests=requests,
+        dynamic_partitions_requests=_additions(context.instance, {model_version_partitions: keys}),
         cursor=json.dumps({"max_version": max(versions, default=cursor["max_version"]),
                            "alias": alias}),
     )
@@ -183,6 +186,13 @@ def _stale(instance: dg.DagsterInstance, key: str, shards: list[str],
         dg.AssetKey("detections"), DagsterEventType.ASSET_MATERIALIZATION, set(wanted))
     return [shard for partition, shard in wanted.items()
             if latest.get(partition, -1) < ingested[batch_of_shard(shard)]]
+
+
+def _additions(instance: dg.DagsterInstance,
+               keys: dict[dg.DynamicPartitionsDefinition, list[str]]) -> list:
+    """AddDynamicPartitionsRequests for the keys not there yet (none when nothing is new)."""
+    return [partitions.build_add_request(new) for partitions, wanted in keys.items()
+            if (new := new_keys(instance, partitions.name, wanted))]
 
 
 def _views_describe(instance: dg.DagsterInstance, key: str) -> bool:

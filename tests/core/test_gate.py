@@ -20,6 +20,7 @@ from al_assets.core.analysis.evaluation import (
 )
 from al_assets.core.analysis.gate import GateDecision, GatePolicy, decide, per_class_deltas
 from al_assets.core.schemas import ANNOTATIONS, CATEGORIES, IMAGES, PREDICTIONS
+from tests.core.coco_reference import reference_cocoeval
 
 SIZE = 200
 CLASSES = {1: "person", 3: "car", 7: "dog"}  # gaps on purpose: dataset ids, not indexes
@@ -113,9 +114,15 @@ NOISY = _model(GT_ROWS, N, jitter=8.0, miss=0.2, false_positives=2, seed=3)
 NOISY_2 = _model(GT_ROWS, N, jitter=8.0, miss=0.2, false_positives=2, seed=4)
 
 
-def _evaluated(predictions: pa.Table, image_ids=None):
-    ids = np.arange(1, N + 1) if image_ids is None else np.asarray(image_ids)
-    return _evaluate_on(predictions, GT, IMAGES_T, category_table(CATS), ids, "are held out")
+IDS = np.arange(1, N + 1)
+
+
+def _evaluated(predictions: pa.Table):
+    return _evaluate_on(predictions, GT, IMAGES_T, category_table(CATS), IDS, "are held out")
+
+
+def _reference(predictions: pa.Table) -> COCOeval:
+    return reference_cocoeval(predictions, GT, IDS, sorted(CLASSES))
 
 
 def _pycocotools_resample_map(evaluator: COCOeval, resample: np.ndarray) -> float:
@@ -139,22 +146,24 @@ def _pycocotools_resample_map(evaluator: COCOeval, resample: np.ndarray) -> floa
 # -- the bootstrap's accumulate -----------------------------------------------------------------
 def test_identity_resample_equals_cocoeval_stats() -> None:
     for model in (NOISY, PERFECT):
-        done = _evaluated(model)
-        identity = resampled_maps(done.evaluator, np.ones((1, N)))
-        assert abs(identity[0] - done.evaluator.stats[0]) <= 1e-12
+        done, evaluator = _evaluated(model), _reference(model)
+        identity = resampled_maps(done.result, IDS, np.ones((1, N)))
+        assert abs(identity[0] - evaluator.stats[0]) <= 1e-12
         assert identity[0] == pytest.approx(done.summary["map"], abs=1e-12)
-        reference = _pycocotools_resample_map(done.evaluator, np.arange(N))
+        reference = _pycocotools_resample_map(evaluator, np.arange(N))
         assert abs(identity[0] - reference) <= 1e-12
-    assert _evaluated(NOISY).evaluator.stats[0] < 0.9  # the noisy model is not trivially 1
+    assert _reference(NOISY).stats[0] < 0.9  # the noisy model is not trivially 1
+    assert _evaluated(NOISY).summary["map"] == pytest.approx(_reference(NOISY).stats[0],
+                                                             abs=1e-12)
 
 
 def test_random_resamples_match_pycocotools_accumulate() -> None:
-    done = _evaluated(NOISY)
+    done, evaluator = _evaluated(NOISY), _reference(NOISY)
     rng = np.random.default_rng(7)
     draws = rng.integers(0, N, size=(5, N))
     weights = np.stack([np.bincount(d, minlength=N) for d in draws])
-    ours = resampled_maps(done.evaluator, weights)
-    reference = [_pycocotools_resample_map(done.evaluator, d) for d in draws]
+    ours = resampled_maps(done.result, IDS, weights)
+    reference = [_pycocotools_resample_map(evaluator, d) for d in draws]
     np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-9)
     assert len(set(np.round(ours, 9))) == 5  # resamples really differ
 

@@ -140,3 +140,41 @@ def test_full_disk_fails_clearly_and_keeps_the_previous_version(tmp_path) -> Non
     assert "the previous version is intact" in out.stdout
     assert store.read("t", "p")["a"].to_pylist() == [1, 2, 3]
     assert os.listdir(tmp_path / "tables" / "t") == ["p.parquet"]
+
+
+def test_reads_with_a_predicate_match_reading_everything_then_filtering(tmp_path) -> None:
+    import pyarrow.compute as pc
+
+    store = TableStore(tmp_path)
+    schema = pa.schema([("image_id", pa.int64()), ("score", pa.float32())])
+    for shard, ids in (("mv/s0", range(0, 500, 2)), ("mv/s1", range(1, 500, 2))):
+        data = pa.table({"image_id": list(ids), "score": [i / 500 for i in ids]}, schema=schema)
+        with store.writer("t", schema, shard) as writer:
+            writer.write_table(data, row_group_size=16)  # many groups: most skipped by stats
+    wanted = pa.array([3, 4, 250, 499, 9999], pa.int64())
+    got = store.read_where("t", ["mv/s0", "mv/s1"], pc.field("image_id").isin(wanted),
+                           ["image_id"])
+    assert sorted(got["image_id"].to_pylist()) == [3, 4, 250, 499]
+    assert got.column_names == ["image_id"]
+    floor = store.read("t", "mv/s1", where=pc.field("score") >= pa.scalar(0.9, pa.float32()))
+    everything = store.read("t", "mv/s1")
+    expected = everything.filter(pc.greater_equal(everything["score"], pa.scalar(0.9, pa.float32())))
+    assert floor.equals(expected) and 0 < floor.num_rows < everything.num_rows
+    empty = store.read_where("t", [], pc.field("image_id").isin(wanted), ["score"], schema=schema)
+    assert empty.num_rows == 0 and empty.column_names == ["score"]
+    with pytest.raises(FileNotFoundError, match="'t'"):
+        store.read_where("t", ["mv/s0", "mv/nope"], None)
+
+
+def test_float_columns_are_written_without_a_dictionary(tmp_path) -> None:
+    import pyarrow.parquet as pq
+
+    store = TableStore(tmp_path)
+    data = pa.table({"id": pa.array([1, 1, 2], pa.int64()),
+                     "v": pa.array([[0.5, 0.25]] * 3, pa.list_(pa.float32()))})
+    uri = store.write("t", data)
+    meta = pq.ParquetFile(uri[len("file://"):]).metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(2)}
+    assert "RLE_DICTIONARY" in encodings["id"]
+    assert "RLE_DICTIONARY" not in encodings["v.list.element"]
+    assert store.read("t").equals(data)

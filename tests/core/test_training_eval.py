@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from al_assets.core.detection.categories import CategoryMap
-from al_assets.core.detection.evaluation import coco_map_from_detections, evaluate_coco_map
+from al_assets.core.analysis.evaluation import coco_map_from_detections, evaluate_coco_map
 from al_assets.core.detection.extractor import ClassScoreExtractor
 from al_assets.core.detection.factory import (
     DetectorError,

@@ -26,7 +26,8 @@ def tick(sensor, instance, cursor, **resources):
 
     from al_assets.orchestration.definitions import defs
 
-    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources,
+    with dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), cursor=cursor,
+                                 resources=resources,
                                  repository_def=defs.get_repository_def()) as context, \
             partition_loading_context(dynamic_partitions_store=instance):
         result = sensor.evaluate_tick(context)

@@ -1,70 +1,102 @@
-"""COCO mAP of *stored* predictions against the ground-truth tables, with pycocotools.
+"""COCO box mAP: the project's one evaluation module (stored predictions, ready detections, or
+a model run over a COCO folder).
 
-Unlike :mod:`al_assets.core.detection.evaluation`, which runs a model over a COCO folder, this
-scores a PREDICTIONS table that the pipeline already wrote, so a model version's accuracy on the
-labeled part of the pool costs no inference. COCOeval is used rather than a re-implementation
-because its numbers are the ones users compare with papers and model cards.
+Every path ends in :class:`~al_assets.core.analysis.cocoeval.CocoAccumulator`, which computes
+what pycocotools' COCOeval computes (same matching, accumulate and summarize arithmetic; see
+that module and tests/core/test_cocoeval.py) one batch of images at a time. COCOeval's numbers
+are the ones users compare with papers and model cards; COCOeval itself could not evaluate a
+COCO-sized pool (it holds Python objects per detection: 40k images were killed at 8.9 GB).
 
-Only images with both a prediction row and at least one annotation are evaluated: the pool
-mixes labeled and unlabeled images and ANNOTATIONS cannot tell an unlabeled image from an
-empty one, so an image without annotations would turn every detection into a false positive.
-
-:func:`compare_predictions` compares two model versions on an explicit held-out list instead:
-there an image without annotations *is* known to be empty and is evaluated as such. It runs
-COCOeval's per-image matching once per model and bootstraps mAP over images by re-weighting
-the stored ``evalImgs`` (paired: the same resamples for both models), so 200 resamples cost
-little more than one evaluation.
+* :func:`evaluate_predictions` scores a PREDICTIONS table, or an iterable of them (one shard
+  at a time: memory is the shard being matched plus ~64 bytes per detection), against the
+  ground-truth tables, so a model version's accuracy on the labeled part of the pool costs no
+  inference. Only images with both a prediction row and at least one annotation are
+  evaluated: the pool mixes labeled and unlabeled images and ANNOTATIONS cannot tell an
+  unlabeled image from an empty one, so an image without annotations would turn every
+  detection into a false positive.
+* :func:`compare_predictions` compares two model versions on an explicit held-out list
+  instead: there an image without annotations *is* known to be empty and is evaluated as
+  such. It matches once per model and bootstraps mAP over images by re-weighting the
+  per-detection matches (paired: the same resamples for both models), so 200 resamples cost
+  little more than one evaluation.
+* :func:`evaluate_coco_map` runs a detector over a COCO folder; :func:`coco_map_from_detections`
+  scores detections already computed ({image_id: tensors}). Predictions are mapped back to
+  the dataset's category ids and to COCO ``[x, y, w, h]`` boxes first; a plain model's labels
+  use the dataset's categories in id order, the order ``train_detector`` trains with.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from torch import Tensor, nn
 
+from al_assets.core.analysis.cocoeval import (
+    FALSE_POSITIVE,
+    IOU_THRESHOLDS,
+    RECALL_THRESHOLDS,
+    STAT_NAMES,
+    TRUE_POSITIVE,
+    CocoAccumulator,
+    CocoResult,
+    Detections,
+    GroundTruth,
+)
 from al_assets.core.analysis.confused_pairs import category_index, category_table, require_columns
 from al_assets.core.analysis.matching import unique_image_ids
+from al_assets.core.detection.categories import CategoryError, CategoryMap
+from al_assets.core.detection.extractor import ClassScoreExtractor
+from al_assets.core.detection.factory import DetectorError, model_num_classes
+from al_assets.core.detection.training import CocoDetectionDataset, DatasetError, read_coco
+from al_assets.core.errors import ImageDecodeError
 from al_assets.core.schemas import MODEL_EVALUATION
 
-_STAT_NAMES = ("map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
-_IOU_INDEX = {"ap50": 0, "ap75": 5}  # positions of .50 and .75 in COCOeval's iouThrs
+ANNOTATION_COLUMNS = ("ann_id", "image_id", "category_id", "bbox_xywh", "area", "iscrowd")
+DETECTION_FIELDS = ("box", "score", "label_id")  # what evaluation reads of each detection
+TensorDetections = Mapping[int, Mapping[str, Tensor]]
 
 
+# -- stored predictions ---------------------------------------------------------------------------
 def evaluate_predictions(
-    predictions: pa.Table, annotations: pa.Table, images: pa.Table, categories: pa.Table
+    predictions: pa.Table | Iterable[pa.Table], annotations: pa.Table, images: pa.Table,
+    categories: pa.Table,
 ) -> dict:
     """COCO bbox metrics of ``predictions`` (PREDICTIONS) on ``annotations`` (ANNOTATIONS).
 
-    ``images`` (IMAGES) gives width/height, ``categories`` (CATEGORIES) the evaluated classes.
-    Returns ``map`` (AP@[.5:.95]), ``ap50``, ``ap75``, ``ap_small|medium|large``,
-    ``per_category``/``per_category_ap50``/``per_category_ap75`` {category_id: AP or None when
-    the class has no ground truth}, ``per_category_num_gt``, ``num_images``,
-    ``num_detections``, ``num_annotations`` and ``reason``: None when evaluated, else why not
-    (no image with both predictions and ground truth), with every metric None.
+    ``predictions`` may be one table or an iterable of tables (shards, read one at a time; an
+    image must not appear twice). ``images`` (IMAGES) must have a row per evaluated image,
+    ``categories`` (CATEGORIES) gives the evaluated classes. Returns ``map`` (AP@[.5:.95]),
+    ``ap50``, ``ap75``, ``ap_small|medium|large``, ``per_category``/``per_category_ap50``/
+    ``per_category_ap75`` {category_id: AP or None when the class has no ground truth},
+    ``per_category_num_gt``, ``num_images``, ``num_detections``, ``num_annotations`` and
+    ``reason``: None when evaluated, else why not (no image with both predictions and ground
+    truth), with every metric None.
     """
-    require_columns(annotations, ("ann_id", "image_id", "category_id", "bbox_xywh", "area",
-                                  "iscrowd"), "annotations", "ANNOTATIONS")
+    require_columns(annotations, ANNOTATION_COLUMNS, "annotations", "ANNOTATIONS")
     lookup = category_table(categories)
-    image_ids = _evaluated_images(predictions, annotations)
-    if not image_ids.size:
-        return _not_evaluated(predictions, annotations, lookup)
-    done = _evaluate_on(predictions, annotations, images, lookup, image_ids,
-                        "have predictions and annotations")
-    return {
-        **done.summary,
-        "per_category_num_gt": _num_gt(done.gt_annotations, lookup),
-        "num_images": int(image_ids.size),
-        "num_detections": done.num_detections,
-        "num_annotations": done.gt_annotations.num_rows,
-        "reason": None,
-    }
+    labeled = pc.unique(annotations["image_id"]).to_numpy()
+    parts = [predictions] if isinstance(predictions, pa.Table) else predictions
+    accumulator, counts, predicted = CocoAccumulator(lookup.num_rows), _Counts(lookup), []
+    for part in parts:
+        ids = unique_image_ids(part)
+        predicted.append(ids)
+        evaluated = np.intersect1d(ids, labeled)
+        if evaluated.size:
+            _add(accumulator, counts, part, annotations, images, lookup, evaluated,
+                 "have predictions and annotations")
+    _check_unique(predicted)
+    if not counts.num_images:
+        return _not_evaluated(sum(len(ids) for ids in predicted), len(labeled), lookup)
+    return {**accumulator.result().summary(counts.category_ids), **counts.as_dict(),
+            "num_detections": accumulator.num_detections, "reason": None}
 
 
 def evaluation_table(result: dict, categories: pa.Table, model_version: str) -> pa.Table:
@@ -87,6 +119,129 @@ def evaluation_table(result: dict, categories: pa.Table, model_version: str) -> 
         },
         schema=MODEL_EVALUATION,
     )
+
+
+def prediction_leaves(schema: pq.ParquetSchema) -> list[str]:
+    """Parquet leaf paths of what evaluation reads of PREDICTIONS: image_id and each
+    detection's box, score and label_id (not the distributions, top-k lists or embedding)."""
+    paths = [schema.column(i).path for i in range(len(schema))]
+    return [path for path in paths if path == "image_id" or (
+        path.startswith("detections.") and len(parts := path.split(".")) > 3
+        and parts[3] in DETECTION_FIELDS)]
+
+
+class _Counts:
+    """Images, annotations and non-crowd boxes per class of the evaluated images."""
+
+    def __init__(self, lookup: pa.Table) -> None:
+        self.category_ids = [int(i) for i in lookup["category_id"].to_pylist()]
+        self.num_gt = np.zeros(len(self.category_ids), np.int64)
+        self.num_images = self.num_annotations = 0
+
+    def add(self, num_images: int, truth: GroundTruth) -> None:
+        self.num_images += num_images
+        self.num_annotations += len(truth.area)
+        self.num_gt += np.bincount(truth.category[~truth.crowd], minlength=len(self.num_gt))
+
+    def as_dict(self) -> dict:
+        return {"per_category_num_gt": dict(zip(self.category_ids, self.num_gt.tolist())),
+                "num_images": self.num_images, "num_annotations": self.num_annotations}
+
+
+def _add(accumulator: CocoAccumulator, counts: _Counts, predictions: pa.Table,
+         annotations: pa.Table, images: pa.Table, lookup: pa.Table, image_ids: np.ndarray,
+         why: str) -> None:
+    """Match the predictions of ``image_ids`` (sorted, unique) to their annotations.
+
+    An id without annotations is an empty image (its detections are false positives), an id
+    without a prediction row an image without detections; callers decide which ids to pass.
+    ``why`` says in the error for a missing IMAGES row why those images are evaluated.
+    """
+    _require_image_rows(images, image_ids, why)
+    selected = pa.array(image_ids, pa.int64())
+    truth = _truth_table(annotations.filter(pc.is_in(annotations["image_id"], value_set=selected)),
+                         lookup)
+    detections = _detection_arrays(
+        predictions.filter(pc.is_in(predictions["image_id"], value_set=selected)), lookup)
+    accumulator.add(detections, truth)
+    counts.add(len(image_ids), truth)
+
+
+def _check_unique(predicted: list[np.ndarray]) -> None:
+    values, repeats = np.unique(np.concatenate(predicted) if predicted else np.zeros(0, np.int64),
+                                return_counts=True)
+    if (repeats > 1).any():
+        raise ValueError(
+            f"image_id(s) {values[repeats > 1][:10].tolist()} appear more than once in the "
+            "predictions; analyse one model version (one prediction per image) at a time"
+        )
+
+
+def _not_evaluated(num_predicted: int, num_labeled: int, lookup: pa.Table) -> dict:
+    none_per_category = {int(i): None for i in lookup["category_id"].to_pylist()}
+    return {
+        **{name: None for name in STAT_NAMES},
+        "per_category": none_per_category,
+        "per_category_ap50": dict(none_per_category),
+        "per_category_ap75": dict(none_per_category),
+        "per_category_num_gt": {i: 0 for i in none_per_category},
+        "num_images": 0, "num_detections": 0, "num_annotations": 0,
+        "reason": (
+            f"no image has both predictions ({num_predicted} predicted images) and "
+            f"ground truth ({num_labeled} annotated images): label some predicted images, or "
+            "predict the labeled ones, to evaluate the model"
+        ),
+    }
+
+
+def _require_image_rows(images: pa.Table, image_ids: np.ndarray, why: str) -> None:
+    """A missing IMAGES row is an error: the pool does not know that image."""
+    require_columns(images, ("image_id", "width", "height"), "images", "IMAGES")
+    known = pc.is_in(pa.array(image_ids, pa.int64()), value_set=images["image_id"].combine_chunks())
+    missing = image_ids[~known.to_numpy(zero_copy_only=False)]
+    if missing.size:
+        raise ValueError(
+            f"image_id(s) {missing[:10].tolist()} {why} but no row in the "
+            "images table; re-ingest their batch so width/height are known"
+        )
+
+
+def _truth_table(annotations: pa.Table, lookup: pa.Table) -> GroundTruth:
+    """ANNOTATIONS rows as COCO ground truth, in table order (COCOeval's order)."""
+    index = category_index(lookup, annotations["category_id"], "annotation category_id(s)")
+    xywh = pc.list_flatten(annotations["bbox_xywh"].combine_chunks())
+    return GroundTruth(
+        image=annotations["image_id"].to_numpy().astype(np.int64),
+        category=_indexes(index),
+        xywh=xywh.to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, 4),
+        area=annotations["area"].to_numpy().astype(np.float64),
+        crowd=annotations["iscrowd"].to_numpy(zero_copy_only=False).astype(bool),
+    )
+
+
+def _detection_arrays(predictions: pa.Table, lookup: pa.Table) -> Detections:
+    """Every stored detection as a COCO result (bbox [x, y, w, h]), row and list order kept."""
+    lists = predictions["detections"].combine_chunks()
+    parents = pc.list_parent_indices(lists).to_numpy()
+    flat = pc.list_flatten(lists)
+    index = category_index(lookup, pc.struct_field(flat, "label_id"), "predicted label_id(s)")
+    box = pc.struct_field(flat, "box")
+    xyxy = np.column_stack([
+        pc.struct_field(box, f).to_numpy(zero_copy_only=False).astype(np.float64)
+        for f in ("xmin", "ymin", "xmax", "ymax")
+    ]).reshape(-1, 4)
+    return Detections(
+        image=predictions["image_id"].to_numpy().astype(np.int64)[parents],
+        category=_indexes(index),
+        xywh=np.column_stack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]]),
+        score=pc.struct_field(flat, "score").to_numpy().astype(np.float64),
+    )
+
+
+def _indexes(index: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    if isinstance(index, pa.ChunkedArray):
+        index = index.combine_chunks()
+    return index.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 ALL_CLASSES = "all classes"
@@ -157,9 +312,10 @@ def compare_predictions(
     ``delta_low`` / ``delta_high``, ``per_category_delta``, ``num_images``,
     ``num_annotations``, ``n_boot`` and ``confidence``. Deltas are None without a champion.
 
-    Cost, measured: 100 images x 8 classes x ~19 detections, n_boot=200, two models: 0.7 s
-    on 2 cores (0.3 s of it the two COCOeval runs). pycocotools' own accumulate() on copied
-    evalImgs takes 0.04 s per resample, 16 s for the same job: hence :func:`resampled_maps`.
+    Cost, measured (with COCOeval doing the matching then): 100 images x 8 classes x ~19
+    detections, n_boot=200, two models: 0.7 s on 2 cores (0.3 s of it the two COCOeval runs).
+    pycocotools' own accumulate() on copied evalImgs takes 0.04 s per resample, 16 s for the
+    same job: hence :func:`resampled_maps`.
     """
     _check_bootstrap(n_boot, confidence)
     require_columns(annotations, ("ann_id", "image_id", "category_id", "bbox_xywh", "area",
@@ -185,196 +341,49 @@ def compare_predictions(
     }
 
 
-def resampled_maps(evaluator: COCOeval, weights: np.ndarray) -> np.ndarray:
-    """mAP (AP@[.5:.95], area all, 100 detections) of each resample of the evaluated images.
-
-    ``weights[b, i]`` is how often resample ``b`` draws image ``params.imgIds[i]`` of an
-    evaluated COCOeval. This is COCOeval.accumulate() restricted to what stats[0] reads,
-    vectorized over resamples: a drawn-twice image weighs its detections and ground truth
-    twice instead of being copied, which gives the same precision envelope. With all-ones
-    weights it equals ``stats[0]``; otherwise it equals accumulate() on the copied images
-    except for the order of detections with exactly equal scores. NaN: no ground truth drawn.
-    """
-    curves, rec_thrs = _curves(evaluator), evaluator.params.recThrs
-    weights = np.asarray(weights, dtype=np.float64).reshape(-1, len(evaluator.params.imgIds))
-    out = np.full(weights.shape[0], np.nan)
-    longest = max([curve.image.size for curve in curves] + [1])
-    step = max(1, _CHUNK_ELEMENTS // (longest * len(evaluator.params.iouThrs)))
-    for start in range(0, weights.shape[0], step):
-        chunk = weights[start:start + step]
-        precision = np.stack([_precision(curve, chunk, rec_thrs) for curve in curves], axis=-1)
-        out[start:start + step] = [_mean_valid(p) for p in precision]
-    return out
-
-
-def _evaluated_images(predictions: pa.Table, annotations: pa.Table) -> np.ndarray:
-    """Sorted ids of the images with a prediction row and at least one annotation."""
-    predicted = unique_image_ids(predictions)
-    labeled = pc.unique(annotations["image_id"]).to_numpy()
-    return np.intersect1d(predicted, labeled)
-
-
-def _not_evaluated(predictions: pa.Table, annotations: pa.Table, lookup: pa.Table) -> dict:
-    n_labeled = len(pc.unique(annotations["image_id"]))
-    none_per_category = {int(i): None for i in lookup["category_id"].to_pylist()}
-    return {
-        **{name: None for name in _STAT_NAMES},
-        "per_category": none_per_category,
-        "per_category_ap50": dict(none_per_category),
-        "per_category_ap75": dict(none_per_category),
-        "per_category_num_gt": {i: 0 for i in none_per_category},
-        "num_images": 0, "num_detections": 0, "num_annotations": 0,
-        "reason": (
-            f"no image has both predictions ({predictions.num_rows} predicted images) and "
-            f"ground truth ({n_labeled} annotated images): label some predicted images, or "
-            "predict the labeled ones, to evaluate the model"
-        ),
-    }
-
-
-def _image_sizes(images: pa.Table, image_ids: np.ndarray, why: str) -> list[dict]:
-    """COCO image records of ``image_ids``; a missing IMAGES row is an error.
-
-    ``why`` says in the message why those images are evaluated (e.g. "are held out").
-    """
-    require_columns(images, ("image_id", "width", "height"), "images", "IMAGES")
-    rows = images.select(["image_id", "width", "height"]).filter(
-        pc.is_in(images["image_id"], value_set=pa.array(image_ids, pa.int64()))
-    )
-    found = {row["image_id"]: row for row in rows.to_pylist()}
-    missing = [int(i) for i in image_ids if int(i) not in found]
-    if missing:
-        raise ValueError(
-            f"image_id(s) {missing[:10]} {why} but no row in the "
-            "images table; re-ingest their batch so width/height are known"
-        )
-    return [{"id": int(i), "width": found[i]["width"], "height": found[i]["height"]}
-            for i in image_ids.tolist()]
-
-
-def _coco_ground_truth(annotations: pa.Table, images: list[dict], lookup: pa.Table) -> dict:
-    """A COCO instances dict; annotation ids are renumbered 1..n (COCOeval treats 0 as none)."""
-    columns = annotations.select(["image_id", "category_id", "bbox_xywh", "area", "iscrowd"])
-    records = [
-        {"id": n, "image_id": image_id, "category_id": category_id, "bbox": bbox,
-         "area": area, "iscrowd": int(crowd)}
-        for n, (image_id, category_id, bbox, area, crowd) in enumerate(
-            zip(*(columns[name].to_pylist() for name in columns.column_names)), start=1
-        )
-    ]
-    classes = [{"id": i, "name": name} for i, name in
-               zip(lookup["category_id"].to_pylist(), lookup["name"].to_pylist())]
-    return {"images": images, "annotations": records, "categories": classes}
-
-
-def _coco_results(predictions: pa.Table, lookup: pa.Table) -> list[dict]:
-    """COCO result records (bbox as [x, y, w, h]) of every stored detection."""
-    lists = predictions["detections"].combine_chunks()
-    parents = pc.list_parent_indices(lists).to_numpy()
-    flat = pc.list_flatten(lists)
-    category_index(lookup, pc.struct_field(flat, "label_id"), "predicted label_id(s)")
-    box = pc.struct_field(flat, "box")
-    xyxy = np.column_stack([
-        pc.struct_field(box, f).to_numpy(zero_copy_only=False).astype(np.float64)
-        for f in ("xmin", "ymin", "xmax", "ymax")
-    ]).reshape(-1, 4)
-    xywh = np.column_stack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]])
-    image_ids = predictions["image_id"].to_numpy()[parents].tolist()
-    labels = pc.struct_field(flat, "label_id").to_pylist()
-    scores = pc.struct_field(flat, "score").to_numpy().astype(np.float64).tolist()
-    return [
-        {"image_id": i, "category_id": c, "bbox": b, "score": s}
-        for i, c, b, s in zip(image_ids, labels, xywh.tolist(), scores)
-    ]
-
-
 @dataclass(frozen=True)
 class _Evaluated:
-    """One model's COCOeval run, kept so the bootstrap can re-accumulate its ``evalImgs``."""
+    """One model's matches on exactly ``image_ids``, kept so the bootstrap can re-weight them."""
 
-    evaluator: COCOeval
+    result: CocoResult
+    image_ids: np.ndarray
     summary: dict
     num_detections: int
-    gt_annotations: pa.Table
+    num_annotations: int
 
 
-def _evaluate_on(
-    predictions: pa.Table, annotations: pa.Table, images: pa.Table, lookup: pa.Table,
-    image_ids: np.ndarray, why: str,
-) -> _Evaluated:
-    """The one COCOeval path: ``predictions`` scored on exactly ``image_ids`` (sorted, unique).
+def _evaluate_on(predictions: pa.Table, annotations: pa.Table, images: pa.Table,
+                 lookup: pa.Table, image_ids: np.ndarray, why: str) -> _Evaluated:
+    """``predictions`` scored on exactly ``image_ids`` (sorted, unique), see :func:`_add`."""
+    accumulator, counts = CocoAccumulator(lookup.num_rows), _Counts(lookup)
+    _add(accumulator, counts, predictions, annotations, images, lookup, image_ids, why)
+    result = accumulator.result()
+    return _Evaluated(result, image_ids, result.summary(counts.category_ids),
+                      accumulator.num_detections, counts.num_annotations)
 
-    An id without annotations is an empty image (its detections are false positives), an id
-    without a prediction row an image without detections; callers decide which ids to pass.
+
+def resampled_maps(result: CocoResult, image_ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """mAP (AP@[.5:.95], area all, 100 detections) of each resample of the evaluated images.
+
+    ``weights[b, i]`` is how often resample ``b`` draws image ``image_ids[i]`` (the sorted ids
+    ``result`` was evaluated on). This is COCOeval.accumulate() restricted to what stats[0]
+    reads, vectorized over resamples: a drawn-twice image weighs its detections and ground
+    truth twice instead of being copied, which gives the same precision envelope. With
+    all-ones weights it equals ``stats()["map"]``; otherwise it equals accumulate() on the
+    copied images except for the order of detections with exactly equal scores. NaN: no
+    ground truth drawn.
     """
-    selected = pa.array(image_ids, pa.int64())
-    gt_annotations = annotations.filter(pc.is_in(annotations["image_id"], value_set=selected))
-    category_index(lookup, gt_annotations["category_id"], "annotation category_id(s)")
-    gt = _coco_ground_truth(gt_annotations, _image_sizes(images, image_ids, why), lookup)
-    predicted = predictions.filter(pc.is_in(predictions["image_id"], value_set=selected))
-    results = _coco_results(predicted, lookup)
-    category_ids = lookup["category_id"].to_pylist()
-    evaluator = _cocoeval(gt, results, image_ids, category_ids)
-    return _Evaluated(evaluator, _summary(evaluator, category_ids), len(results), gt_annotations)
-
-
-def _cocoeval(gt: dict, results: list[dict], image_ids: np.ndarray,
-              category_ids: list) -> COCOeval:
-    """An evaluated, accumulated and summarized COCOeval (its prints swallowed)."""
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and tables
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        evaluator = COCOeval(coco_gt, _load_results(coco_gt, results), iouType="bbox")
-        evaluator.params.imgIds = image_ids.tolist()
-        evaluator.params.catIds = category_ids
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return evaluator
-
-
-def _summary(evaluator: COCOeval, category_ids: list) -> dict:
-    stats = {name: _ap_or_none(value) for name, value in zip(_STAT_NAMES, evaluator.stats)}
-    # precision: [iou thresholds, recall points, categories, area ranges ("all" first), max dets]
-    precision = evaluator.eval["precision"][:, :, :, 0, -1]
-    return {
-        **stats,
-        "per_category": _per_category(precision, category_ids),
-        **{f"per_category_{name}": _per_category(precision[[t]], category_ids)
-           for name, t in _IOU_INDEX.items()},
-    }
-
-
-def _load_results(coco_gt: COCO, results: list[dict]) -> COCO:
-    """``loadRes``, which rejects an empty list; no detection at all is a valid result."""
-    if results:
-        return coco_gt.loadRes(results)
-    empty = COCO()
-    empty.dataset = {**coco_gt.dataset, "annotations": []}
-    empty.createIndex()
-    return empty
-
-
-def _per_category(precision: np.ndarray, category_ids: list) -> dict[int, float | None]:
-    """Mean precision per category; None (not COCO's -1) for a class without ground truth."""
-    out = {}
-    for k, category_id in enumerate(category_ids):
-        valid = precision[:, :, k][precision[:, :, k] > -1]
-        out[int(category_id)] = float(valid.mean()) if valid.size else None
+    curves = _curves(result, np.asarray(image_ids))
+    weights = np.asarray(weights, dtype=np.float64).reshape(-1, len(image_ids))
+    out = np.full(weights.shape[0], np.nan)
+    longest = max([curve.image.size for curve in curves] + [1])
+    step = max(1, _CHUNK_ELEMENTS // (longest * len(IOU_THRESHOLDS)))
+    for start in range(0, weights.shape[0], step):
+        chunk = weights[start:start + step]
+        precision = np.stack([_precision(curve, chunk, RECALL_THRESHOLDS) for curve in curves],
+                             axis=-1)
+        out[start:start + step] = [_mean_valid(p) for p in precision]
     return out
-
-
-def _num_gt(annotations: pa.Table, lookup: pa.Table) -> dict[int, int]:
-    """Non-crowd annotations per category (0 for the absent ones)."""
-    counted = annotations.filter(pc.invert(annotations["iscrowd"])).group_by(
-        "category_id").aggregate([("category_id", "count")])
-    found = dict(zip(counted["category_id"].to_pylist(), counted["category_id_count"].to_pylist()))
-    return {int(i): int(found.get(i, 0)) for i in lookup["category_id"].to_pylist()}
-
-
-def _ap_or_none(value: float) -> float | None:
-    return None if value < 0 else float(value)
 
 
 # -- comparison and bootstrap --------------------------------------------------------------------
@@ -420,7 +429,7 @@ def _scored(table: pa.Table, annotations: pa.Table, images: pa.Table, lookup: pa
                  "per_category_ap50": dict(none), "num_images": 0, "num_detections": 0,
                  "map_low": None, "map_high": None}, np.full(weights.shape[0], np.nan))
     done = _evaluate_on(table, annotations, images, lookup, heldout, "are held out")
-    maps = resampled_maps(done.evaluator, weights)
+    maps = resampled_maps(done.result, heldout, weights)
     low, high = _interval(maps, confidence)
     keys = ("map", "ap50", "ap75", "per_category", "per_category_ap50")
     return ({**{key: done.summary[key] for key in keys}, "num_images": int(heldout.size),
@@ -468,37 +477,21 @@ class _Curve:
     num_gt: np.ndarray  # (I,) non-ignored ground truth per image
 
 
-def _curves(evaluator: COCOeval) -> list[_Curve]:
-    """A curve per category from ``evalImgs`` (laid out [category][area][image])."""
-    p = evaluator.params
-    if p.areaRngLbl[0] != "all" or p.maxDets[-1] != 100:
-        raise ValueError("resampled_maps reads area 'all' and maxDets 100: default params only")
-    num_images, num_areas = len(p.imgIds), len(p.areaRng)
-    return [
-        _curve(evaluator.evalImgs[start:start + num_images], num_images, len(p.iouThrs),
-               p.maxDets[-1])
-        for start in range(0, len(p.catIds) * num_areas * num_images, num_areas * num_images)
-    ]
-
-
-def _curve(entries: list, num_images: int, num_thresholds: int, max_det: int) -> _Curve:
-    num_gt = np.zeros(num_images)
-    parts: list[tuple] = []
-    for i, entry in enumerate(entries):
-        if entry is None:  # neither ground truth nor detections of this class
-            continue
-        num_gt[i] = np.count_nonzero(np.asarray(entry["gtIgnore"]) == 0)
-        scores = np.asarray(entry["dtScores"][:max_det], dtype=np.float64)
-        parts.append((np.full(scores.size, i), scores, entry["dtMatches"][:, :max_det],
-                      entry["dtIgnore"][:, :max_det]))
-    if not parts:
-        empty = np.zeros((num_thresholds, 0))
-        return _Curve(np.zeros(0, dtype=np.int64), empty, empty, num_gt)
-    image, scores, matched, ignored = (np.concatenate(x, axis=-1) for x in zip(*parts))
-    order = np.argsort(-scores, kind="mergesort")  # accumulate()'s (stable) sort
-    matched, ignored = matched[:, order] != 0, ignored[:, order].astype(bool)
-    return _Curve(image[order], (matched & ~ignored).astype(np.float64),
-                  (~matched & ~ignored).astype(np.float64), num_gt)
+def _curves(result: CocoResult, image_ids: np.ndarray) -> list[_Curve]:
+    """A curve per category from the matches at area 'all' (already in accumulate()'s order)."""
+    s = result.sorted
+    bounds = np.searchsorted(s.category, np.arange(result.precision.shape[2] + 1))
+    counted = ~s.gt_ignored[:, 0]
+    gt_image = np.searchsorted(image_ids, s.gt_image)
+    curves = []
+    for k in range(len(bounds) - 1):
+        codes = s.code[bounds[k]:bounds[k + 1], 0, :].T  # (thresholds, detections)
+        num_gt = np.bincount(gt_image[counted & (s.gt_category == k)], minlength=len(image_ids))
+        curves.append(_Curve(np.searchsorted(image_ids, s.image[bounds[k]:bounds[k + 1]]),
+                             (codes == TRUE_POSITIVE).astype(np.float64),
+                             (codes == FALSE_POSITIVE).astype(np.float64),
+                             num_gt.astype(np.float64)))
+    return curves
 
 
 def _precision(curve: _Curve, weights: np.ndarray, rec_thrs: np.ndarray) -> np.ndarray:
@@ -531,3 +524,144 @@ def _mean_valid(precision: np.ndarray) -> float:
     """summarize()'s mean over the classes with ground truth; NaN when there is none."""
     valid = precision[precision > -1]
     return float(np.mean(valid)) if valid.size else float("nan")
+
+
+# -- a model over a COCO folder, or ready detections --------------------------------------------
+def evaluate_coco_map(
+    model_or_extractor: nn.Module,
+    coco_json: Path,
+    image_dir: Path,
+    *,
+    batch_size: int = 8,
+) -> dict:
+    """Run the detector on every readable image of ``coco_json`` and score it.
+
+    The module's train/eval mode is restored afterwards. Returns ``coco_map_from_detections``'s
+    dict plus ``skipped_images`` {path: reason}: unreadable images are left out of the
+    evaluation, their ground truth too.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    dataset = CocoDetectionDataset(coco_json, image_dir)
+    to_category_ids = _label_mapping(model_or_extractor, dataset.categories)
+    was_training = model_or_extractor.training
+    model_or_extractor.eval()
+    try:
+        detections, skipped = _predict(model_or_extractor, dataset, batch_size, to_category_ids)
+    finally:
+        model_or_extractor.train(was_training)
+    summary = _evaluate_tensors(dataset.coco, dataset.categories, detections)
+    return {**summary, "skipped_images": skipped}
+
+
+def coco_map_from_detections(coco_json: Path, detections: TensorDetections) -> dict:
+    """COCO mAP of ready detections: {image_id: {"boxes" xyxy, "scores", "labels" category ids}}.
+
+    Only the images in ``detections`` are evaluated (give empty tensors for an image without
+    detections). Returns ``map`` (AP@[.5:.95]), ``ap50``, ``ap75``, ``ap_small|medium|large``
+    (None where the dataset has no such boxes), ``per_category`` {category_id: AP, None when the
+    category has no ground truth}, ``num_images`` and ``num_detections``.
+    """
+    coco = read_coco(Path(coco_json))
+    try:
+        categories = CategoryMap.from_coco_categories(coco.dataset.get("categories", []))
+    except CategoryError as exc:
+        raise DatasetError(f"{coco_json}: bad or missing categories: {exc}") from exc
+    unknown = sorted(set(detections) - set(coco.imgs))
+    if unknown:
+        raise DatasetError(f"image ids {unknown[:5]} are not in {coco_json}")
+    return _evaluate_tensors(coco, categories, detections)
+
+
+def _label_mapping(module: nn.Module, categories: CategoryMap) -> Callable[[Tensor], Tensor]:
+    """How to turn the module's output labels into dataset category ids, after checking fit."""
+    if isinstance(module, ClassScoreExtractor):
+        if set(module.category_ids) != set(categories.category_ids):
+            raise DetectorError(
+                f"the extractor predicts categories {list(module.category_ids)} but the dataset "
+                f"has {list(categories.category_ids)}; evaluate on the categories it was built for"
+            )
+        return lambda labels: labels
+    num_classes = model_num_classes(module)
+    if num_classes != categories.num_classes:
+        raise DetectorError(
+            f"the model has {num_classes} classes (background included) but the dataset has "
+            f"{len(categories.category_ids)} categories; it was trained on other data"
+        )
+    return categories.category_ids_of
+
+
+def _predict(
+    module: nn.Module,
+    dataset: CocoDetectionDataset,
+    batch_size: int,
+    to_category_ids: Callable[[Tensor], Tensor],
+) -> tuple[dict[int, dict[str, Tensor]], dict[str, str]]:
+    detections: dict[int, dict[str, Tensor]] = {}
+    skipped: dict[str, str] = {}
+    device = next(module.parameters()).device
+    for start in range(0, len(dataset), batch_size):
+        images, image_ids = [], []
+        for index in range(start, min(start + batch_size, len(dataset))):
+            try:
+                images.append(dataset.load_image(index))
+            except ImageDecodeError as exc:
+                skipped[str(dataset.records[index].path)] = str(exc)
+                continue
+            image_ids.append(dataset.records[index].image_id)
+        if not images:
+            continue
+        with torch.inference_mode():
+            outputs = module([image.to(device) for image in images])
+        for image_id, output in zip(image_ids, outputs, strict=True):
+            detections[image_id] = {**output, "labels": to_category_ids(output["labels"])}
+    return detections, skipped
+
+
+def _evaluate_tensors(coco: COCO, categories: CategoryMap, detections: TensorDetections) -> dict:
+    """The images of ``detections`` scored on ``coco``'s annotations, in one batch."""
+    category_ids = [int(i) for i in categories.category_ids]
+    image_ids = sorted(int(i) for i in detections)
+    accumulator = CocoAccumulator(len(category_ids))
+    dets, num_detections = _tensor_detections(image_ids, detections, category_ids)
+    accumulator.add(dets, _coco_truth(coco, image_ids, category_ids))
+    result = accumulator.result()
+    return {**result.stats(), "per_category": result.per_category(category_ids),
+            "num_images": len(detections), "num_detections": num_detections}
+
+
+def _tensor_detections(image_ids: list[int], detections: TensorDetections,
+                       category_ids: list[int]) -> tuple[Detections, int]:
+    """COCO results of tensors (xyxy -> [x, y, w, h]) and how many there were; labels outside
+    the dataset's categories are left out, as COCOeval does with ``params.catIds``."""
+    rows = [_tensor_rows(i, detections[i]) for i in image_ids]
+    image, labels, xywh, scores = (np.concatenate(x) for x in zip(*rows)) if rows else (
+        np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0))
+    lookup = np.asarray(category_ids, np.int64)
+    sorter = np.argsort(lookup)
+    found = np.searchsorted(lookup, labels, sorter=sorter).clip(0, max(len(lookup) - 1, 0))
+    index = sorter[found] if len(lookup) else found
+    known = lookup[index] == labels if len(lookup) else np.zeros(len(labels), bool)
+    return Detections(image[known], index[known], xywh[known], scores[known]), len(labels)
+
+
+def _tensor_rows(image_id: int, det: Mapping[str, Tensor]) -> tuple[np.ndarray, ...]:
+    boxes = torch.as_tensor(det["boxes"]).detach().cpu().double().reshape(-1, 4).numpy()
+    labels = torch.as_tensor(det["labels"]).detach().cpu().reshape(-1).numpy().astype(np.int64)
+    scores = torch.as_tensor(det["scores"]).detach().cpu().reshape(-1).double().numpy()
+    xywh = np.column_stack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]])
+    return np.full(len(labels), image_id, np.int64), labels, xywh, scores
+
+
+def _coco_truth(coco: COCO, image_ids: list[int], category_ids: list[int]) -> GroundTruth:
+    """The annotations of ``image_ids`` in pycocotools' order (image, then file order)."""
+    position = {c: k for k, c in enumerate(category_ids)}
+    anns = [a for i in image_ids for a in coco.imgToAnns.get(i, [])
+            if a["category_id"] in position]
+    return GroundTruth(
+        image=np.array([a["image_id"] for a in anns], np.int64),
+        category=np.array([position[a["category_id"]] for a in anns], np.int64),
+        xywh=np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4),
+        area=np.array([a["area"] for a in anns], np.float64),
+        crowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], bool),
+    )

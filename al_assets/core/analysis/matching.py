@@ -316,8 +316,20 @@ def confusion_matrix(matched: pa.Table, categories: pa.Table) -> tuple[np.ndarra
 
 def confusion_table(matched: pa.Table, categories: pa.Table) -> pa.Table:
     """The non-empty cells of :func:`confusion_matrix` as a CONFUSION_MATRIX table."""
-    matrix, names = confusion_matrix(matched, categories)
-    ids = [*category_table(categories)["category_id"].to_pylist(), None]
+    return counts_table(confusion_matrix(matched, categories)[0], categories)
+
+
+def counts_table(matrix: np.ndarray, categories: pa.Table) -> pa.Table:
+    """A :func:`confusion_matrix` (or a sum of them, e.g. one per shard) as CONFUSION_MATRIX.
+
+    Matching is per image, so the matrices of disjoint sets of images add up exactly.
+    """
+    lookup = category_table(categories)
+    names = [*lookup["name"].to_pylist(), BACKGROUND]
+    if matrix.shape != (len(names), len(names)):
+        raise ValueError(f"a {matrix.shape} matrix for {len(names) - 1} categories; expected "
+                         f"{(len(names), len(names))} (categories then background)")
+    ids = [*lookup["category_id"].to_pylist(), None]
     rows, cols = np.nonzero(matrix)
     return pa.table(
         {

@@ -19,6 +19,8 @@ from torch import nn
 from al_assets.core import schemas
 from al_assets.core.prediction.arrow import predictions_batch
 from al_assets.core.prediction.loader import LoadedImage, ShardImages, make_loader
+from al_assets.core.prediction.storage import KEEP_ALL, StoragePolicy, apply_policy
+from al_assets.core.scoring.views import STORE_ROW_GROUP_IMAGES
 
 Detect = Callable[[list[torch.Tensor]], list[dict[str, torch.Tensor]]]
 
@@ -29,6 +31,8 @@ class PredictOptions:
     num_workers: int = 0
     mixed_precision: bool = True  # float16 autocast, on CUDA only
     rows_per_group: int = 256  # images per Parquet row group (bounds the results held)
+    storage: StoragePolicy = KEEP_ALL  # what is written; the prediction asset passes the default
+    row_group_images: int = STORE_ROW_GROUP_IMAGES  # Parquet row group (lookups skip the rest)
 
 
 def default_workers(requested: int | None, device: torch.device) -> int:
@@ -42,7 +46,8 @@ def default_workers(requested: int | None, device: torch.device) -> int:
 @dataclass
 class ShardStats:
     images: int = 0
-    detections: int = 0
+    detections: int = 0  # stored
+    detections_dropped: int = 0  # below the storage policy's floor or over its cap
     errors: int = 0
     seconds: float = 0.0
     error_rows: list[dict] = field(default_factory=list)
@@ -98,22 +103,32 @@ def predict_shard(
                              for item in batch if item.tensor is None]
         rows, outputs = _predict_isolating_failures(good, detect, device, options, images, ref, stats)
         if rows:
-            pending.append(predictions_batch(
+            batch = apply_policy(predictions_batch(
                 images, rows, outputs, model_name=ref.model_name,
                 model_version=ref.model_version, shard=ref.shard,
-            ))
+            ), options.storage)
+            pending.append(batch)
             stats.images += len(rows)
-            stats.detections += sum(int(o["boxes"].shape[0]) for o in outputs)
+            stored = _detection_count(batch)
+            stats.detections += stored
+            stats.detections_dropped += sum(int(o["boxes"].shape[0]) for o in outputs) - stored
         if progress is not None:
             progress(stats.images + len(stats.error_rows), images.num_rows)
         if sum(b.num_rows for b in pending) >= options.rows_per_group:
-            writer.write_table(pa.Table.from_batches(pending, schemas.PREDICTIONS))
+            writer.write_table(pa.Table.from_batches(pending, schemas.PREDICTIONS),
+                               row_group_size=options.row_group_images)
             pending = []
     if pending:
-        writer.write_table(pa.Table.from_batches(pending, schemas.PREDICTIONS))
+        writer.write_table(pa.Table.from_batches(pending, schemas.PREDICTIONS),
+                           row_group_size=options.row_group_images)
     stats.seconds = time.perf_counter() - start
     stats.errors = len(stats.error_rows)
     return stats
+
+
+def _detection_count(batch: pa.RecordBatch) -> int:
+    offsets = batch.column("detections").offsets
+    return int(offsets[-1].as_py() - offsets[0].as_py())
 
 
 def throttled(report: Callable[[str], None], label: str, every_s: float = 15.0

@@ -1,6 +1,7 @@
 """Prediction assets, partitioned by model version x shard; one GPU slot (pool ``gpu``) each."""
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from al_assets.core import schemas
@@ -17,6 +18,13 @@ from al_assets.core.prediction.runner import (
     errors_table,
     predict_shard,
     throttled,
+)
+from al_assets.core.prediction.storage import StoragePolicy
+from al_assets.core.scoring.views import (
+    STORE_DISTRIBUTION,
+    STORE_MAX_DETECTIONS,
+    STORE_MIN_SCORE,
+    STORE_TOP_K,
 )
 from al_assets.core.sharding import batch_of_shard
 from al_assets.core.storage import TableStore
@@ -52,8 +60,20 @@ class PredictionConfig(dg.Config):
     """Candidates per class before NMS (SSD; the notebook used 90)."""
     detections_per_img: int | None = None
     """Keep at most this many boxes per image (default: the model's own)."""
-    store_distribution: bool = True
-    """Keep the full class distribution per box (entropy needs it; top-k is always kept)."""
+    store_min_score: float = STORE_MIN_SCORE
+    """Boxes below this detector score are not stored (0 keeps all); keep it at or below the
+    views' min_score. README "Storage" gives the bytes per image this costs."""
+    store_max_detections: int | None = STORE_MAX_DETECTIONS
+    """Store at most this many boxes per image, highest scores first (None: no cap)."""
+    store_top_k: int | None = STORE_TOP_K
+    """Entries of each box's stored top-k label_ids/scores (None: the extractor's 5)."""
+    store_distribution: bool = STORE_DISTRIBUTION
+    """Keep the full class distribution per box (exact entropy; without it entropy is the
+    top-k lower bound)."""
+
+    def storage_policy(self) -> StoragePolicy:
+        return StoragePolicy(self.store_min_score, self.store_max_detections, self.store_top_k,
+                             self.store_distribution)
 
 
 def storage_partition(context: dg.AssetExecutionContext) -> str:
@@ -118,7 +138,7 @@ def predictions(
     with lease_device(device.device, device.lease_folder()) as dev:
         extractor.to(dev)
         options = PredictOptions(config.batch_size, default_workers(config.num_workers, dev),
-                                 config.mixed_precision)
+                                 config.mixed_precision, storage=config.storage_policy())
         with store.writer("detections", schemas.PREDICTIONS, partition) as writer:
             stats = predict_shard(
                 images, extractor, writer, ShardRef(model_name, version, shard), device=dev,
@@ -137,6 +157,8 @@ def predictions(
             "dagster/uri": store.uri("detections", partition),
             "images": stats.images,
             "detections": stats.detections,
+            "detections_not_stored": stats.detections_dropped,
+            "store_min_score": config.store_min_score,
             "errors": stats.errors,
             "images_per_second": round(stats.images_per_second, 2),
             "device": str(dev),
@@ -166,10 +188,15 @@ def _checks(written, image_ids, errors):
         )
 
 
-def _shard_images(store: TableStore, shard: str):
-    batch = batch_of_shard(shard)
-    images = store.read("images", batch, columns=["image_id", "uri", "width", "height", "shard"])
-    return images.filter(pc.equal(images["shard"], shard))
+def _shard_images(store: TableStore, shard: str) -> pa.Table:
+    """The shard's images, by image_id: one read per run with the shard predicate pushed down.
+
+    Sorted so that the written row groups cover disjoint id ranges: lookups by image_id (the
+    queue's candidates) then skip every row group without one (TableStore.read_where)."""
+    images = store.read("images", batch_of_shard(shard),
+                        columns=["image_id", "uri", "width", "height", "shard"],
+                        where=pc.field("shard") == shard)
+    return images.sort_by("image_id")
 
 
 def _check_model_fits_dataset(store: TableStore, model, model_version: str) -> None:

@@ -27,6 +27,7 @@ from al_assets.core.queue import (
     queue_csv,
 )
 from al_assets.core.prediction.arrow import confident_detections
+from al_assets.core.prediction.storage import predictions_of
 from al_assets.core.queue.exports import (
     DEFAULT_IMAGE_URLS,
     DEFAULT_PRESIGN_HOURS,
@@ -37,7 +38,7 @@ from al_assets.core.scoring.views import DEFAULT_MIN_SCORE
 from al_assets.core.storage import TableStore
 from al_assets.orchestration.automation import VIEW_REFRESH
 from al_assets.orchestration.assets.labels import pool_categories, pool_labels, read_splits
-from al_assets.orchestration.champion import ChampionConfig, champion_key, read_partitions
+from al_assets.orchestration.champion import ChampionConfig, champion_key
 from al_assets.orchestration.metadata import table_metadata
 from al_assets.orchestration.resources import CocoSourceResource, MlflowResource, StorageResource
 
@@ -108,8 +109,9 @@ def labeling_queue(
     read: dict[str, pa.Table] = {}  # the candidates' predictions: one pass over the shards
 
     def candidates_predictions(ids: pa.Array) -> pa.Table:
-        read["candidates"] = confident_detections(_predictions_of(store, key, ids),
-                                                  config.min_score)
+        read["candidates"] = confident_detections(
+            _predictions_of(store, key, ids, embeddings=config.selection().plan.diverse),
+            config.min_score)
         return read["candidates"]
 
     weights = queue_class_weights(store, key, config.selection())
@@ -119,7 +121,9 @@ def labeling_queue(
     predictions = read["candidates"].filter(pc.is_in(read["candidates"]["image_id"],
                                                      queue["image_id"].combine_chunks()))
     categories = pool_categories(store)
-    images = store.read_many("images", store.partitions("images"), schema=schemas.IMAGES)
+    images = store.read_where("images", store.partitions("images"),
+                              pc.field("image_id").isin(queue["image_id"].combine_chunks()),
+                              schema=schemas.IMAGES)  # the exports need the queue's rows only
     files = _export(store, queue, predictions, images, categories, key, config,
                     urls, coco_source)
     uri = store.write("labeling_queue", queue)
@@ -171,11 +175,17 @@ def _size_check(rows: int, size: int, eligible: int) -> dg.AssetCheckResult:
     )
 
 
-def _predictions_of(store: TableStore, key: str, image_ids: pa.ChunkedArray) -> pa.Table:
-    wanted = pa.array(image_ids.to_pylist(), pa.int64())
-    parts = [t.filter(pc.is_in(t["image_id"], wanted))
-             for t in read_partitions(store, "detections", store.partitions("detections", under=key))]
-    return pa.concat_tables(parts) if parts else schemas.PREDICTIONS.empty_table()
+PREDICTION_COLUMNS = ["image_id", "uri", "width", "height", "model_name", "model_version",
+                      "shard", "detections"]
+"""What selection (box_scores, class labels) and the exports (sizes, boxes) read."""
+
+
+def _predictions_of(store: TableStore, key: str, image_ids: pa.Array, *,
+                    embeddings: bool) -> pa.Table:
+    """The candidates' PREDICTIONS rows only, their columns only (embeddings: for diversity
+    alone, they are most of a row's bytes)."""
+    columns = PREDICTION_COLUMNS + (["embedding"] if embeddings else [])
+    return predictions_of(store, key, image_ids, columns)
 
 
 def _hashes(candidates: pa.Table, source: CocoSourceResource, context) -> dict[int, int]:

@@ -10,7 +10,8 @@ from al_assets.core import schemas
 from al_assets.core.loop.selection import MEASURES as STRATEGIES
 from al_assets.core.loop.selection import ScoringSettings, pool_ranking, rank_images
 from al_assets.core.queue.exports import category_names
-from al_assets.core.scoring.views import DEFAULT_MIN_SCORE, confident, top_rows
+from al_assets.core.scoring.views import DEFAULT_MIN_SCORE, score_at_least, score_bands, top_rows
+from al_assets.core.storage import TableStore
 from al_assets.orchestration.assets.labels import pool_categories
 from al_assets.orchestration.assets.prediction import storage_partition
 from al_assets.orchestration.automation import PARTITION_FOLLOWS_UPSTREAM, VIEW_REFRESH
@@ -57,9 +58,12 @@ def shard_scores(
     boxes, ranked = rank_images(store.read("detections", partition), ScoringSettings(
         agg=config.agg, top_k=config.top_k, empty_images=config.empty_images,
         min_score=config.min_score))
+    with store.writer("box_scores", boxes.schema, partition) as writer:
+        for band in score_bands(boxes, config.min_score):  # views skip the band below
+            writer.write_table(band)
     yield dg.MaterializeResult(
         asset_key="box_scores",
-        metadata=table_metadata(boxes, store.write("box_scores", boxes, partition),
+        metadata=table_metadata(boxes, store.uri("box_scores", partition),
                                 names=category_names(pool_categories(store))),
     )
     yield dg.MaterializeResult(
@@ -100,8 +104,8 @@ def _detection_view(name: str, column: str, descending: bool, limit: int, doc: s
     ) -> dg.MaterializeResult:
         store = storage.tables()
         key, partitions = champion_partitions(config, mlflow, store, "box_scores")
-        tables = (confident(t, config.min_score) for t in read_partitions(
-            store, "box_scores", partitions, list(dict.fromkeys(columns))))
+        tables = _confident_boxes(store, partitions, list(dict.fromkeys(columns)),
+                                  config.min_score)
         best = top_rows(tables, column, limit=config.limit, descending=descending)
         best = best if best is not None else schemas.BOX_SCORES.empty_table().select(
             list(dict.fromkeys(columns)))
@@ -114,6 +118,15 @@ def _detection_view(name: str, column: str, descending: bool, limit: int, doc: s
         )
 
     return view
+
+
+def _confident_boxes(store: TableStore, partitions: list[str], columns: list[str],
+                     min_score: float) -> Iterator[pa.Table]:
+    """box_scores partitions one at a time, the noise floor pushed into each Parquet read."""
+    where = score_at_least(min_score)
+    for partition in partitions:
+        yield store.read("box_scores", partition, columns, where=where)
+        pa.default_memory_pool().release_unused()  # keep the peak at one shard, not the sum
 
 
 least_confidence = _detection_view(
