@@ -1,18 +1,19 @@
 """Declarative automation: when downstream assets refresh after upstream partitions change.
 
 The pool-wide views must refresh once, after every partition run they read from has finished,
-and never be left stale. Three things in Dagster's ``eager()`` break that here (issue 14):
+and never be left stale. Dagster's ``eager()`` broke that three ways here (issue 14):
 
-* a new batch's predictions are requested by ``new_shards_sensor``, up to a sensor interval
-  *after* its ingestion: in that gap nothing is in progress, so ``eager`` refreshed the views on
-  the old predictions (then again later) -> ``PredictionPending`` holds them back;
+* a new batch's predictions are requested by ``new_shards_sensor`` up to a sensor interval
+  *after* its ingestion: in that gap nothing is in progress, so the views refreshed on the old
+  predictions, then again -> ``PredictionPending`` holds them back;
 * ``any_deps_in_progress`` sees direct parents only: ``class_frequency`` reads ``box_scores``,
   which waits on a running ``detections`` run -> the views wait on anything in progress up to
   ``UPSTREAM_DEPTH`` levels above them;
-* ``since_last_handled`` resets when the view *updates*: a parent that updated while a view run
-  was in progress was forgotten when that run finished (views STALE for good) -> the trigger is
-  reset only by automation's own *request*, and not when a parent updated since it. Parent updates made by the same run as the
-  view are ignored by ``any_deps_updated`` itself, so a chain refreshed in one run stays quiet.
+* its trigger (a parent updated since the view was last requested *or updated*) forgot a
+  parent that updated while a view run was in progress (views STALE for good), and counted
+  updates between a tick and the run's start that the run did read (a second refresh) ->
+  ``Outdated`` compares times instead: a parent materialized after the view's latest run
+  *started*, by another run.
 """
 
 from __future__ import annotations
@@ -34,8 +35,14 @@ UPSTREAM_DEPTH = 4
 """Levels of parents checked for in-progress runs: report <- confused_pairs <- least_margin <-
 box_scores <- detections is the longest chain from a view down to a partition run."""
 
-PARTITION_FOLLOWS_UPSTREAM = dg.AutomationCondition.eager()
-"""Per-partition scores follow their predictions partition."""
+PARTITION_FOLLOWS_UPSTREAM = (
+    dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("partition_follows_upstream")
+"""Per-partition scores follow a predictions partition updated by another run. predict_job
+scores its own shard, so ``eager``'s ``newly_missing`` trigger (a new shard's scores partition)
+is left out: under the daemon it re-scored a shard its prediction run had just scored."""
 
 
 class PredictionPending(dg.AutomationCondition):
@@ -58,6 +65,46 @@ class PredictionPending(dg.AutomationCondition):
         pending = _pending_cached(context.asset_graph_view.instance, now)
         subset = context.candidate_subset if pending else context.get_empty_subset()
         return dg.AutomationResult(context=context, true_subset=subset)
+
+
+class Outdated(dg.AutomationCondition):
+    """True when a parent materialized after the view's latest run started, from another run.
+
+    A failed view run counts as its latest run (no retry loop; the next parent update retries
+    it); a view never run is outdated once every parent exists. 2 + parents queries per view.
+    """
+
+    @property
+    def name(self) -> str:
+        return "outdated"
+
+    @property
+    def description(self) -> str:
+        return "a parent was updated after this asset's latest run started"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        parents = context.asset_graph.get(context.key).parent_keys
+        stale = outdated(context.asset_graph_view.instance, context.key, parents)
+        subset = context.candidate_subset if stale else context.get_empty_subset()
+        return dg.AutomationResult(context=context, true_subset=subset)
+
+
+def outdated(instance: dg.DagsterInstance, key: dg.AssetKey, parents) -> bool:
+    """See ``Outdated``."""
+    latest = {parent: _latest(instance, parent) for parent in parents}
+    planned = instance.get_latest_planned_materialization_info(key)
+    if planned is None:
+        return all(latest.values())
+    run = instance.get_run_record_by_id(planned.run_id)
+    started = (run.start_time or run.create_timestamp.timestamp()) if run else 0.0
+    return any(record is not None and record.timestamp > started
+               and record.run_id != planned.run_id for record in latest.values())
+
+
+def _latest(instance: dg.DagsterInstance, key: dg.AssetKey):
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=1,
+                                              ascending=False).records
+    return records[0] if records else None
 
 
 _last: tuple[tuple[int, float], list[str]] | None = None
@@ -105,23 +152,18 @@ def _upstream_in_progress(depth: int = UPSTREAM_DEPTH) -> dg.AutomationCondition
     return dg.AutomationCondition.any_deps_match(busy).with_label("upstream_in_progress")
 
 
-_UPDATED = dg.AutomationCondition.any_deps_updated()
-_HANDLED = ((dg.AutomationCondition.newly_requested() & ~_UPDATED)
-            | dg.AutomationCondition.initial_evaluation()).with_label("requested")
-"""Reset on the tick after a request, unless a parent updated since that request: the run
-may have read the parent before it changed (Dagster drops a trigger that fires together with
-its reset)."""
-
 VIEW_REFRESH = (
-    (dg.AutomationCondition.newly_missing() | _UPDATED).since(_HANDLED)
+    (Outdated() | dg.AutomationCondition.any_deps_match(
+        dg.AutomationCondition.will_be_requested()).with_label("a parent refreshes with it"))
     & ~_upstream_in_progress()
     & ~dg.AutomationCondition.in_progress()
+    & ~dg.AutomationCondition.newly_requested()  # its run may not be created yet
     & ~PredictionPending()
 ).with_label("view_refresh")
-"""Pool-wide views: once, after a parent updated since the view was last requested, when no
-run above it is in progress and no new batch awaits its predictions. ``eager``'s
-``any_deps_missing`` is left out: model_version x shard always has missing partitions (old
-versions are never run on new shards)."""
+"""Pool-wide views: when a parent changed after the view's last run started (or is refreshed in
+the same run, so a chain of views is one run), no run above it is in progress and no new batch awaits its predictions. ``eager``'s ``any_deps_missing`` is left
+out: model_version x shard always has missing partitions (old versions never run on new
+shards)."""
 
 with warnings.catch_warnings():  # use_user_code_server is beta: pinned Dagster, tested here
     warnings.simplefilter("ignore", dg.BetaWarning)
