@@ -113,7 +113,8 @@ DETECTION = pa.struct(
         _f("scores", pa.list_(pa.float32()),
            "their probabilities (background dropped, renormalized)", nullable=False),
         _f("distribution", pa.list_(pa.float32()),
-           "full foreground distribution in the model's category order; null unless configured"),
+           "full foreground distribution in the model's category order; stored by default, "
+           "null with store_distribution: false (entropy then uses the top-k)"),
     ]
 )
 """One detection with its class distribution: the notebook's class-scores variant."""
