@@ -11,6 +11,8 @@ keeps it with the data, and the Dagster UI shows it (``dagster/column_schema``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pyarrow as pa
 
 DESCRIPTION = b"description"
@@ -373,3 +375,12 @@ GATE_CLASS_DELTAS = pa.schema(
     ]
 )
 """The last gate decision per class, worst change first: what the last round's labels changed."""
+
+
+def require_columns(table: pa.Table, names: Iterable[str], what: str, schema: str) -> None:
+    """Fail early, naming the table and the schema it should follow, instead of a KeyError
+    deep inside a core function."""
+    missing = [name for name in names if name not in table.schema.names]
+    if missing:
+        raise ValueError(f"{what} has no column(s) {missing}; expected the {schema} schema "
+                         "(al_assets.core.schemas)")

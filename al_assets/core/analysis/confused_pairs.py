@@ -11,13 +11,11 @@ The category helpers here are shared by the other analysis modules.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from al_assets.core.schemas import CONFUSED_PAIRS
+from al_assets.core.schemas import CONFUSED_PAIRS, require_columns
 
 _KEYS = ["first_label_id", "second_label_id"]
 
@@ -143,16 +141,6 @@ def _as_pairs_table(stats: pa.Table, lookup: pa.Table, unordered: bool) -> pa.Ta
 
 
 # -- helpers shared by the analysis modules -------------------------------------------------
-
-
-def require_columns(table: pa.Table, names: Sequence[str], what: str, schema: str) -> None:
-    """Fail early, naming the table and the schema it should follow, when columns are missing."""
-    missing = [name for name in names if name not in table.schema.names]
-    if missing:
-        raise ValueError(
-            f"{what} table has no column(s) {missing}; expected the {schema} schema "
-            "(al_assets.core.schemas)"
-        )
 
 
 def category_table(categories: pa.Table) -> pa.Table:

@@ -50,14 +50,14 @@ from al_assets.core.analysis.cocoeval import (
     Detections,
     GroundTruth,
 )
-from al_assets.core.analysis.confused_pairs import category_index, category_table, require_columns
+from al_assets.core.analysis.confused_pairs import category_index, category_table
 from al_assets.core.analysis.matching import unique_image_ids
 from al_assets.core.detection.categories import CategoryError, CategoryMap
 from al_assets.core.detection.extractor import ClassScoreExtractor
 from al_assets.core.detection.factory import DetectorError, model_num_classes
 from al_assets.core.detection.training import CocoDetectionDataset, DatasetError, read_coco
 from al_assets.core.errors import ImageDecodeError
-from al_assets.core.schemas import MODEL_EVALUATION
+from al_assets.core.schemas import MODEL_EVALUATION, require_columns
 
 ANNOTATION_COLUMNS = ("ann_id", "image_id", "category_id", "bbox_xywh", "area", "iscrowd")
 DETECTION_FIELDS = ("box", "score", "label_id")  # what evaluation reads of each detection

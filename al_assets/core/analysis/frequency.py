@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from al_assets.core.analysis.confused_pairs import category_index, category_table, require_columns
-from al_assets.core.schemas import CLASS_FREQUENCY
+from al_assets.core.analysis.confused_pairs import category_index, category_table
+from al_assets.core.schemas import CLASS_FREQUENCY, require_columns
 
 _SOURCES = {"predicted": "predicted", "ground_truth": "gt"}
 

@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from al_assets.core.analysis.confused_pairs import category_index, category_table, require_columns
-from al_assets.core.schemas import CONFUSION_MATRIX, DETECTION_MATCHES
+from al_assets.core.analysis.confused_pairs import category_index, category_table
+from al_assets.core.schemas import CONFUSION_MATRIX, DETECTION_MATCHES, require_columns
 
 BACKGROUND = "background"
 _BOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")

@@ -19,7 +19,6 @@ A bare state dict (for example torchvision's own ``.pth`` weight file) is accept
 from __future__ import annotations
 
 import os
-import tempfile
 import urllib.error
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -37,6 +36,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from al_assets.core.detection.categories import CategoryMap
 from al_assets.core.errors import AlAssetsError
+from al_assets.core.storage.files import atomic_path
 
 CHECKPOINT_FORMAT_VERSION = 1
 CHECKPOINT_KEYS = ("arch", "num_classes", "category_ids", "category_names", "state_dict", "meta")
@@ -366,13 +366,6 @@ def _version_meta(half: bool) -> dict[str, Any]:
 
 
 def _atomic_save(payload: dict[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import pyarrow as pa
 
 from al_assets.core.queue.exports import category_names
-from al_assets.core.queue.selection import require_columns
+from al_assets.core.schemas import require_columns
 from al_assets.core.storage.objects import is_s3, local_path
 
 IMAGE_COLUMNS = ("image_id", "file_name", "uri", "width", "height")

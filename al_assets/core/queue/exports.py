@@ -19,7 +19,7 @@ from urllib.parse import quote
 import numpy as np
 import pyarrow as pa
 
-from al_assets.core.queue.selection import require_columns
+from al_assets.core.schemas import require_columns
 from al_assets.core.storage.objects import ObjectStore, is_s3, local_path
 
 QUEUE_COLUMNS = ("queue_rank", "image_id", "uri", "uncertainty")

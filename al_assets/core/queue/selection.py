@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from al_assets.core.schemas import LABELING_QUEUE
+from al_assets.core.schemas import LABELING_QUEUE, require_columns
 
 SCORE_COLUMNS = ("image_id", "uri", "measure", "agg", "uncertainty", "n_detections", "rank")
 PREDICTION_COLUMNS = ("image_id", "detections")
@@ -99,13 +99,6 @@ def _check_arguments(
                 f"image_scores mixes several values of {name!r}; ranks only compare within one "
                 "ranking, so select from one measure/aggregation at a time"
             )
-
-
-def require_columns(table: pa.Table, names: Iterable[str], what: str, schema: str) -> None:
-    """Fail early, naming the table and the schema, instead of a KeyError deep inside."""
-    missing = [n for n in names if n not in table.column_names]
-    if missing:
-        raise ValueError(f"{what} has no column(s) {missing} ({schema} schema expected)")
 
 
 def label_summary(predictions: pa.Table) -> LabelSummary:

@@ -1,22 +1,35 @@
-"""Atomic writes of small local files (JSON, PNG, Parquet bytes) outside an ObjectStore."""
+"""The one atomic write of a local file: a hidden temporary sibling, fsync, rename.
+
+Readers never see half a file, and a failed write leaves the previous version in place. Used
+for local objects (ObjectStore), checkpoints, downloads and small JSON/PNG outputs.
+"""
 
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write via a hidden temporary sibling and rename, so readers never see half a file."""
+@contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; on success it replaces ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        yield tmp
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())  # the rename must not land before the bytes do
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
+
+
+def write_bytes_atomic(path: Path | str, data: bytes) -> Path:
+    """``data`` into ``path`` atomically (see ``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)

@@ -8,11 +8,9 @@ crash never leaves a half-written object where a reader could see it.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from al_assets.core.errors import StorageError
+from al_assets.core.storage.files import atomic_path
 from al_assets.core.storage.s3 import (
     S3Clients,
     S3Settings,
@@ -192,17 +191,14 @@ class ObjectStore:
         except OSError as exc:
             raise StorageError(f"cannot create folder {final.parent}: {exc}") from exc
         _remove_stale_temporaries(final)
-        tmp = final.parent / f".{final.name}.{uuid.uuid4().hex}.tmp"
         try:
-            yield tmp
-            os.replace(tmp, final)
+            with atomic_path(final) as tmp:
+                yield tmp
         except OSError as exc:
             raise StorageError(
                 f"writing {final} failed ({exc}); the previous version is intact — free space "
                 "or fix permissions, then retry"
             ) from exc
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def _upload(self, path: Path, uri: str) -> None:
         bucket, key = split_s3_uri(uri)
