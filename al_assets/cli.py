@@ -86,8 +86,9 @@ def cmd_register(args: argparse.Namespace) -> int:
     from al_assets.orchestration.runs import register
 
     defs, instance = _defs_and_instance()
-    key = register(defs, instance, {"weights": args.weights, "alias": args.alias})
-    print(f"registered model version {key} (alias {args.alias})")
+    config = {"weights": args.weights, **({"alias": args.alias} if args.alias else {})}
+    key = register(defs, instance, config)
+    print(f"registered model version {key} (alias {args.alias or defs.resources['mlflow'].alias})")
     return 0
 
 
@@ -289,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("register", help="register a detector version in MLflow")
     p.add_argument("--weights", default="demo", help="demo | checkpoint path | torchvision name")
-    p.add_argument("--alias", default="champion")
+    p.add_argument("--alias", default=None,
+                   help="alias moved to the new version (default: champion, the one followed)")
     p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("predict", help="predict shards under a model version (default champion)")

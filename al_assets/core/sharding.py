@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-DEFAULT_SHARD_SIZE = 2000
+from al_assets.core.defaults import DEFAULT_SHARD_SIZE  # noqa: F401  (callers import it here)
 
 
 def stable_hash(image_ids: np.ndarray) -> np.ndarray:

@@ -22,10 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from al_assets.core import schemas
+from al_assets.core.defaults import DEFAULT_HELDOUT_FRACTION
 from al_assets.core.sharding import stable_hash
 
 TRAIN, HELDOUT = "train", "heldout"
-DEFAULT_HELDOUT_FRACTION = 0.2  # one image in five is held out: ~60 of the 300 demo images
 _SPLIT_SALT = 0x5EED_5B17  # keeps split independent of the shard hash of the same id
 
 

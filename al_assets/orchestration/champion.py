@@ -11,18 +11,24 @@ from al_assets.orchestration.resources import MlflowResource
 
 
 class ChampionConfig(dg.Config):
-    model_name: str = "al-class-scores"
-    """Registered class-score model whose alias the views follow."""
-    alias: str = "champion"
+    model_name: str | None = None
+    """Registered class-score model whose alias the views follow (default: the mlflow
+    resource's model_name, which the sensors follow too)."""
+    alias: str | None = None
+    """Its alias (default: the mlflow resource's alias)."""
     model_version: str | None = None
     """Pin a model-version partition key (e.g. al-class-scores-v2) instead of the alias."""
+
+    def champion(self, mlflow: MlflowResource) -> tuple[str, str]:
+        """(model name, alias): this run's, else the deployment's (the mlflow resource)."""
+        return self.model_name or mlflow.model_name, self.alias or mlflow.alias
 
 
 def champion_key(config: ChampionConfig, mlflow: MlflowResource) -> str:
     if config.model_version:
         return config.model_version
-    version = mlflow.registry().resolve(config.model_name, alias=config.alias)
-    return model_version_key(config.model_name, version.version)
+    name, alias = config.champion(mlflow)
+    return model_version_key(name, mlflow.registry().resolve(name, alias=alias).version)
 
 
 def champion_partitions(

@@ -43,7 +43,7 @@ def run_demo(root: Path, *, n_images: int = 300, retrain: bool = False) -> None:
     if retrain or not DEMO_CHECKPOINT.is_file():
         _train()
     registry = mlflow.registry()
-    if not registry.versions(ChampionConfig().model_name):
+    if not registry.versions(mlflow.model_name):
         _say(f"registered {register_model(defs, instance, {'weights': 'demo'})}")
     key = champion_key(ChampionConfig(), mlflow)
     store = storage.tables()

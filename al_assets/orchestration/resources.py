@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 from pydantic import Field
 
+from al_assets.core.defaults import CHAMPION_ALIAS, CLASS_SCORES_MODEL
 from al_assets.core.storage import ObjectStore, S3Settings, TableStore, join_uri, to_uri
 
 if TYPE_CHECKING:
@@ -116,6 +117,10 @@ class MlflowResource(dg.ConfigurableResource):
     registry_uri: str | None = None
     artifact_location: str | None = None
     experiment: str = "al_assets"
+    model_name: str = Field(default=CLASS_SCORES_MODEL, description=(
+        "Registered class-score model the pipeline follows: the sensors, the views and the "
+        "gate use its alias unless a run's config names another model"))
+    alias: str = Field(default=CHAMPION_ALIAS, description="The champion alias of model_name")
     storage: dg.ResourceDependency[StorageResource]
     http_max_retries: int = 2
     http_timeout_s: int = 15

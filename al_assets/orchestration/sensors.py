@@ -12,7 +12,6 @@ from dagster._core.events import DagsterEventType
 
 from al_assets.core.coco.discovery import list_batch_files
 from al_assets.core.sharding import batch_of_shard
-from al_assets.orchestration.champion import ChampionConfig
 from al_assets.core.splits import LABEL_BATCH_PREFIX
 from al_assets.orchestration.jobs import (
     ingest_job,
@@ -109,12 +108,11 @@ def new_shards_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowResourc
         return dg.SkipReason("no batch ingested since the last tick")
     ingested = {r.partition_key: r.storage_id for r in records}  # latest ingestion per batch
     cursor = str(records[-1].storage_id)
-    config = ChampionConfig()
-    version = _alias_version(mlflow.registry(), config)
+    version = _alias_version(mlflow)
     if version is None:  # the first champion's promotion predicts the whole pool
-        return dg.SkipReason(f"no {config.alias!r} model registered yet; "
+        return dg.SkipReason(f"no {mlflow.alias!r} version of {mlflow.model_name!r} yet; "
                              f"batches {sorted(ingested)} wait for one")
-    key = model_version_key(config.model_name, version)
+    key = model_version_key(mlflow.model_name, version)
     shards = [s for s in context.instance.get_dynamic_partitions(SHARD)
               if batch_of_shard(s) in ingested]
     requests = [run_request(predict_job, partition_key=prediction_key(key, shard),
@@ -131,15 +129,14 @@ def new_shards_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowResourc
     "(a promotion predicts the pool); an alias move to a predicted version refreshes the views.",
 )
 def new_model_version_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowResource):
-    config = ChampionConfig()
     cursor = json.loads(context.cursor) if context.cursor else {"max_version": 0, "alias": None}
     registry = mlflow.registry()  # unreachable -> RegistryError: the tick fails, cursor kept
-    versions = [v for v in registry.versions(config.model_name) if v > cursor["max_version"]]
-    alias = _alias_version(registry, config)
-    keys = [model_version_key(config.model_name, v) for v in versions]
+    versions = [v for v in registry.versions(mlflow.model_name) if v > cursor["max_version"]]
+    alias = _alias_version(mlflow)
+    keys = [model_version_key(mlflow.model_name, v) for v in versions]
     requests = []
     if alias is not None and alias != cursor["alias"]:  # a promotion, or a first champion
-        key = model_version_key(config.model_name, alias)
+        key = model_version_key(mlflow.model_name, alias)
         shards = context.instance.get_dynamic_partitions(SHARD)
         done = context.instance.get_materialized_partitions(dg.AssetKey("detections"))
         requests = [run_request(predict_job, run_key=f"predict:{key}:{shard}",
@@ -148,7 +145,7 @@ def new_model_version_sensor(context: dg.SensorEvaluationContext, mlflow: Mlflow
         keys.append(key)
         if not requests and not _views_describe(context.instance, key):  # only the views change
             requests.append(run_request(refresh_views_job,
-                                        run_key=f"views:{config.alias}:{alias}"))
+                                        run_key=f"views:{mlflow.alias}:{alias}"))
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=_additions(context.instance, {model_version_partitions: keys}),
@@ -203,11 +200,12 @@ def _views_describe(instance: dg.DagsterInstance, key: str) -> bool:
     return getattr(metadata.get("model_version"), "value", None) == key
 
 
-def _alias_version(registry, config: ChampionConfig) -> int | None:
+def _alias_version(mlflow: MlflowResource) -> int | None:
+    """The version the deployment's champion alias points to (the mlflow resource's model)."""
     from al_assets.core.registry import RegistryError
 
     try:
-        return int(registry.resolve(config.model_name, alias=config.alias).version)
+        return int(mlflow.registry().resolve(mlflow.model_name, alias=mlflow.alias).version)
     except RegistryError as exc:
         if "is not set" in str(exc) or "does not exist" in str(exc):
             return None

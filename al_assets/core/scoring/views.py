@@ -14,44 +14,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from al_assets.core.defaults import (  # noqa: F401  (the views' floors, read from here)
+    DEFAULT_MIN_SCORE,
+    STORE_DISTRIBUTION,
+    STORE_MAX_DETECTIONS,
+    STORE_MIN_SCORE,
+    STORE_ROW_GROUP_IMAGES,
+    STORE_TOP_K,
+)
 from al_assets.core.schemas import IMAGE_SCORES
 from al_assets.core.scoring.aggregation import rank_order
-
-
-DEFAULT_MIN_SCORE = 0.2
-"""Detector score below which a box is background noise, not a detection to rank.
-
-torchvision detectors keep up to 300 boxes per image down to score 0.001-0.01; most are
-background whose foreground distribution is near uniform, so they top every uncertainty
-measure and would fill the views, the queue and the confused pairs with noise."""
-
-# -- what the prediction step stores (al_assets.core.prediction.storage.StoragePolicy) --------
-# Kept here, next to the noise floor they must stay below, so the two cannot drift apart.
-# Bytes per image: README "Storage"; tests/core/test_prediction_storage.py holds them to it.
-
-STORE_MIN_SCORE = 0.05
-"""Boxes below this detector score are not written at all (the write-time floor).
-
-4x below DEFAULT_MIN_SCORE, so a read floor can still be lowered to 0.05; the usual COCO
-evaluation floor (torchvision Faster R-CNN, Detectron2). Only mAP sees the boxes it drops: the
-demo detector's 0.142 becomes 0.137, while 27x fewer boxes are stored (~10 instead of ~276)."""
-
-STORE_MAX_DETECTIONS = 100
-"""At most this many boxes per image, highest scores first (COCOeval's maxDets, 100)."""
-
-STORE_TOP_K = 2
-"""Length of each box's stored top-k (label_ids, scores): p1, p2 and the first/second label,
-all that margin, ratio, least confidence and confused pairs read. Entropy reads the full
-distribution, which every stored box keeps (STORE_DISTRIBUTION)."""
-
-STORE_ROW_GROUP_IMAGES = 64
-"""Images per Parquet row group of a detections shard (rows sorted by image_id): a lookup of
-a few hundred queue candidates decodes only the groups holding one (~0.3 MB each at the
-demo's ~4.9 KB per image); the price is a longer footer (one entry per leaf column and group)."""
-
-STORE_DISTRIBUTION = True
-"""Keep every stored box's full foreground distribution (float32): entropy then stays exact,
-and so does every other measure, for every box the views and rankings can see."""
 
 
 def confident(table: pa.Table, min_score: float) -> pa.Table:

@@ -19,6 +19,7 @@ from al_assets.core.analysis.evaluation import (
 from al_assets.core.analysis.frequency import class_frequency as count_classes
 from al_assets.core.analysis.frequency import imbalance_summary
 from al_assets.core.analysis.matching import confusion_matrix, counts_table, match_detections
+from al_assets.core.defaults import CONFIDENT_SCORE
 from al_assets.core.scoring.views import score_at_least
 from al_assets.core.splits import HELDOUT, ids_in
 from al_assets.core.storage import TableStore
@@ -60,7 +61,7 @@ def confused_pairs(config: ConfusedPairsConfig, storage: StorageResource) -> dg.
 
 
 class FrequencyConfig(ChampionConfig):
-    score_thresh: float = 0.3
+    score_thresh: float = CONFIDENT_SCORE
     """Count predictions at or above this detector score."""
 
 
@@ -89,7 +90,7 @@ def class_frequency(
 
 class EvaluationConfig(ChampionConfig):
     iou_threshold: float = 0.5
-    score_thresh: float = 0.3
+    score_thresh: float = CONFIDENT_SCORE
     """Detections at or above this score enter the confusion matrix (mAP uses all)."""
 
 

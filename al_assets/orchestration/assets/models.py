@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from al_assets.core import schemas
+from al_assets.core.defaults import DETECTOR_MODEL
 from al_assets.core.coco.categories import unique_categories
 from al_assets.core.detection.compatibility import check_categories
 from al_assets.core.detection.factory import load_checkpoint
@@ -25,10 +26,12 @@ class RegistrationConfig(dg.Config):
     """demo (the shipped demo detector) | a checkpoint path | torchvision weights (DEFAULT, COCO_V1)."""
     arch: str = "ssdlite320_mobilenet_v3_large"
     """Architecture for torchvision weights (checkpoints say their own)."""
-    detector_name: str = "al-detector"
-    class_scores_name: str = "al-class-scores"
-    alias: str = "champion"
-    """Alias moved to the new versions; prediction pins exact versions, never the alias."""
+    detector_name: str = DETECTOR_MODEL
+    class_scores_name: str | None = None
+    """Default: the mlflow resource's model_name (the model the sensors and views follow)."""
+    alias: str | None = None
+    """Alias moved to the new versions (default: the mlflow resource's alias); prediction pins
+    exact versions, never the alias."""
     topk: int = 5
     """Classes kept per box in label_ids/scores (the full distribution is kept separately)."""
     training_data: str = "demo COCO shapes"
@@ -48,17 +51,18 @@ def registered_model(
     storage: StorageResource,
 ) -> dg.MaterializeResult:
     registry = mlflow.registry()
+    name, alias = config.class_scores_name or mlflow.model_name, config.alias or mlflow.alias
     with tempfile.TemporaryDirectory() as workdir:
         path, source = resolve_checkpoint(config.weights, config.arch, Path(workdir))
         checkpoint = load_checkpoint(path)
-        warnings = _check_against_dataset(storage, checkpoint, config.class_scores_name)
+        warnings = _check_against_dataset(storage, checkpoint, name)
         for warning in warnings:
             context.log.warning(warning)
         detector, scores = registry.register_detector(
             path,
             detector_name=config.detector_name,
-            class_scores_name=config.class_scores_name,
-            alias=config.alias,
+            class_scores_name=name,
+            alias=alias,
             tags=_tags(checkpoint, source, config.training_data),
             params={"arch": checkpoint.arch, "num_classes": checkpoint.num_classes,
                     "topk": config.topk},
@@ -72,7 +76,7 @@ def registered_model(
             "model_uri": scores.uri,
             "detector_uri": detector.uri,
             "version": scores.version,
-            "alias": config.alias,
+            "alias": alias,
             "model_version_partition": key,
             "weights_source": source,
             "categories": ", ".join(checkpoint.category_names or ()),

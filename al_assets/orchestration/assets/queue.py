@@ -34,7 +34,7 @@ from al_assets.core.queue.exports import (
     ImageUrls,
     category_names,
 )
-from al_assets.core.scoring.views import DEFAULT_MIN_SCORE
+from al_assets.core.defaults import CONFIDENT_SCORE, DEFAULT_MIN_SCORE
 from al_assets.core.storage import TableStore
 from al_assets.orchestration.automation import VIEW_REFRESH
 from al_assets.orchestration.assets.labels import pool_categories, pool_labels, read_splits
@@ -62,7 +62,7 @@ class QueueConfig(ChampionConfig):
     """Skip images that already have labels (ingested or imported); held-out ones always are."""
     seed: int = 0
     """Seed of the random strategy's order."""
-    preannotation_score: float = 0.3
+    preannotation_score: float = CONFIDENT_SCORE
     """Only boxes at or above this detector score go into the exports as pre-annotations."""
     min_score: float = DEFAULT_MIN_SCORE
     """Detections below it are noise (class balancing ignores them); image_scores' value."""

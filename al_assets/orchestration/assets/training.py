@@ -72,7 +72,7 @@ def challenger(
     mlflow: MlflowResource, coco_source: CocoSourceResource, device: DeviceResource,
 ) -> dg.MaterializeResult:
     store, registry = storage.tables(), mlflow.registry()
-    base_name, base_version = _base(config, registry)
+    base_name, base_version = _base(config, registry, mlflow)
     base = registry.load(base_name, base_version)
     images, annotations, lineage = _train_set(store)
     settings = config.settings()
@@ -105,7 +105,7 @@ def challenger(
     })
 
 
-def _base(config: TrainingConfig, registry) -> tuple[str, int]:
+def _base(config: TrainingConfig, registry, mlflow: MlflowResource) -> tuple[str, int]:
     from al_assets.orchestration.partitions import parse_model_version_key
 
     if config.base_version:
@@ -118,7 +118,8 @@ def _base(config: TrainingConfig, registry) -> tuple[str, int]:
             raise dg.Failure(f"base_version {config.base_version} does not exist; registered "
                              f"versions of {name}: {', '.join(map(str, known)) or 'none'}")
         return name, version
-    return config.model_name, int(registry.resolve(config.model_name, alias=config.alias).version)
+    name, alias = config.champion(mlflow)
+    return name, int(registry.resolve(name, alias=alias).version)
 
 
 def _labeled(store: TableStore, split: str) -> tuple[pa.Table, pa.Table, pa.Table]:
@@ -228,11 +229,11 @@ def evaluation_gate(
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     store, registry = storage.tables(), mlflow.registry()
     policy = config.policy()
-    name = config.model_name
+    name, alias = config.champion(mlflow)
     chal_version = _challenger_of_run(context) or registry.alias_version(name, CHALLENGER)
     if chal_version is None:
         raise dg.Failure(f"no {CHALLENGER!r} version of {name!r}: materialize `challenger` first")
-    champ_version = registry.alias_version(name, config.alias)
+    champ_version = registry.alias_version(name, alias)
     images, annotations, heldout = _heldout_set(store)
     categories = pool_categories(store)
     with lease_device(device.device, device.lease_folder()) as dev:
@@ -243,7 +244,7 @@ def evaluation_gate(
                                      image_ids=heldout, n_boot=config.n_boot, seed=config.seed)
     decision = decide(comparison, policy)
     if decision.promote:
-        registry.move_alias(name, chal_version, config.alias)
+        registry.move_alias(name, chal_version, alias)
     key = model_version_key(name, chal_version)
     champ_key = model_version_key(name, champ_version) if champ_version is not None else None
     history = _append_history(store, _history_row(registry, name, chal_version, champ_key,
