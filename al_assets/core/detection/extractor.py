@@ -27,19 +27,37 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.faster_rcnn import FasterRCNN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.ssd import SSD
 from torchvision.ops import boxes as box_ops
 
 from al_assets.core.detection.factory import DetectorError, load_detector, model_num_classes
+
+
+@dataclass(frozen=True)
+class Postprocess:
+    """torchvision's post-processing knobs, given to the extractor as torchvision's ``SSD``
+    takes them (``None``: keep the detector's own)."""
+
+    score_thresh: float | None = None
+    topk_candidates: int | None = None
+    detections_per_img: int | None = None
+
+    def apply(self, model: nn.Module) -> None:
+        target = getattr(model, "roi_heads", model)  # Faster R-CNN keeps them on roi_heads
+        for name in ("score_thresh", "detections_per_img"):
+            if getattr(self, name) is not None:
+                setattr(target, name, getattr(self, name))
+        if self.topk_candidates is not None and hasattr(model, "topk_candidates"):
+            model.topk_candidates = self.topk_candidates
 
 
 class ClassScoreExtractor(nn.Module):
@@ -60,6 +78,7 @@ class ClassScoreExtractor(nn.Module):
         topk: int = 5,
         with_distribution: bool = True,
         one_per_anchor: bool = True,
+        postprocess: Postprocess = Postprocess(),
     ) -> None:
         super().__init__()
         num_classes = model_num_classes(model)
@@ -72,6 +91,7 @@ class ClassScoreExtractor(nn.Module):
             )
         if topk < 1:
             raise DetectorError(f"topk={topk}: ask for at least one class per box")
+        postprocess.apply(model)
         self.model = model
         self.category_ids = tuple(ids)
         self.topk = min(topk, len(ids))
@@ -79,6 +99,13 @@ class ClassScoreExtractor(nn.Module):
         self.one_per_anchor = one_per_anchor
         self.register_buffer("_id_of_label", torch.tensor([0, *ids]), persistent=False)
         self.train(model.training)
+
+    def reconfigured(self, *, with_distribution: bool, postprocess: Postprocess
+                     ) -> ClassScoreExtractor:
+        """The same detector with other inference settings (one prediction run's config)."""
+        return ClassScoreExtractor(self.model, self.category_ids, topk=self.topk,
+                                   with_distribution=with_distribution,
+                                   one_per_anchor=self.one_per_anchor, postprocess=postprocess)
 
     @classmethod
     def from_checkpoint(
@@ -232,7 +259,7 @@ def _ssd_image(
         score = scores[:, label]
         anchor_idx = torch.where(score > model.score_thresh)[0]
         score = score[anchor_idx]
-        num_topk = det_utils._topk_min(score, model.topk_candidates, 0)
+        num_topk = min(score.numel(), model.topk_candidates)
         score, idxs = score.topk(num_topk)
         anchor_parts.append(anchor_idx[idxs])
         score_parts.append(score)

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch import nn
 
 from al_assets.core import schemas
 from al_assets.core.prediction.arrow import predictions_batch
@@ -62,19 +61,6 @@ class ShardRef:
     model_name: str
     model_version: int
     shard: str
-
-
-def configure_postprocess(
-    model: nn.Module, *, score_thresh: float | None = None, topk_candidates: int | None = None,
-    detections_per_img: int | None = None,
-) -> None:
-    """Set torchvision's post-processing knobs on an SSD or Faster R-CNN module in place."""
-    target = getattr(model, "roi_heads", model)  # Faster R-CNN keeps them on roi_heads
-    for name, value in (("score_thresh", score_thresh), ("detections_per_img", detections_per_img)):
-        if value is not None:
-            setattr(target, name, value)
-    if topk_candidates is not None and hasattr(model, "topk_candidates"):
-        model.topk_candidates = topk_candidates
 
 
 def predict_shard(

@@ -5,12 +5,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from al_assets.core import schemas
 from al_assets.core.defaults import DETECTOR_MODEL
-from al_assets.core.coco.categories import unique_categories
 from al_assets.core.detection.compatibility import check_categories
 from al_assets.core.detection.factory import load_checkpoint
 from al_assets.core.detection.sources import resolve_checkpoint
+from al_assets.orchestration.assets.labels import pool_categories
 from al_assets.orchestration.partitions import (
     MODEL_VERSION,
     add_partitions,
@@ -89,10 +88,9 @@ def registered_model(
 
 def _check_against_dataset(storage: StorageResource, checkpoint, model: str) -> list[str]:
     store = storage.tables()
-    batches = store.partitions("categories")
-    if not batches:
+    if not store.partitions("categories"):
         return ["no dataset ingested yet: categories not checked"]
-    dataset = unique_categories(store.read_many("categories", batches, schema=schemas.CATEGORIES))
+    dataset = pool_categories(store)
     return check_categories(
         checkpoint.category_ids or (), checkpoint.category_names or (), dataset, model=model
     )

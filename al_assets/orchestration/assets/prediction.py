@@ -5,15 +5,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from al_assets.core import schemas
-from al_assets.core.coco.categories import unique_categories
 from al_assets.core.detection.compatibility import check_categories
+from al_assets.core.detection.extractor import Postprocess
 from al_assets.core.prediction import validation
 from al_assets.core.prediction.devices import lease_device
 from al_assets.core.prediction.loader import ShardImages
 from al_assets.core.prediction.runner import (
     PredictOptions,
     ShardRef,
-    configure_postprocess,
     default_workers,
     errors_table,
     predict_shard,
@@ -28,6 +27,7 @@ from al_assets.core.scoring.views import (
 )
 from al_assets.core.sharding import batch_of_shard
 from al_assets.core.storage import TableStore
+from al_assets.orchestration.assets.labels import pool_categories
 from al_assets.orchestration.metadata import column_schema, table_metadata
 from al_assets.orchestration.partitions import (
     MODEL_VERSION,
@@ -127,12 +127,10 @@ def predictions(
     store = storage.tables()
     model = mlflow.registry().load(model_name, version)  # the exact version, never the alias
     _check_model_fits_dataset(store, model, keys[MODEL_VERSION])
-    extractor = model.extractor
-    extractor.with_distribution = config.store_distribution
-    configure_postprocess(
-        extractor.model, score_thresh=config.score_thresh,
-        topk_candidates=config.topk_candidates, detections_per_img=config.detections_per_img,
-    )
+    extractor = model.extractor.reconfigured(
+        with_distribution=config.store_distribution,
+        postprocess=Postprocess(config.score_thresh, config.topk_candidates,
+                                config.detections_per_img))
     images = _shard_images(store, shard)
     partition = storage_partition(context)
     with lease_device(device.device, device.lease_folder()) as dev:
@@ -200,8 +198,7 @@ def _shard_images(store: TableStore, shard: str) -> pa.Table:
 
 
 def _check_model_fits_dataset(store: TableStore, model, model_version: str) -> None:
-    batches = store.partitions("categories")
-    dataset = unique_categories(store.read_many("categories", batches, schema=schemas.CATEGORIES))
+    dataset = pool_categories(store)
     check_categories(
         model.extractor.category_ids, model.category_names, dataset, model=model_version
     )
