@@ -77,22 +77,28 @@ def shard_scores(
 
 class DetectionViewConfig(ChampionConfig):
     limit: int = 1000
-    """Rows kept (the notebook: 1,000 least confident, 10,000 least margin, 1,000 entropy)."""
+    """Rows kept (the notebook: 1,000 least confident, 10,000 least margin, 1,000 entropy:
+    one config class per view below keeps each default)."""
     min_score: float = DEFAULT_MIN_SCORE
     """Detections below this detector score are background noise and left out (0 keeps all)."""
 
 
-def _view_config(name: str, limit: int) -> type[DetectionViewConfig]:
-    """A config class per view, so each keeps the notebook's own default limit."""
-    title = "".join(part.title() for part in name.split("_"))
-    return type(f"{title}Config", (DetectionViewConfig,), {"__annotations__": {"limit": int},
-                                                          "limit": limit})
+class LeastConfidenceConfig(DetectionViewConfig):
+    limit: int = 1000
 
 
-def _detection_view(name: str, column: str, descending: bool, limit: int, doc: str):
+class LeastMarginConfig(DetectionViewConfig):
+    limit: int = 10000
+
+
+class EntropyConfig(DetectionViewConfig):
+    limit: int = 1000
+
+
+def _detection_view(name: str, column: str, descending: bool,
+                    view_config: type[DetectionViewConfig], doc: str):
     columns = ["image_id", "uri", "det_index", "box", "label_id", "score", "first_label_id",
                "second_label_id", "p1", "p2", column]
-    view_config = _view_config(name, limit)
 
     @dg.asset(
         name=name, group_name=UNCERTAINTY, kinds={"parquet"}, deps=["box_scores"],
@@ -130,15 +136,15 @@ def _confident_boxes(store: TableStore, partitions: list[str], columns: list[str
 
 
 least_confidence = _detection_view(
-    "least_confidence", "score", False, 1000,
+    "least_confidence", "score", False, LeastConfidenceConfig,
     "Detections with the lowest detector score (the notebook's ORDER BY score ASC LIMIT 1000).",
 )
 least_margin = _detection_view(
-    "least_margin", "margin", False, 10000,
+    "least_margin", "margin", False, LeastMarginConfig,
     "Detections whose top two classes are closest (p1 - p2 ascending, LIMIT 10000).",
 )
 entropy = _detection_view(
-    "entropy", "entropy", True, 1000,
+    "entropy", "entropy", True, EntropyConfig,
     "Detections with the highest entropy of the class distribution (nats, DESC LIMIT 1000).",
 )
 
