@@ -117,23 +117,6 @@ def _detection_count(batch: pa.RecordBatch) -> int:
     return int(offsets[-1].as_py() - offsets[0].as_py())
 
 
-def throttled(report: Callable[[str], None], label: str, every_s: float = 15.0
-              ) -> Callable[[int, int], None]:
-    """A ``progress`` callback that reports "label: done/total images (rate)" at most every
-    ``every_s`` seconds and once at the end: progress lines for Dagster's log and the CLI."""
-    start = last = time.perf_counter()
-
-    def update(done: int, total: int) -> None:
-        nonlocal last
-        now = time.perf_counter()
-        if now - last >= every_s or done >= total:
-            last = now
-            rate = done / (now - start) if now > start else 0.0
-            report(f"{label}: {done}/{total} images ({100 * done / max(total, 1):.0f} %, "
-                   f"{rate:.1f} images/s)")
-    return update
-
-
 def _predict_isolating_failures(
     items: Sequence[LoadedImage], detect: Detect, device: torch.device, options: PredictOptions,
     images: pa.Table, ref: ShardRef, stats: ShardStats,

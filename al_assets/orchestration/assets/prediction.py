@@ -16,9 +16,9 @@ from al_assets.core.prediction.runner import (
     default_workers,
     errors_table,
     predict_shard,
-    throttled,
 )
 from al_assets.core.prediction.storage import StoragePolicy
+from al_assets.core.progress import throttled
 from al_assets.core.scoring.views import (
     STORE_DISTRIBUTION,
     STORE_MAX_DETECTIONS,

@@ -24,6 +24,7 @@ from al_assets.core.loop.evaluation import predict_images
 from al_assets.core.loop.training import TrainSettings, train_challenger
 from al_assets.core.prediction.devices import lease_device
 from al_assets.core.prediction.runner import ShardRef
+from al_assets.core.progress import Progress
 from al_assets.core.splits import HELDOUT, TRAIN, ids_in
 from al_assets.core.storage import TableStore
 from al_assets.orchestration.assets.labels import pool_categories, pool_labels, read_splits
@@ -156,7 +157,7 @@ class _TrainingRun:
                   "label_batches": ",".join(lineage)[:500]}
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
         self.pending: list = []
-        self.last_log = time.monotonic()
+        self.progress = Progress(context.log.info, "training", unit="steps", every_s=10.0)
         self.resumed_from: int | None = None
 
     def step(self, entry: dict) -> None:
@@ -171,10 +172,8 @@ class _TrainingRun:
         if len(self.pending) >= 300 or entry["step"] == entry["steps"]:
             self.client.log_batch(self.run_id, metrics=self.pending)
             self.pending = []
-        if time.monotonic() - self.last_log > 10 or entry["step"] == entry["steps"]:
-            self.last_log = time.monotonic()
-            self.context.log.info(f"training step {entry['step']}/{entry['steps']}: loss "
-                                  f"{entry['loss']:.3f} ({entry['images_per_s']:.1f} img/s)")
+        self.progress.label = f"training (loss {entry['loss']:.3f})"
+        self.progress(int(entry["step"]), int(entry["steps"]))
 
     def finish(self, result) -> None:
         from mlflow.entities import Metric
