@@ -133,7 +133,7 @@ def _headline(name: str, figures: dict | None) -> tuple[str, str]:
     if name == "scoring":
         r = figures["ratios"]
         return (f"{r['faster_than_loop']:.0f}x faster than the loop (>= 200x), "
-                f"{r['x_numpy_floor']:.1f}x the numpy floor (<= 4x)",
+                f"{r['x_plogp_pass']:.2f}x one p log p pass (<= 1.5x)",
                 common.verdict(r["target_met"]))
     if name == "ingestion":
         return (f"{figures['ratio']:.2f}x pycocotools (<= {figures['target']:g}x)",
