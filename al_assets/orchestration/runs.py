@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 
-from al_assets.core.coco.discovery import list_batch_files
+from al_assets.core.coco.discovery import batch_pages
 from al_assets.core.errors import AlAssetsError
 from al_assets.orchestration.jobs import JOB_KEYS
 from al_assets.orchestration.logs import cli_console_logger
@@ -137,22 +137,17 @@ def run_job(
 def discover_batches(source: CocoSourceResource, instance: dg.DagsterInstance) -> list[str]:
     """Add a ``batch`` partition for every annotation file; returns the new batch names."""
     names: list[str] = []
-    start_after = None
     folder = source.annotations_uri()
-    while True:
-        try:
-            batches, skipped, start_after, more = list_batch_files(
-                source.objects(), folder, start_after=start_after)
-        except FileNotFoundError:
-            raise UsageError(f"no annotations folder at {folder}: a source root holds "
-                             "annotations/<batch>.json (COCO instances) and images/; set "
-                             "AL_ASSETS_SOURCE_ROOT (or run `al-assets demo-data`)") from None
-        for uri in skipped:
-            print(f"[al-assets] skipped {uri}: its name is unusable as a batch name; rename it "
-                  "(letters, digits and . _ = @ + -)", flush=True)
-        names += [b.batch for b in batches]
-        if not more:
-            break
+    try:
+        for page in batch_pages(source.objects(), folder):
+            for uri in page.skipped:
+                print(f"[al-assets] skipped {uri}: its name is unusable as a batch name; rename "
+                      "it (letters, digits and . _ = @ + -)", flush=True)
+            names += [b.batch for b in page.batches]
+    except FileNotFoundError:
+        raise UsageError(f"no annotations folder at {folder}: a source root holds "
+                         "annotations/<batch>.json (COCO instances) and images/; set "
+                         "AL_ASSETS_SOURCE_ROOT (or run `al-assets demo-data`)") from None
     if not names and not instance.get_dynamic_partitions(BATCH):
         raise UsageError(f"no annotation files in {folder}: put COCO instances files there as "
                          "<batch>.json (one file per batch)")
@@ -169,17 +164,13 @@ def discover_label_batches(source: CocoSourceResource, instance: dg.DagsterInsta
     """Add a ``label_batch`` partition for every file in ``<source>/labels/``; returns new ones."""
     from al_assets.core.splits import LABEL_BATCH_PREFIX
 
-    names: list[str] = []
-    start_after = None
-    while True:
-        try:
-            batches, _, start_after, more = list_batch_files(
-                source.objects(), source.labels_uri(), start_after=start_after)
-        except FileNotFoundError:
-            return []  # no labels/ folder: nothing came back from labeling yet
-        names += [LABEL_BATCH_PREFIX + b.batch for b in batches]
-        if not more:
-            return add_partitions(instance, LABEL_BATCH, names)
+    try:
+        names = [LABEL_BATCH_PREFIX + b.batch
+                 for page in batch_pages(source.objects(), source.labels_uri())
+                 for b in page.batches]
+    except FileNotFoundError:
+        return []  # no labels/ folder: nothing came back from labeling yet
+    return add_partitions(instance, LABEL_BATCH, names)
 
 
 def import_label_batches(defs: dg.Definitions, instance: dg.DagsterInstance,

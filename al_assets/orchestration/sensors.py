@@ -10,7 +10,7 @@ import time
 import dagster as dg
 from dagster._core.events import DagsterEventType
 
-from al_assets.core.coco.discovery import list_batch_files
+from al_assets.core.coco.discovery import batch_pages
 from al_assets.core.sharding import batch_of_shard
 from al_assets.core.splits import LABEL_BATCH_PREFIX
 from al_assets.orchestration.jobs import (
@@ -76,20 +76,18 @@ def _new_files(
     done = context.instance.get_materialized_partitions(dg.AssetKey(asset))
     known = {p for p in context.instance.get_dynamic_partitions(partitions) if p in done}
     new: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        try:
-            found, skipped, start_after, more = list_batch_files(
-                source.objects(), folder, start_after=start_after, page_size=PAGE_SIZE)
-        except FileNotFoundError:
-            if missing_ok:  # no labels/ folder yet: nothing came back from labeling
-                return {}, None
-            raise
-        for uri in skipped:
-            context.log.warning(f"{uri}: file name unusable as a batch name; rename it")
-        new.update({prefix + f.batch: f.info.etag for f in found
-                    if prefix + f.batch not in known})
-        if not more:
-            return new, None  # a full pass done: the next tick starts over from the top
+    try:
+        for page in batch_pages(source.objects(), folder, start_after=start_after,
+                                page_size=PAGE_SIZE, deadline=deadline):
+            for uri in page.skipped:
+                context.log.warning(f"{uri}: file name unusable as a batch name; rename it")
+            new.update({prefix + f.batch: f.info.etag for f in page.batches
+                        if prefix + f.batch not in known})
+            start_after = page.cursor  # None after a full pass: the next tick starts over
+    except FileNotFoundError:
+        if missing_ok:  # no labels/ folder yet: nothing came back from labeling
+            return {}, None
+        raise
     return new, start_after
 
 

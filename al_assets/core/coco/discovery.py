@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from al_assets.core.storage.objects import ObjectInfo, ObjectStore
@@ -42,3 +44,25 @@ def list_batch_files(
             batches.append(BatchFile(name, info))
     last = page[-1].uri if page else start_after
     return batches, skipped, last, truncated
+
+
+@dataclass(frozen=True)
+class Page:
+    batches: list[BatchFile]
+    skipped: list[str]  # uris whose names are unusable as batch names
+    cursor: str | None  # where the next listing resumes; None after the last page
+
+
+def batch_pages(
+    objects: ObjectStore, folder: str, *, start_after: str | None = None,
+    page_size: int = 1000, deadline: float | None = None,
+) -> Iterator[Page]:
+    """Every page of annotation files after ``start_after``, until the last or ``deadline``
+    (``time.monotonic()``; a sensor tick resumes from the last page's cursor next time).
+    ``FileNotFoundError`` when ``folder`` does not exist."""
+    while deadline is None or time.monotonic() < deadline:
+        batches, skipped, start_after, more = list_batch_files(
+            objects, folder, start_after=start_after, page_size=page_size)
+        yield Page(batches, skipped, start_after if more else None)
+        if not more:
+            return
