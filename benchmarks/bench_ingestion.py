@@ -1,15 +1,17 @@
 """Ingestion: ``ingest_batch`` + writing its four tables vs ``pycocotools.coco.COCO(path)`` alone.
 
-Not a test: it prints tables and asserts nothing. Target: ingesting a COCO instances file (JSON
-read, record validation, pycocotools index, polygon/RLE -> compressed RLE, Arrow tables, four
-Parquet writes) takes at most 3x the time pycocotools needs just to load and index it.
+Not a test: it prints tables and asserts nothing. Targets: ingesting a COCO instances file (JSON
+read, record validation, polygon/RLE -> compressed RLE, Arrow tables, four Parquet writes) takes
+at most 2x the time pycocotools needs just to load and index it, at a peak RSS of at most 1.3x
+pycocotools' own. Peak RSS is measured in one child process per side (``--child``): VmHWM of the
+child itself (imports included) and of the workload alone (high-water mark reset after imports).
 
 The input is generated, never shipped: a seeded synthetic instances file (default 20,000 images,
 100,000 annotations with polygon segmentations, a few crowd annotations as uncompressed RLE, 5
 categories with gaps in their ids) written to a temporary folder. Images are not needed:
 ``IngestOptions(verify="none")`` trusts the JSON, as pycocotools does.
 
-    python benchmarks/bench_ingestion.py [--images 20000] [--annotations 100000]
+    python benchmarks/bench_ingestion.py [--size 20k|200k] [--images N] [--annotations N]
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import cProfile
 import io
 import json
 import pstats
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +33,8 @@ from pycocotools.coco import COCO
 
 import _common as common
 from al_assets.core.coco.ingest import IngestOptions, ingest_batch
-from al_assets.core.coco.parse import load_json, parse_coco
+from al_assets.core.coco.parse import parse_coco
+from al_assets.core.coco.reader import gc_paused, load_json
 from al_assets.core.coco.tables import (
     CocoTables,
     _annotations_table,
@@ -51,6 +55,20 @@ CATEGORIES = [  # ids with gaps, as in COCO
 ]
 TABLES = ("categories", "images", "annotations", "ingestion_rejects")
 BATCH = "batch-000"
+SIZES = {"20k": (20_000, 100_000, 40), "200k": (200_000, 1_000_000, 400)}  # images, anns, crowd
+
+
+def ours_once(uri: str, image_root: str, store_root: Path) -> None:
+    """One ingestion as the asset does it: ``ingest_batch`` + the four Parquet writes."""
+    store = TableStore(store_root)
+    tables = ingest_batch(uri, image_root, BATCH, ObjectStore(), IngestOptions(verify="none"))
+    for name in TABLES:
+        store.write(name, getattr(tables, _attr(name)), BATCH)
+
+
+def baseline_once(path: Path) -> None:
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        COCO(str(path))
 
 
 def main() -> None:
@@ -65,45 +83,90 @@ def main() -> None:
 
         def ours() -> None:
             runs["n"] += 1
-            store = TableStore(work / f"store-{runs['n']}")
-            tables = ingest_batch(uri, image_root, BATCH, ObjectStore(),
-                                  IngestOptions(verify="none"))
-            for name in TABLES:
-                store.write(name, getattr(tables, _attr(name)), BATCH)
+            ours_once(uri, image_root, work / f"store-{runs['n']}")
 
-        def baseline() -> None:
-            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-                COCO(str(path))
-
-        times = common.interleaved_best({"pycocotools": baseline, "al_assets": ours}, args.repeat)
-        stages, coco = _stages(uri, image_root, work / "store-stages")
-        conversion = _conversion_alternatives(coco)
-        del coco
+        memory = {side: _peak_in_child(side, path, work / f"store-child-{side}")
+                  for side in ("pycocotools", "al_assets")}
+        times = common.interleaved_best(
+            {"pycocotools": lambda: baseline_once(path), "al_assets": ours}, args.repeat)
+        stages = _stages(uri, image_root, work / "store-stages")
         ratio = times["al_assets"].wall / times["pycocotools"].wall
         profile = _profile(ours) if args.profile == "always" or (
             args.profile == "near" and ratio > 0.75 * args.target) else None
         info = common.machine_info()
-        results = _report(args, info, path, counts, generated, times, stages, conversion,
-                          ratio, profile)
+        results = _report(args, info, path, counts, generated, times, stages, memory, ratio,
+                          profile)
     common.write_json(args.json, {"benchmark": "ingestion", "machine": info, **results})
+
+
+# -- peak RSS, one child process per side ----------------------------------------------------
+_CHILD = """
+import sys, time
+sys.path.insert(0, {here!r})
+import _common as common
+from pathlib import Path
+side, path, store = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+if side == "pycocotools":  # pycocotools' own imports only
+    import contextlib, io
+    from pycocotools.coco import COCO
+    def run():
+        with contextlib.redirect_stdout(io.StringIO()):
+            COCO(str(path))
+else:
+    from bench_ingestion import ours_once
+    images = (path.parent.parent / "images").resolve().as_uri()
+    def run():
+        ours_once(path.resolve().as_uri(), images, store)
+imports_peak = common.proc_status_mib("VmHWM")
+with open("/proc/self/clear_refs", "w") as handle:  # "5": VmHWM back to the current RSS
+    handle.write("5")
+start_rss, wall, cpu = common.current_rss_mib(), time.perf_counter(), common.cpu_seconds()
+run()
+print(common.json.dumps({{
+    "wall_s": time.perf_counter() - wall, "cpu_s": common.cpu_seconds() - cpu,
+    "imports_peak_mib": imports_peak, "start_rss_mib": start_rss,
+    "workload_peak_mib": common.proc_status_mib("VmHWM")}}))
+"""
+
+
+def _peak_in_child(side: str, path: Path, store_root: Path) -> dict[str, float]:
+    """Run one side once in a fresh process that imports only what that side needs; its
+    VmHWM is its own (ru_maxrss would start at this parent's peak), reported with the imports
+    and for the workload alone (high-water mark reset after the imports)."""
+    code = _CHILD.format(here=str(Path(__file__).resolve().parent))
+    status, ru_maxrss, out = common.run_child(
+        [sys.executable, "-c", code, side, str(path), str(store_root)])
+    if status != 0:
+        raise SystemExit(f"bench_ingestion child {side} failed with exit code {status}")
+    return {**json.loads(out.strip().splitlines()[-1]), "ru_maxrss_mib": ru_maxrss}
 
 
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=20_000)
-    parser.add_argument("--annotations", type=int, default=100_000)
-    parser.add_argument("--crowd", type=int, default=40,
-                        help="crowd annotations (uncompressed RLE)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="20k",
+                        help="preset: 20k images / 100k annotations (default, 35 MiB) or 200k "
+                        "images / 1M annotations (350 MiB; ~25 s for pycocotools alone)")
+    parser.add_argument("--images", type=int, default=None, help="overrides --size")
+    parser.add_argument("--annotations", type=int, default=None, help="overrides --size")
+    parser.add_argument("--crowd", type=int, default=None,
+                        help="crowd annotations (uncompressed RLE); overrides --size")
     parser.add_argument("--vertices", type=int, nargs=2, default=[8, 24],
                         help="polygon vertex count range")
     parser.add_argument("--repeat", type=int, default=2, help="best of this many runs")
-    parser.add_argument("--target", type=float, default=3.0, help="ratio target (x pycocotools)")
+    parser.add_argument("--target", type=float, default=2.0, help="time target (x pycocotools)")
+    parser.add_argument("--memory-target", type=float, default=1.3,
+                        help="peak RSS target (x pycocotools' own peak)")
     parser.add_argument("--profile", choices=["near", "always", "never"], default="near",
                         help="cProfile one more ingestion; near (default): when the ratio is "
                         "over 75%% of the target (missed or close to it)")
     parser.add_argument("--seed", type=int, default=0)
     common.add_json_arg(parser)
-    return parser.parse_args()
+    args = parser.parse_args()
+    preset = dict(zip(("images", "annotations", "crowd"), SIZES[args.size], strict=True))
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
 def _attr(table: str) -> str:
@@ -195,7 +258,7 @@ def _crowd_rle(rng: np.random.Generator, w: int, h: int) -> tuple[dict, list, fl
 
 
 # -- breakdown -------------------------------------------------------------------------------
-def _stages(uri: str, image_root: str, root: Path) -> tuple[dict[str, float], COCO]:
+def _stages(uri: str, image_root: str, root: Path) -> dict[str, float]:
     """The steps of ``ingest_batch`` + the writes, timed one by one (one run)."""
     times: dict[str, float] = {}
 
@@ -205,44 +268,29 @@ def _stages(uri: str, image_root: str, root: Path) -> tuple[dict[str, float], CO
         times[name] = time.perf_counter() - start
         return value
 
-    data = timed("read file", lambda: ObjectStore().read_bytes(uri))
-    document = timed("json.loads + top-level checks (load_json)", lambda: load_json(data, uri))
-    parsed = timed("validate records + pycocotools index (parse_coco)",
-                   lambda: parse_coco(document, uri))
-    rejects: list = []
-    tables = CocoTables(
-        annotations=timed("annotations table: RLE per annotation + rows (_annotations_table)",
-                          lambda: _annotations_table(parsed, BATCH, rejects)),
-        images=timed("images table incl. shard assignment (_images_table)",
-                     lambda: _images_table(parsed, BATCH, image_root, DEFAULT_SHARD_SIZE)),
-        categories=_categories_table(parsed, BATCH),
-        rejects=rejects_table(rejects, BATCH, uri),
-    )
+    with gc_paused():  # as ingest_batch runs
+        data = timed("read file", lambda: ObjectStore().read_bytes(uri))
+        document = timed("msgspec decode + top-level checks (load_json)",
+                         lambda: load_json(data, uri))
+        del data
+        parsed = timed("validate records (parse_coco)", lambda: parse_coco(document, uri))
+        del document
+        rejects: list = []
+        annotations, _ = timed(
+            "annotations table: RLE per image run + columns (_annotations_table)",
+            lambda: _annotations_table(parsed, BATCH, rejects))
+        tables = CocoTables(
+            annotations=annotations,
+            images=timed("images table incl. shard assignment (_images_table)",
+                         lambda: _images_table(parsed, BATCH, image_root, DEFAULT_SHARD_SIZE)),
+            categories=_categories_table(parsed, BATCH),
+            rejects=rejects_table(rejects, BATCH, uri),
+        )
     store = TableStore(root)
     for name in TABLES:
         timed(f"write {name} (TableStore.write, zstd Parquet)",
               lambda name=name: store.write(name, getattr(tables, _attr(name)), BATCH))
-    return times, parsed.coco
-
-
-def _conversion_alternatives(coco: COCO) -> dict[str, float]:
-    """RLE conversion of the same polygons: per annotation (as today) vs one call per image."""
-    anns = [a for a in coco.dataset["annotations"] if not a["iscrowd"]]
-    start = time.perf_counter()
-    for ann in anns:
-        rle = coco.annToRLE(ann)
-        rle["counts"].decode("ascii")
-    per_ann = time.perf_counter() - start
-    start = time.perf_counter()
-    for image_id, group in coco.imgToAnns.items():
-        img = coco.imgs[image_id]
-        polys = [a["segmentation"][0] for a in group if not a["iscrowd"]]
-        if polys:
-            for rle in mask_utils.frPyObjects(polys, img["height"], img["width"]):
-                rle["counts"].decode("ascii")
-    per_image = time.perf_counter() - start
-    return {"annotations": len(anns), "per_annotation_annToRLE": per_ann,
-            "per_image_frPyObjects": per_image}
+    return times
 
 
 def _profile(fn) -> str:
@@ -259,7 +307,7 @@ def _profile(fn) -> str:
 
 
 # -- report ----------------------------------------------------------------------------------
-def _report(args, info, path, counts, generated, times, stages, conversion, ratio,
+def _report(args, info, path, counts, generated, times, stages, memory, ratio,
             profile) -> dict:
     base, ours = times["pycocotools"], times["al_assets"]
     print("bench_ingestion: ingest_batch + 4 Parquet writes vs pycocotools.coco.COCO(path)")
@@ -286,19 +334,42 @@ def _report(args, info, path, counts, generated, times, stages, conversion, rati
     common.print_table(["stage (one run)", "seconds", "share"],
                        [(k, v, f"{100 * v / total:.0f}%") for k, v in stages.items()],
                        f"breakdown of one ingestion, stage by stage ({common.load_now()})")
-    per_ann, per_img = conversion["per_annotation_annToRLE"], conversion["per_image_frPyObjects"]
-    print(f"\nRLE conversion of the {conversion['annotations']:,} polygons alone: one "
-          f"COCO.annToRLE per annotation {per_ann:.2f} s vs one mask.frPyObjects per image "
-          f"{per_img:.2f} s ({per_ann / max(per_img, 1e-9):.1f}x)")
+    peaks = _print_memory(memory, args.memory_target)
     if profile:
         print(f"\ncProfile of one ingestion (ingest_batch + 4 writes), top 15 by cumulative time:")
         print(profile)
     return {
         "inputs": counts,
         "times": {"pycocotools": base, "al_assets": ours},
-        "ratio": ratio, "target": args.target, "target_met": ratio <= args.target,
-        "stages_s": stages, "rle_conversion_s": conversion, "profile": profile,
+        "ratio": ratio, "target": args.target,
+        "target_met": ratio <= args.target and peaks["process"] <= args.memory_target,
+        "memory": memory, "memory_ratio": peaks, "memory_target": args.memory_target,
+        "stages_s": stages, "profile": profile,
     }
+
+
+def _print_memory(memory: dict[str, dict[str, float]], target: float) -> dict[str, float]:
+    """Peak RSS table (one child each) and the ratios: the process's and the workload's."""
+    rows = []
+    for side, m in memory.items():
+        peak = max(m["imports_peak_mib"], m["workload_peak_mib"])
+        m["process_peak_mib"] = peak
+        rows.append((side, peak, m["imports_peak_mib"], m["start_rss_mib"],
+                     m["workload_peak_mib"], m["workload_peak_mib"] - m["start_rss_mib"],
+                     m["wall_s"]))
+    common.print_table(["one child process each", "peak RSS MiB", "after imports", "at start",
+                        "workload peak", "growth", "seconds"], rows,
+                       f"peak RSS: VmHWM of the child, imports included and workload alone "
+                       f"({common.load_now()})")
+    ours, base = memory["al_assets"], memory["pycocotools"]
+    peaks = {"process": ours["process_peak_mib"] / base["process_peak_mib"],
+             "growth": (ours["workload_peak_mib"] - ours["start_rss_mib"])
+             / (base["workload_peak_mib"] - base["start_rss_mib"])}
+    print(f"\npeak RSS: al_assets / pycocotools = {peaks['process']:.2f}x the process peak "
+          f"(target <= {target:g}x) [{common.verdict(peaks['process'] <= target)}]; "
+          f"{peaks['growth']:.2f}x the growth over the imports (al_assets imports torch via "
+          f"core.images: {ours['imports_peak_mib']:,.0f} vs {base['imports_peak_mib']:,.0f} MiB)")
+    return peaks
 
 
 if __name__ == "__main__":

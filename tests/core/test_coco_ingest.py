@@ -254,3 +254,85 @@ def test_category_conflict_between_batches_is_an_error() -> None:
     assert merge_categories(one, one).num_rows == 1
     with pytest.raises(CocoFormatError, match="category id 1 is 'circle' in batch 'a' but 'square'"):
         merge_categories(one, two)
+
+
+# -- the one reader, earlier batches, segmentations ----------------------------------------------
+def _write(root: Path, document: dict, batch: str = BATCH) -> None:
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / f"{batch}.json").write_text(json.dumps(document))
+
+
+def _square(x: float, y: float, side: float) -> list[float]:
+    return [x, y, x + side, y, x + side, y + side, x, y + side]
+
+
+def test_ids_of_earlier_batches_as_arrow_numpy_or_set(demo_root: Path) -> None:
+    import numpy as np
+
+    document = load_json(demo_root / "annotations" / f"{BATCH}.json")
+    ids = [img["id"] for img in document["images"]]
+    earlier = [ids[3], ids[0], 10**12]  # unsorted, with an id this batch does not have
+    for known in (pa.chunked_array([pa.array(earlier)]), np.array(earlier), set(earlier)):
+        tables = ingest_batch(to_uri(demo_root / "annotations" / f"{BATCH}.json"),
+                              to_uri(demo_root / "images"), BATCH, ObjectStore(),
+                              IngestOptions(verify="none"), known_image_ids=known)
+        rows = [r for r in tables.rejects.to_pylist() if r["record_type"] == "image"]
+        assert sorted(r["record_id"] for r in rows) == sorted([ids[0], ids[3]])
+        assert all("already ingested in an earlier batch" in r["reason"] for r in rows)
+        assert tables.images["image_id"].to_pylist() == [i for i in ids if i not in earlier]
+
+
+def test_polygons_batched_per_image_equal_ann_to_rle_and_bad_ones_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from al_assets.core.coco import tables as coco_tables
+
+    segmentations = [
+        [_square(5, 5, 10)], [_square(20, 20, 8), _square(40, 5, 6)], [[1, 2, 3, "x", 5, 6]],
+        [[1, 2, 30, 4]],  # four values: a box to pycocotools, which refuses a list there
+        {"size": [60, 80], "counts": [100, 30, 4670]}, {"size": [60, 80], "counts": 7},
+        [_square(50, 30, 12)], [],
+    ]
+    anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 50, 50], "iscrowd": 0,
+             "segmentation": s} for i, s in enumerate(segmentations)]
+    document = {"images": [{"id": 1, "file_name": "a.jpg", "width": 80, "height": 60}],
+                "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}
+    _write(tmp_path, document)
+    monkeypatch.setattr(coco_tables._MaskColumn, "CHUNK_BYTES", 8)  # several chunks
+    tables = ingest(tmp_path, verify="none")
+    assert {r["record_id"] for r in tables.rejects.to_pylist()} == {3, 4, 6}
+    assert "RLE counts must be text" in " ".join(reasons(tables))
+    coco = COCO()
+    coco.dataset = document
+    coco.createIndex()
+    for row in tables.annotations.to_pylist():
+        ann = coco.anns[row["ann_id"]]
+        if not ann["segmentation"]:
+            assert row["segmentation"] is None
+            continue
+        expected = coco.annToRLE(ann)
+        counts = expected["counts"]
+        assert row["segmentation"] == {"size": list(expected["size"]), "counts": counts.decode()
+                                       if isinstance(counts, bytes) else counts}
+    assert tables.annotations["segmentation"].num_chunks > 1
+
+
+def test_reader_messages_and_what_msgspec_refuses(tmp_path: Path) -> None:
+    from al_assets.core.coco.reader import read_coco_json
+    from al_assets.core.detection.training import DatasetError, read_coco
+
+    path = tmp_path / "x.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(
+        {"images": [{"id": 1, "w": float("nan")}], "categories": []}).encode())
+    document = read_coco_json(path)  # BOM and NaN: the standard library decides, as before
+    assert document["images"][0]["id"] == 1 and document["images"][0]["w"] != 0
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CocoFormatError, match=r"x\.json: JSON nested too deeply"):
+        read_coco_json(path)
+    path.write_text('{"images": [1,, 2]}')
+    with pytest.raises(DatasetError, match=r"x\.json: malformed JSON at line 1 column 15: Expecting value"):
+        read_coco(path)
+    with pytest.raises(CocoFormatError, match=r"nope\.json not found \(it does not exist\): look"):
+        read_coco_json(tmp_path / "nope.json", missing_hint="look")
+    path.write_text('{"images": [], "categories": [], "annotations": []}')
+    assert read_coco(path).dataset["images"] == []

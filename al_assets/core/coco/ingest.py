@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-from al_assets.core.coco.parse import drop_images, load_json, parse_coco
+from al_assets.core.coco.parse import Ids, drop_images, parse_coco
+from al_assets.core.coco.reader import (
+    DEFAULT_MAX_JSON_BYTES,
+    gc_paused,
+    missing_file,
+    read_coco_json,
+)
 from al_assets.core.coco.tables import CocoTables, build_tables
 from al_assets.core.coco.verify import VerifyMode, image_problems
 from al_assets.core.errors import CocoFormatError
@@ -15,7 +20,6 @@ from al_assets.core.images import DEFAULT_MAX_PIXELS
 from al_assets.core.sharding import DEFAULT_SHARD_SIZE
 from al_assets.core.storage.objects import ObjectInfo, ObjectStore
 
-DEFAULT_MAX_JSON_BYTES = 2 * 1024**3
 INGEST_VERSION = "2"
 """Bump when the same file and options would give different tables (a new rule, a new column):
 every batch is then re-read once."""
@@ -26,7 +30,7 @@ class IngestOptions:
     limit: int | None = None  # keep the first N images (the notebook's coco_1k)
     shard_size: int = DEFAULT_SHARD_SIZE
     verify: VerifyMode = "decode"
-    max_json_bytes: int = DEFAULT_MAX_JSON_BYTES  # json.loads needs ~10x the file size in RAM
+    max_json_bytes: int = DEFAULT_MAX_JSON_BYTES  # decoded, a file takes ~7x its size in RAM
     max_pixels: int = DEFAULT_MAX_PIXELS
     workers: int = 8
 
@@ -37,28 +41,35 @@ def ingest_batch(
     batch: str,
     objects: ObjectStore,
     options: IngestOptions = IngestOptions(),
-    known_image_ids: Iterable[int] = (),
+    known_image_ids: Ids = (),
 ) -> CocoTables:
-    """Read, validate and tabulate one batch; bad records become rejects, not failures."""
-    document = load_json(_read_annotation_file(annotation_uri, objects, options), annotation_uri)
-    parsed = parse_coco(
-        document, annotation_uri, limit=options.limit, known_image_ids=known_image_ids
-    )
-    images = [parsed.coco.imgs[i] for i in parsed.image_order]
-    drop_images(
-        parsed,
-        image_problems(
-            images, image_root, objects, mode=options.verify, max_pixels=options.max_pixels,
-            workers=options.workers,
-        ),
-    )
-    if not parsed.image_order:
-        reasons = "; ".join(r.reason for r in parsed.rejects[:3])
-        raise CocoFormatError(
-            f"{annotation_uri}: nothing usable, all {len(document['images'])} images rejected "
-            f"(first reasons: {reasons or 'the file lists no images'})"
+    """Read, validate and tabulate one batch; bad records become rejects, not failures.
+
+    ``known_image_ids``: the ids of earlier batches (best a sorted int64 array or an Arrow
+    column: only this batch's ids are looked up in it). Memory peaks while the file is decoded
+    (its bytes + the document); the rejected records are freed after validation and the
+    polygons while they become RLE.
+    """
+    with gc_paused():
+        parsed = parse_coco(
+            read_coco_json(annotation_uri, objects, max_bytes=options.max_json_bytes,
+                           missing_hint=_MISSING_HINT),
+            annotation_uri, limit=options.limit, known_image_ids=known_image_ids,
         )
-    return build_tables(parsed, batch, image_root, options.shard_size)
+        drop_images(
+            parsed,
+            image_problems(
+                parsed.images, image_root, objects, mode=options.verify,
+                max_pixels=options.max_pixels, workers=options.workers,
+            ),
+        )
+        if not parsed.images:
+            reasons = "; ".join(r.reason for r in parsed.rejects[:3])
+            raise CocoFormatError(
+                f"{annotation_uri}: nothing usable, all {parsed.listed_images} images rejected "
+                f"(first reasons: {reasons or 'the file lists no images'})"
+            )
+        return build_tables(parsed, batch, image_root, options.shard_size)
 
 
 def batch_fingerprint(file: ObjectInfo, options: IngestOptions) -> str:
@@ -78,16 +89,7 @@ def annotation_file_info(uri: str, objects: ObjectStore) -> ObjectInfo:
     try:
         return objects.info(uri)
     except FileNotFoundError:
-        raise _missing(uri) from None
+        raise missing_file(uri, _MISSING_HINT) from None
 
 
-def _read_annotation_file(uri: str, objects: ObjectStore, options: IngestOptions) -> bytes:
-    try:
-        return objects.read_bytes(uri, max_bytes=options.max_json_bytes)
-    except FileNotFoundError:
-        raise _missing(uri) from None
-
-
-def _missing(uri: str) -> CocoFormatError:
-    return CocoFormatError(f"annotation file {uri} not found (it does not exist): check the "
-                           "source root (bucket) and its annotations folder")
+_MISSING_HINT = "check the source root (bucket) and its annotations folder"

@@ -6,27 +6,35 @@ stop a pool's ingestion for one typo. So structural problems of the *file* raise
 which id, why) and the record is left out. An id shared by several images rejects all of them
 and their annotations: which image the annotations belong to cannot be known. Records that are
 usable but look wrong (an ``area`` far larger than the box) are kept and reported as
-:class:`RecordWarning`. The survivors are indexed with pycocotools.
+:class:`RecordWarning`.
+
+Kept records are the decoded ones, never copied: a batch of 200k images is ~2 GB of Python
+objects, and one copy more is what put ingestion at 2x pycocotools' memory. A plainly valid
+annotation (the common case) is recognised by a quick test; anything else goes through the
+checks that name the problem, so both paths accept exactly the same records.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import math
+from array import array
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, NamedTuple
 
-from pycocotools.coco import COCO
+import numpy as np
+import pyarrow as pa
 
+from al_assets.core.coco.reader import REQUIRED_KEYS, load_json  # noqa: F401  (re-exported)
 from al_assets.core.errors import CocoFormatError
 
-REQUIRED_KEYS = ("images", "categories")
 AREA_TOLERANCE = 1.5  # COCO's area is the segmentation's, so at most the box's (+ tool slack)
+_PLAIN_NUMBERS = frozenset({int, float})  # bool is neither (its type is bool)
+_INF = math.inf
+_INT64 = np.iinfo(np.int64)
+Ids = Iterable[int] | np.ndarray | pa.Array | pa.ChunkedArray
 
 
 @dataclass(frozen=True)
@@ -48,40 +56,16 @@ class RecordWarning:
 
 @dataclass
 class ParsedCoco:
-    """The usable part of one annotation file, indexed by pycocotools, plus what was left out."""
+    """The usable part of one annotation file, in file order, plus what was left out."""
 
     source: str
-    coco: COCO
-    image_order: list[int]  # image ids in file order (``limit`` keeps the first ones)
+    categories: dict[int, dict[str, Any]]  # valid categories by id
+    images: list[dict[str, Any]]  # kept, in file order (``limit`` keeps the first ones)
+    annotations: list[dict[str, Any]]  # kept, in file order
+    boxes: np.ndarray  # (len(annotations), 4) float64 [x, y, w, h], clipped to the image
+    listed_images: int  # images the file lists, kept or not
     rejects: list[Reject] = field(default_factory=list)
     warnings: list[RecordWarning] = field(default_factory=list)
-
-
-def load_json(data: bytes, source: str) -> dict[str, Any]:
-    """Decode and check the top-level COCO structure; errors name the file and the fix."""
-    try:
-        document = json.loads(data)
-    except UnicodeDecodeError as exc:
-        raise CocoFormatError(f"{source}: not UTF-8 text ({exc}); COCO files are UTF-8 JSON")
-    except json.JSONDecodeError as exc:
-        raise CocoFormatError(
-            f"{source}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from None
-    if not isinstance(document, dict):
-        raise CocoFormatError(
-            f"{source}: top level is a JSON {type(document).__name__}, expected an object with "
-            f"'images', 'annotations' and 'categories' (COCO instances format)"
-        )
-    missing = [key for key in REQUIRED_KEYS if key not in document]
-    if missing:
-        raise CocoFormatError(
-            f"{source}: not a COCO instances file, missing key(s) {', '.join(missing)} "
-            f"(found: {', '.join(sorted(document)) or 'nothing'})"
-        )
-    for key in (*REQUIRED_KEYS, "annotations"):
-        if key in document and not isinstance(document[key], list):
-            raise CocoFormatError(f"{source}: '{key}' must be a JSON list")
-    return document
 
 
 def parse_coco(
@@ -89,40 +73,62 @@ def parse_coco(
     source: str,
     *,
     limit: int | None = None,
-    known_image_ids: Iterable[int] = (),
+    known_image_ids: Ids = (),
 ) -> ParsedCoco:
-    """Keep the valid categories, images (first ``limit``) and annotations, index them."""
+    """Keep the valid categories, images (first ``limit``) and annotations.
+
+    ``known_image_ids`` are the ids earlier batches hold (any order; a sorted int64 array or an
+    Arrow column is used as it is, without a Python set of the pool).
+    """
     rejects: list[Reject] = []
     warnings: list[RecordWarning] = []
     categories = _valid_categories(document["categories"], rejects)
     if not categories:
         raise CocoFormatError(f"{source}: no valid category; a detection dataset needs classes")
-    duplicates = _duplicate_ids(document["images"])
-    images = _valid_images(document["images"], set(known_image_ids), duplicates, source, rejects)
+    records = document["images"]
+    ids = [_int_field(record, "id") for record in records]
+    duplicates = _duplicate_ids(ids)
+    earlier = _already_ingested(ids, known_image_ids)
+    images = _valid_images(records, ids, earlier, duplicates, source, rejects)
     if limit is not None:
         images = images[:limit]
     known = _Known({img["id"]: (img["width"], img["height"]) for img in images},
                    set(categories), set(duplicates))
-    annotations = _valid_annotations(document.get("annotations", []), known, rejects, warnings)
-    coco = _index(document, categories.values(), images, annotations)
-    return ParsedCoco(source, coco, [img["id"] for img in images], rejects, warnings)
+    annotations, boxes = _valid_annotations(
+        document.get("annotations", []), known, rejects, warnings)
+    return ParsedCoco(source, categories, images, annotations, boxes, len(records), rejects,
+                      warnings)
 
 
 def drop_images(parsed: ParsedCoco, image_ids: dict[int, str]) -> None:
     """Remove images that failed later checks (missing/corrupt file) and their annotations."""
     if not image_ids:
         return
-    coco = parsed.coco
+    dropped: dict[int, list[int]] = defaultdict(list)
+    keep = np.ones(len(parsed.annotations), dtype=bool)
+    for index, ann in enumerate(parsed.annotations):
+        if ann["image_id"] in image_ids:
+            dropped[ann["image_id"]].append(ann["id"])
+            keep[index] = False
     for image_id, reason in image_ids.items():
         parsed.rejects.append(Reject("image", image_id, reason))
-        for ann in coco.imgToAnns.get(image_id, []):
-            parsed.rejects.append(
-                Reject("annotation", ann["id"], f"its image {image_id} was rejected")
-            )
-    parsed.image_order = [i for i in parsed.image_order if i not in image_ids]
-    keep_images = [coco.imgs[i] for i in parsed.image_order]
-    keep_anns = [a for a in coco.dataset["annotations"] if a["image_id"] not in image_ids]
-    parsed.coco = _index(coco.dataset, coco.dataset["categories"], keep_images, keep_anns)
+        parsed.rejects.extend(Reject("annotation", ann_id, f"its image {image_id} was rejected")
+                              for ann_id in dropped.get(image_id, []))
+    parsed.images = [img for img in parsed.images if img["id"] not in image_ids]
+    parsed.annotations = [ann for ann, kept in zip(parsed.annotations, keep.tolist(),
+                                                   strict=True) if kept]
+    parsed.boxes = parsed.boxes[keep]
+
+
+def sorted_ids(ids: Ids) -> np.ndarray:
+    """Image ids as one sorted int64 array (8 bytes an id; a Python set of them takes ~60)."""
+    if isinstance(ids, np.ndarray | pa.Array | pa.ChunkedArray):
+        values = np.asarray(ids, dtype=np.int64)
+    else:
+        values = np.fromiter(ids, dtype=np.int64)
+    if values.size > 1 and not (values[1:] >= values[:-1]).all():
+        values = np.sort(values)
+    return values
 
 
 # -- categories ------------------------------------------------------------------------------
@@ -142,30 +148,46 @@ def _valid_categories(records: list[Any], rejects: list[Reject]) -> dict[int, di
 
 
 # -- images ----------------------------------------------------------------------------------
-def _duplicate_ids(records: list[Any]) -> dict[int, list[int]]:
+def _duplicate_ids(ids: list[int | None]) -> dict[int, list[int]]:
     """``{image id: its positions in 'images'}`` for every id listed more than once."""
+    seen: set[int | None] = set()
+    repeated: set[int | None] = set()
+    for image_id in ids:
+        (repeated if image_id in seen else seen).add(image_id)
+    repeated.discard(None)
     positions: dict[int, list[int]] = defaultdict(list)
-    for index, record in enumerate(records):
-        image_id = _int_field(record, "id")
-        if image_id is not None:
-            positions[image_id].append(index)
-    return {image_id: where for image_id, where in positions.items() if len(where) > 1}
+    if repeated:
+        for index, image_id in enumerate(ids):
+            if image_id in repeated:
+                positions[image_id].append(index)
+    return dict(positions)
+
+
+def _already_ingested(ids: list[int | None], known_image_ids: Ids) -> set[int]:
+    """This batch's ids that earlier batches hold: only the batch's ids are looked up."""
+    known = sorted_ids(known_image_ids)
+    if not known.size:
+        return set()
+    mine = np.fromiter((i for i in ids if i is not None and _INT64.min <= i <= _INT64.max),
+                       dtype=np.int64)
+    found = known[np.minimum(np.searchsorted(known, mine), known.size - 1)] == mine
+    return set(mine[found].tolist())
 
 
 def _valid_images(
     records: list[Any],
-    known_ids: set[int],
+    ids: list[int | None],
+    earlier: set[int],
     duplicates: dict[int, list[int]],
     source: str,
     rejects: list[Reject],
 ) -> list[dict[str, Any]]:
     images: list[dict[str, Any]] = []
-    for record in records:
-        image_id = _int_field(record, "id")
+    for record, image_id in zip(records, ids, strict=True):
         if image_id in duplicates:
             reason: str | None = _duplicate_reason(image_id, duplicates[image_id], source)
         else:
-            reason = _image_problem(record, image_id, known_ids)
+            reason = _image_problem(record, image_id, earlier)
         if reason:
             rejects.append(Reject("image", image_id, reason))
             continue
@@ -195,6 +217,8 @@ def _image_problem(record: Any, image_id: int | None, known_ids: set[int]) -> st
 
 def file_name_problem(name: Any) -> str | None:
     """Why a file_name may not be joined onto the image root (path traversal, bad text)."""
+    if type(name) is str and _plain_name(name):
+        return None
     if not isinstance(name, str) or not name:
         return "missing file_name"
     try:
@@ -205,6 +229,12 @@ def file_name_problem(name: Any) -> str | None:
     if path.is_absolute() or ".." in path.parts or "\x00" in name or ":" in path.parts[0]:
         return f"file_name {name!r} escapes the image root (absolute path or '..'); refused"
     return None
+
+
+def _plain_name(name: str) -> bool:
+    """A relative ASCII name with none of the characters the full check looks at."""
+    return (bool(name) and name.isascii() and name[0] != "/" and "\\" not in name
+            and ".." not in name and ":" not in name and "\x00" not in name)
 
 
 # -- annotations -----------------------------------------------------------------------------
@@ -218,20 +248,56 @@ class _Known(NamedTuple):
 
 def _valid_annotations(
     records: list[Any], known: _Known, rejects: list[Reject], warnings: list[RecordWarning]
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """The kept records and their clipped boxes (float64 [x, y, w, h], one row each)."""
     kept: list[dict[str, Any]] = []
+    boxes = array("d")
     seen: set[int] = set()
     for record in records:
-        ann_id = _int_field(record, "id")
-        reason = _annotation_problem(record, ann_id, seen, known)
-        if reason:
-            rejects.append(Reject("annotation", ann_id, reason))
-            continue
+        xywh = _plain_xywh(record, known, seen)
+        if xywh is None:
+            ann_id = _int_field(record, "id")
+            reason = _annotation_problem(record, ann_id, seen, known)
+            if reason:
+                rejects.append(Reject("annotation", ann_id, reason))
+                continue
+            xywh = tuple(float(v) for v in record["bbox"])
+        else:
+            ann_id = record["id"]
         seen.add(ann_id)
-        if message := _area_problem(record):  # on the box as drawn, before clipping
+        if _area_may_exceed(record.get("area"), xywh) and (message := _area_problem(record)):
             warnings.append(RecordWarning("area_exceeds_bbox", "annotation", ann_id, message))
-        kept.append(_clipped(record, known.image_sizes[record["image_id"]]))
-    return kept
+        kept.append(record)
+        boxes.extend(_clip(xywh, known.image_sizes[record["image_id"]]))
+    return kept, np.frombuffer(boxes, dtype=np.float64).reshape(-1, 4)
+
+
+def _plain_xywh(
+    record: Any, known: _Known, seen: set[int]
+) -> tuple[float, float, float, float] | None:
+    """The box of a record that passes every check of ``_annotation_problem``, tested the quick
+    way (plain ints, a list of 4 plain numbers well inside the image); None when unsure."""
+    if type(record) is not dict:
+        return None
+    ann_id, image_id = record.get("id"), record.get("image_id")
+    category_id, bbox = record.get("category_id"), record.get("bbox")
+    if not (type(ann_id) is int and type(image_id) is int and type(category_id) is int
+            and type(bbox) is list and len(bbox) == 4 and ann_id not in seen
+            and category_id in known.category_ids):
+        return None
+    size = known.image_sizes.get(image_id)
+    x, y, w, h = bbox
+    if size is None or not (type(x) in _PLAIN_NUMBERS and type(y) in _PLAIN_NUMBERS
+                            and type(w) in _PLAIN_NUMBERS and type(h) in _PLAIN_NUMBERS):
+        return None
+    try:
+        x, y, w, h = float(x), float(y), float(w), float(h)
+    except OverflowError:  # an int too large for a float: the full check reports it
+        return None
+    width, height = size
+    if 0.0 < w < _INF and 0.0 < h < _INF and x < width and y < height and x + w > 0 and y + h > 0:
+        return x, y, w, h  # finite too: nan fails every comparison, inf fails the bounds
+    return None
 
 
 def _annotation_problem(
@@ -273,6 +339,11 @@ def _bbox_problem(bbox: Any, size: tuple[int, int]) -> str | None:
     return None
 
 
+def _area_may_exceed(area: Any, xywh: tuple[float, ...]) -> bool:
+    """False when ``_area_problem`` surely finds nothing (a plain number within the bound)."""
+    return not (type(area) in _PLAIN_NUMBERS and area <= AREA_TOLERANCE * xywh[2] * xywh[3] + 1)
+
+
 def _area_problem(record: dict[str, Any]) -> str | None:
     """Why a given ``area`` cannot be right: it exceeds the box (COCO eval sizes rely on it)."""
     area = record.get("area")
@@ -287,35 +358,22 @@ def _area_problem(record: dict[str, Any]) -> str | None:
     )
 
 
-def _clipped(record: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
+def _clip(xywh: tuple[float, ...], size: tuple[int, int]) -> tuple[float, ...]:
     """Clip a box that sticks out of the image (annotation tools allow it; models do not)."""
-    x, y, w, h = (float(v) for v in record["bbox"])
+    x, y, w, h = xywh
     width, height = size
+    if x >= 0 and y >= 0 and x + w <= width and y + h <= height:
+        return xywh
     x0, y0 = max(x, 0.0), max(y, 0.0)
     x1, y1 = min(x + w, float(width)), min(y + h, float(height))
-    if (x0, y0, x1, y1) == (x, y, x + w, y + h):
-        return record
-    return {**record, "bbox": [x0, y0, x1 - x0, y1 - y0]}
+    return x0, y0, x1 - x0, y1 - y0
 
 
-# -- indexing --------------------------------------------------------------------------------
-def _index(
-    document: dict[str, Any],
-    categories: Iterable[dict[str, Any]],
-    images: list[dict[str, Any]],
-    annotations: list[dict[str, Any]],
-) -> COCO:
-    coco = COCO()
-    coco.dataset = {
-        "info": document.get("info", {}),
-        "licenses": document.get("licenses", []),
-        "categories": list(categories),
-        "images": images,
-        "annotations": annotations,
-    }
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        coco.createIndex()
-    return coco
+def _clipped(record: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
+    """``record`` with its bbox clipped to the image (a copy only when it changes)."""
+    xywh = tuple(float(v) for v in record["bbox"])
+    box = _clip(xywh, size)
+    return record if box is xywh else {**record, "bbox": list(box)}
 
 
 def _int_field(record: Any, key: str) -> int | None:

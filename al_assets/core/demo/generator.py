@@ -40,9 +40,11 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from al_assets.core.coco.reader import read_coco_json
 from al_assets.core.demo.render import encode_image, render_image
 from al_assets.core.demo.scene import CrowdLayout, ImageLayout, ObjectLayout, plan_image
 from al_assets.core.demo.shapes import CATEGORY_ID, DEMO_CATEGORIES, LOOKALIKE_PAIRS
+from al_assets.core.errors import CocoFormatError, StorageError
 from al_assets.core.storage.files import write_bytes_atomic
 
 __all__ = [
@@ -250,16 +252,9 @@ def _write_if_changed(path: Path, data: bytes) -> None:
 
 def _read_coco(path: Path) -> dict:
     try:
-        document = json.loads(path.read_bytes())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(
-            f"cannot read COCO annotation file {path}: {error}; fix or remove it"
-        ) from error
-    if not isinstance(document, dict) or not isinstance(document.get("images"), list):
-        raise ValueError(
-            f"{path} is not a COCO instances file (no 'images' list); fix or remove it"
-        )
-    return document
+        return read_coco_json(path, max_bytes=None)
+    except (CocoFormatError, StorageError) as error:
+        raise ValueError(f"{error}; fix or remove it") from None
 
 
 def _annotation_files(root: Path) -> list[Path]:

@@ -61,6 +61,7 @@ import torch
 from pycocotools.coco import COCO
 from torch import Tensor, nn
 
+from al_assets.core.coco.reader import coco_index, read_coco_json
 from al_assets.core.detection.categories import CategoryError, CategoryMap
 from al_assets.core.detection.factory import build_detector, load_checkpoint
 from al_assets.core.errors import AlAssetsError, CocoFormatError, ImageDecodeError, StorageError
@@ -442,15 +443,16 @@ def _optimizer(
 
 
 def read_coco(coco_json: Path) -> COCO:
-    """pycocotools' COCO index of a file, quietly, with an error that names the file."""
+    """pycocotools' COCO index of a file, read by the one COCO reader (errors name the file)."""
     coco_json = Path(coco_json)
     if not coco_json.is_file():
         raise DatasetError(f"COCO file {coco_json} does not exist")
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            return COCO(str(coco_json))
-    except Exception as exc:  # pycocotools raises json, assertion and key errors alike
-        raise DatasetError(f"cannot read COCO file {coco_json}: {exc!r}") from exc
+        return coco_index(read_coco_json(coco_json, max_bytes=None))
+    except CocoFormatError as exc:
+        raise DatasetError(str(exc)) from None
+    except Exception as exc:  # pycocotools' index raises key errors on records without ids
+        raise DatasetError(f"cannot index COCO file {coco_json}: {exc!r}") from exc
 
 
 def _initial_model(arch: str, categories: CategoryMap, init_checkpoint: Path | None) -> nn.Module:
