@@ -227,3 +227,13 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Timing):
         return {"wall_s": value.wall, "cpu_s": value.cpu, "runs": value.runs}
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def run_json_child(cmd: list[str], what: str) -> dict:
+    """Run a benchmark child whose last stdout line is its JSON report; add its wait4 peak."""
+    code, peak, out = run_child(cmd)
+    if code != 0:
+        raise SystemExit(f"{what} failed with exit code {code}")
+    report = json.loads(out.strip().splitlines()[-1])
+    report["wait4_peak_mib"] = peak
+    return report

@@ -83,12 +83,7 @@ def _run(args, child: str, work: Path, size: int = 0) -> dict:
            "--torch-threads", str(args.torch_threads), "--view-shards", str(args.view_shards),
            "--shard-images", str(args.shard_images), "--detections", str(args.detections),
            "--classes", str(args.classes)]
-    code, peak, out = common.run_child(cmd)
-    if code != 0:
-        raise SystemExit(f"bench_memory child {child} (size {size}) failed with exit code {code}")
-    report = json.loads(out.strip().splitlines()[-1])
-    report["wait4_peak_mib"] = peak
-    return report
+    return common.run_json_child(cmd, f"bench_memory child {child} (size {size})")
 
 
 # -- children ----------------------------------------------------------------------------------

@@ -75,12 +75,7 @@ def _run(args, child: str, work: Path, size: int) -> dict:
            "--size", str(size), "--candidates", str(args.candidates),
            "--detections", str(args.detections), "--classes", str(args.classes),
            "--embedding", str(args.embedding)]
-    code, peak, out = common.run_child(cmd)
-    if code != 0:
-        raise SystemExit(f"bench_scale child {child} (size {size}) failed with exit code {code}")
-    report = json.loads(out.strip().splitlines()[-1])
-    report["wait4_peak_mib"] = peak
-    return report
+    return common.run_json_child(cmd, f"bench_scale child {child} (size {size})")
 
 
 # -- children ----------------------------------------------------------------------------------
