@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from al_assets.core.errors import AlAssetsError
+from al_assets.core.options import add_options, given
+from al_assets.core.simulation.config import SimulationConfig
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -184,11 +186,9 @@ SIMULATE_OUT = "data/simulation"
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     import time
-    from dataclasses import fields
 
     from al_assets.core.simulation import (
         CocoSplit,
-        SimulationConfig,
         Tracking,
         demo_splits,
         run_simulation,
@@ -196,9 +196,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     )
 
     started = time.perf_counter()
-    names = {f.name for f in fields(SimulationConfig)}
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
-                 if k in names and v is not None}
+    overrides = given(vars(args), SimulationConfig)
     if args.preset:
         return _simulate_preset(args, overrides, started)
     config = SimulationConfig(**overrides)
@@ -336,24 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_demo)
 
     p = sub.add_parser("simulate", help="replay active learning: strategies vs random, mAP curves")
-    p.add_argument("--strategies", nargs="+", default=None,
-                   help="random | least_confidence | margin | ratio | entropy | calibrated | "
-                   "balanced | diverse | default (default: random entropy margin; with "
-                   "--preset: random entropy default)")
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1")
-    p.add_argument("--rounds", type=int, default=None, help="selection rounds after round 0")
-    p.add_argument("--budget", type=int, default=None, help="images labeled per round")
-    p.add_argument("--initial-size", type=int, default=None, help="random seed set of round 0")
-    p.add_argument("--initial-steps", type=int, default=None, help="round 0, from scratch")
-    p.add_argument("--round-steps", type=int, default=None, help="later rounds, warm-started")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--agg", default=None, help="per-image aggregation: max | mean | sum | topk_mean")
-    p.add_argument("--min-score", type=float, default=None, help="noise floor of the ranking")
-    p.add_argument("--max-per-class", type=int, default=None, help="the queue's class cap")
-    p.add_argument("--min-improvement", type=float, default=None, help="the gate's margin")
-    p.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples per round")
-    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    add_options(p, SimulationConfig, help_extra={
+        "strategies": "with --preset: random entropy default", "seeds": "with --preset: 0 1 2",
+        "initial_size": "with --preset: 0, the base split",
+        "cached_features": "--preset sets it"})
     p.add_argument("--out", default=SIMULATE_OUT, help="results, data and checkpoints "
                    "(with --preset: <out>/<preset>)")
     p.add_argument("--preset", default=None,
@@ -361,11 +345,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "pool, the pretrained detector and head-only rounds (docs/active-learning.md)")
     p.add_argument("--preset-root", default="data/presets",
                    help="where preset data and the pretrained detector are kept")
-    p.add_argument("--start-checkpoint", default=None,
-                   help="round 0 fine-tunes this detector instead of training from scratch")
-    p.add_argument("--cached-features", action="store_true", default=None,
-                   help="freeze the start checkpoint's backbone: head-only rounds on cached "
-                   "features (needs --start-checkpoint)")
     p.add_argument("--base-coco", default=None,
                    help="a labeled base split (COCO json) the loop starts with")
     p.add_argument("--base-images", default=None, help="image folder of --base-coco")

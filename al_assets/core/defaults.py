@@ -18,6 +18,10 @@ DETECTOR_MODEL = "al-detector"
 CHAMPION_ALIAS = "champion"
 """The alias whose version the views, the queue and the sensors follow; the gate moves it."""
 
+DEFAULT_ARCH = "ssdlite320_mobilenet_v3_large"
+"""The torchvision detector trained and registered when none is named: the demo detector's,
+pretrained presets' and simulation's architecture (320 px, 3.4 M parameters: CPU-trainable)."""
+
 # -- pool layout -------------------------------------------------------------------------------
 
 DEFAULT_SHARD_SIZE = 2000
@@ -35,6 +39,10 @@ DEFAULT_MIN_SCORE = 0.2
 torchvision detectors keep up to 300 boxes per image down to score 0.001-0.01; most are
 background whose foreground distribution is near uniform, so they top every uncertainty
 measure and would fill the views, the queue and the confused pairs with noise."""
+
+DEFAULT_AGG = "max"
+"""Per-image aggregation of box uncertainty: an image is as uncertain as its most uncertain box
+above the floor (mean dilutes one confusing object among easy ones; sum favours crowds)."""
 
 # -- what the prediction step stores (al_assets.core.prediction.storage.StoragePolicy) --------
 # Next to the noise floor they must stay below, so the two cannot drift apart.

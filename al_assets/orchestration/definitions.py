@@ -18,7 +18,7 @@ from al_assets.orchestration.assets import (
 )
 from al_assets.orchestration.automation import automation_sensor
 from al_assets.orchestration.jobs import JOBS
-from al_assets.orchestration.schedules import SCHEDULES
+from al_assets.orchestration.schedules import build_schedules
 from al_assets.orchestration.sensors import SENSORS
 from al_assets.orchestration.resources import (
     CocoSourceResource,
@@ -64,7 +64,7 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
         ],
         jobs=JOBS,
         sensors=[*SENSORS, automation_sensor],
-        schedules=SCHEDULES,
+        schedules=build_schedules(),
         resources=resources or default_resources(),
     )
 

@@ -29,8 +29,13 @@ _CLASS_PREFIX = re.compile(r"^(?:[A-Za-z_][\w]*\.)+[A-Za-z_]\w*: ")  # "pkg.mod.
 
 
 PID_TAG, HOST_TAG = "al_assets/pid", "al_assets/host"
-CONSOLE_LOG_LEVEL = os.environ.get("AL_ASSETS_LOG_LEVEL", "INFO")
-"""What a CLI run prints of Dagster's log (the instance keeps every event, DEBUG included)."""
+DEFAULT_CONSOLE_LOG_LEVEL = "INFO"  # a CLI run prints progress, not Dagster's DEBUG events
+
+
+def console_log_level() -> str:
+    """What a CLI run prints of Dagster's log (AL_ASSETS_LOG_LEVEL; the instance keeps every
+    event, DEBUG included)."""
+    return os.environ.get("AL_ASSETS_LOG_LEVEL", DEFAULT_CONSOLE_LOG_LEVEL).upper()
 
 
 def release_killed_runs(instance: dg.DagsterInstance) -> list[str]:
@@ -121,7 +126,7 @@ def run_job(
     partition_key: str | dg.MultiPartitionKey | None = None, run_config: dict | None = None,
 ) -> dg.ExecuteInProcessResult:
     release_killed_runs(instance)
-    run_config = {"loggers": {"console": {"config": {"log_level": CONSOLE_LOG_LEVEL}}},
+    run_config = {"loggers": {"console": {"config": {"log_level": console_log_level()}}},
                   **(run_config or {})}
     job = defs.resolve_job_def(name).with_logger_defs({"console": cli_console_logger})
     result = job.execute_in_process(

@@ -11,13 +11,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from al_assets.core.defaults import DEFAULT_ARCH
 from al_assets.core.demo.generator import generate_demo_dataset
 from al_assets.core.detection.categories import CategoryMap
 from al_assets.core.analysis.evaluation import evaluate_coco_map
 from al_assets.core.detection.factory import save_checkpoint
 from al_assets.core.detection.training import train_detector
 
-ARCH = "ssdlite320_mobilenet_v3_large"
+ARCH = DEFAULT_ARCH
 TRAIN_SEED, HOLDOUT_SEED = 1000, 2000  # the demo pool uses seed 0
 
 

@@ -8,7 +8,6 @@ is the dataset's categories sorted by id, so training and inference agree withou
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from al_assets.core.errors import AlAssetsError
+from al_assets.core.coco.reader import read_coco_json
+from al_assets.core.errors import AlAssetsError, CocoFormatError
 
 
 class CategoryError(AlAssetsError, ValueError):
@@ -52,9 +52,9 @@ class CategoryMap:
     def from_coco_json(cls, coco_json: Path) -> CategoryMap:
         """Read the ``categories`` section of a COCO instances file."""
         try:
-            data = json.loads(Path(coco_json).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CategoryError(f"cannot read categories from {coco_json}: {exc}") from exc
+            data = read_coco_json(coco_json)
+        except CocoFormatError as exc:
+            raise CategoryError(f"cannot read categories: {exc}") from None
         if not data.get("categories"):
             raise CategoryError(f"{coco_json} has no 'categories'; a detector needs at least one")
         return cls.from_coco_categories(data["categories"])

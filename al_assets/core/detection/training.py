@@ -61,6 +61,7 @@ import torch
 from pycocotools.coco import COCO
 from torch import Tensor, nn
 
+from al_assets.core.defaults import DEFAULT_ARCH
 from al_assets.core.coco.reader import coco_index, read_coco_json
 from al_assets.core.detection.categories import CategoryError, CategoryMap
 from al_assets.core.detection.factory import build_detector, load_checkpoint
@@ -228,7 +229,7 @@ def train_detector(
     coco_json: Path,
     image_dir: Path | str,
     *,
-    arch: str = "ssdlite320_mobilenet_v3_large",
+    arch: str = DEFAULT_ARCH,
     steps: int,
     batch_size: int = 16,
     lr: float | None = None,

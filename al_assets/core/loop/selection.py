@@ -30,6 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from al_assets.core.defaults import DEFAULT_AGG
+from al_assets.core.options import option
 from al_assets.core.queue.diversity import farthest_first
 from al_assets.core.queue.selection import select_queue
 from al_assets.core.scoring.aggregation import aggregate_images
@@ -113,10 +115,13 @@ class SelectionConfig:
 class ScoringSettings:
     """Per-image aggregation, shared by shard scoring and the simulation."""
 
-    agg: str = "max"  # max | mean | sum | topk_mean
-    top_k: int = 3  # k of topk_mean
-    empty_images: str = "lowest"  # images without detections: lowest | highest | exclude
-    min_score: float = DEFAULT_MIN_SCORE  # noise floor: boxes below it are not aggregated
+    agg: str = option(DEFAULT_AGG, "per-image aggregation of box uncertainties: max | mean | "
+                      "sum | topk_mean")
+    top_k: int = option(3, "k of topk_mean")
+    empty_images: str = option("lowest", "images without detections: lowest (certain) | "
+                               "highest (worth a look) | exclude")
+    min_score: float = option(DEFAULT_MIN_SCORE, "boxes below this detector score are noise, not "
+                              "aggregated (box_scores keeps them all)")
 
 
 def rank_images(

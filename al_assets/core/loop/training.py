@@ -20,14 +20,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from al_assets.core.defaults import DEFAULT_ARCH
 from al_assets.core.detection.categories import CategoryMap
 from al_assets.core.detection.factory import save_checkpoint
 from al_assets.core.detection.training import train_detector
 from al_assets.core.errors import AlAssetsError
 from al_assets.core.storage.files import write_bytes_atomic
 from al_assets.core.storage.objects import ObjectStore
-
-DEFAULT_ARCH = "ssdlite320_mobilenet_v3_large"  # the demo detector's architecture
 
 
 class LoopError(AlAssetsError, ValueError):

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from al_assets.core.defaults import DEFAULT_AGG
 from al_assets.core.schemas import IMAGE_SCORES
 
 # measure -> (BOX_SCORES column, True when a small value means uncertain)
@@ -43,7 +44,7 @@ def aggregate_images(
     images: pa.Table,
     *,
     measure: str,
-    agg: str = "max",
+    agg: str = DEFAULT_AGG,
     top_k: int = 3,
     empty_images: EmptyImages = "lowest",
     class_weights: Mapping[int, float] | None = None,

@@ -71,11 +71,11 @@ from al_assets.core.prediction.runner import ShardRef
 from al_assets.core.queue.dedup import perceptual_hashes
 from al_assets.core.queue.exports import label_studio_tasks
 from al_assets.core.scoring.views import DEFAULT_MIN_SCORE
+from al_assets.core.simulation.config import DEFAULT_STRATEGIES, SimulationConfig, SimulationError
 from al_assets.core.simulation.report import curves_table
 from al_assets.core.splits import HELDOUT, effective_labels, split_of
 from al_assets.core.storage.objects import ObjectStore, to_uri
 
-DEFAULT_STRATEGIES = ("random", "entropy", "margin")
 DEMO_POOL_SEED, DEMO_HOLDOUT_SEED = 3000, 4000  # the demo pool and demo detector use 0, 1000, 2000
 DEMO_POOL_IMAGES, DEMO_HOLDOUT_IMAGES = 400, 100
 _INITIAL_STREAM, _SELECT_STREAM = 1, 2  # numpy seed-sequence streams, one per purpose
@@ -83,11 +83,6 @@ _MODEL_NAME = "simulation"
 Log = Callable[[str], None]
 _TRACKED = ("map", "ap50", "champion_map", "labeled_images", "labeled_boxes", "train_seconds",
             "pool_with_boxes")
-_POSITIVE_FIELDS = ("budget", "rounds", "initial_steps", "round_steps", "batch_size")
-
-
-class SimulationError(AlAssetsError, ValueError):
-    """A simulation that cannot run as configured (pool too small, bad split, bad image)."""
 
 
 @dataclass(frozen=True)
@@ -98,72 +93,17 @@ class CocoSplit:
     image_dir: Path
 
 
-@dataclass(frozen=True)
-class SimulationConfig:
-    """What to replay; selection and scoring fields mean what they mean for the queue.
+def _selection(config: SimulationConfig, strategy: str, seed: int, rnd: int) -> SelectionConfig:
+    """The labeling queue's selection settings for one round of one replay."""
+    return SelectionConfig(strategy=strategy, size=config.budget,
+                           max_per_class=config.max_per_class, deduplicate=config.deduplicate,
+                           exclude_labeled=True, seed=seed * 1000 + rnd)
 
-    The defaults are sized for the demo data on 2 CPU cores (about 7 training and 30 inference
-    images/s): 2 x (250 + 3 strategies x 3 rounds x 50) steps of 8 images is about 25 min.
-    """
 
-    strategies: tuple[str, ...] = DEFAULT_STRATEGIES  # random and/or the queue's measures
-    seeds: tuple[int, ...] = (0, 1)
-    initial_size: int = 20  # random seed set of round 0
-    budget: int = 20  # images labeled per round (the queue's size)
-    rounds: int = 3  # selection rounds after round 0
-    initial_steps: int = 250  # round 0, from scratch
-    round_steps: int = 50  # each later round, fine-tuned from the champion
-    batch_size: int = 8
-    lr: float | None = None  # None: train_detector's default
-    arch: str = DEFAULT_ARCH
-    agg: str = ScoringSettings.agg  # per-image aggregation of box uncertainty
-    min_score: float = DEFAULT_MIN_SCORE  # noise floor of the ranking (not of evaluation)
-    max_per_class: int | None = None  # the queue's class cap
-    deduplicate: bool = True  # the queue's near-duplicate filter
-    min_improvement: float = 0.0  # the gate's margin (0: promote whenever not worse)
-    n_boot: int = 100  # bootstrap resamples of the held-out images per round
-    device: str = "auto"  # prediction, evaluation and training
-    start_checkpoint: str | None = None  # round 0 fine-tunes this detector (None: from scratch)
-    cached_features: bool = False  # frozen backbone, head-only rounds (detection.cached)
-
-    def __post_init__(self) -> None:
-        if self.initial_size < 0:
-            raise SimulationError(f"initial_size must be >= 0, got {self.initial_size}")
-        if self.cached_features and self.start_checkpoint is None:
-            raise SimulationError("cached_features freezes a pretrained backbone: give "
-                                  "start_checkpoint too")
-        for name in _POSITIVE_FIELDS:
-            if getattr(self, name) < 1:
-                raise SimulationError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.strategies or not self.seeds:
-            raise SimulationError("give at least one strategy and one seed")
-        for name, values in (("strategies", self.strategies), ("seeds", self.seeds)):
-            if len(set(values)) != len(values):
-                raise SimulationError(f"{name} {values} must not repeat")
-        unknown = [s for s in self.strategies if s not in STRATEGIES]
-        if unknown:
-            raise SimulationError(f"unknown strategies {unknown}; use {list(STRATEGIES)}")
-        if not 0.0 <= self.min_score < 1.0:
-            raise SimulationError(f"min_score must be in [0, 1), got {self.min_score}")
-
-    @property
-    def final_size(self) -> int:
-        return self.initial_size + self.rounds * self.budget
-
-    def params(self, strategy: str, seed: int) -> dict[str, str]:
-        """MLflow params of one run: this config with the run's own strategy and seed."""
-        values = {k: v for k, v in asdict(self).items() if k not in ("strategies", "seeds")}
-        return {"strategy": strategy, "seed": str(seed), **{k: str(v) for k, v in values.items()}}
-
-    def selection(self, strategy: str, seed: int, rnd: int) -> SelectionConfig:
-        return SelectionConfig(strategy=strategy, size=self.budget,
-                               max_per_class=self.max_per_class, deduplicate=self.deduplicate,
-                               exclude_labeled=True, seed=seed * 1000 + rnd)
-
-    def training(self, seed: int, rnd: int) -> TrainSettings:
-        steps = self.initial_steps if rnd == 0 else self.round_steps
-        return TrainSettings(steps=steps, batch_size=self.batch_size, lr=self.lr,
-                             seed=seed * 1000 + rnd, checkpoint_every=max(steps, 1))
+def _training(config: SimulationConfig, seed: int, rnd: int) -> TrainSettings:
+    steps = config.initial_steps if rnd == 0 else config.round_steps
+    return TrainSettings(steps=steps, batch_size=config.batch_size, lr=config.lr,
+                         seed=seed * 1000 + rnd, checkpoint_every=max(steps, 1))
 
 
 @dataclass(frozen=True)
@@ -372,7 +312,7 @@ def _select(run: _Seed, strategy: str, rnd: int, labeled: list[int],
             predictions: pa.Table, champion: _Round,
             labels: list[tuple[pa.Table, pa.Table]]) -> pa.Table:
     config = run.config
-    selection = config.selection(strategy, run.seed, rnd)
+    selection = _selection(config, strategy, run.seed, rnd)
     annotations, _ = effective_labels(run.pool.tables.annotations.slice(0, 0), labels)
     weights = class_weights(
         selection.plan, run.pool.categories["category_id"].to_pylist(),
@@ -432,7 +372,7 @@ def _train_and_gate(run: _Seed, labels: list[tuple[pa.Table, pa.Table]], rnd: in
     """Train a challenger on every label batch so far, then the production gate."""
     annotations, owners = effective_labels(run.pool.tables.annotations.slice(0, 0), labels)
     images = run.pool.images_of(owners["image_id"].to_pylist())
-    settings = run.config.training(run.seed, rnd)
+    settings = _training(run.config, run.seed, rnd)
     init = champion.checkpoint if champion else None
     if run.cache is not None:
         checkpoint, seconds = _train_head_round(run, images, annotations, init, settings, folder)

@@ -12,13 +12,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from al_assets.core.defaults import DEFAULT_ARCH
 from al_assets.core.detection.categories import CategoryMap
 from al_assets.core.analysis.evaluation import evaluate_coco_map
 from al_assets.core.detection.factory import save_checkpoint
 from al_assets.core.detection.training import train_detector
 from al_assets.core.simulation.presets import PRESETS, generate_split
 
-ARCH = "ssdlite320_mobilenet_v3_large"
+ARCH = DEFAULT_ARCH
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from al_assets.core.defaults import DETECTOR_MODEL
+from al_assets.core.defaults import DEFAULT_ARCH, DETECTOR_MODEL
 from al_assets.core.detection.compatibility import check_categories
 from al_assets.core.detection.factory import load_checkpoint
 from al_assets.core.detection.sources import resolve_checkpoint
@@ -23,7 +23,7 @@ MODELS = "models"
 class RegistrationConfig(dg.Config):
     weights: str = "demo"
     """demo (the shipped demo detector) | a checkpoint path | torchvision weights (DEFAULT, COCO_V1)."""
-    arch: str = "ssdlite320_mobilenet_v3_large"
+    arch: str = DEFAULT_ARCH
     """Architecture for torchvision weights (checkpoints say their own)."""
     detector_name: str = DETECTOR_MODEL
     class_scores_name: str | None = None

@@ -5,12 +5,12 @@ selects it; launch it from the UI or ``materialize`` with a config. The core doe
 """
 
 import tempfile
-from dataclasses import fields
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
+from al_assets.core.options import given
 from al_assets.core.simulation import (
     CocoSplit,
     SimulationConfig,
@@ -23,32 +23,18 @@ from al_assets.core.simulation import (
 from al_assets.core.simulation.loop import DEMO_HOLDOUT_IMAGES, DEMO_POOL_IMAGES
 from al_assets.core.simulation.report import curves_png, markdown_summary
 from al_assets.core.storage.objects import join_uri
+from al_assets.orchestration.config import derived_config
 from al_assets.orchestration.metadata import markdown_preview, table_metadata
 from al_assets.orchestration.resources import MlflowResource, StorageResource
 
 EXPERIMENTS = "experiments"
-_DEFAULTS = SimulationConfig()
+SimulationOptions = derived_config("SimulationOptions", SimulationConfig)
+"""``SimulationConfig``'s fields as run config: same names, defaults and help."""
 
 
-class SimulationAssetConfig(dg.Config):
-    """``SimulationConfig`` (same names, same defaults) plus where the pool comes from."""
+class SimulationAssetConfig(SimulationOptions):
+    """``SimulationConfig`` (derived from it) plus where the pool comes from."""
 
-    strategies: list[str] = Field(default_factory=lambda: list(_DEFAULTS.strategies))
-    seeds: list[int] = Field(default_factory=lambda: list(_DEFAULTS.seeds))
-    initial_size: int = _DEFAULTS.initial_size
-    budget: int = _DEFAULTS.budget
-    rounds: int = _DEFAULTS.rounds
-    initial_steps: int = _DEFAULTS.initial_steps
-    round_steps: int = _DEFAULTS.round_steps
-    batch_size: int = _DEFAULTS.batch_size
-    lr: float | None = None
-    agg: str = _DEFAULTS.agg
-    min_score: float = _DEFAULTS.min_score
-    max_per_class: int | None = None
-    deduplicate: bool = _DEFAULTS.deduplicate
-    min_improvement: float = _DEFAULTS.min_improvement
-    n_boot: int = _DEFAULTS.n_boot
-    device: str = _DEFAULTS.device
     pool_json: str | None = Field(default=None, description="Labeled COCO file; empty = demo data")
     pool_image_dir: str | None = None
     holdout_json: str | None = Field(default=None, description="Empty = the production split")
@@ -58,10 +44,7 @@ class SimulationAssetConfig(dg.Config):
     experiment: str = "al_assets_simulation"
 
     def simulation(self) -> SimulationConfig:
-        names = {f.name for f in fields(SimulationConfig)}
-        values = {k: v for k, v in self.model_dump().items() if k in names}
-        return SimulationConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                   for k, v in values.items()})
+        return SimulationConfig(**given(self.model_dump(), SimulationConfig))
 
     def splits(self, workdir: Path) -> tuple[CocoSplit, CocoSplit | None]:
         if not self.pool_json:

@@ -6,15 +6,18 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from al_assets.core.defaults import DEFAULT_AGG
 from al_assets.core import schemas
 from al_assets.core.loop.selection import MEASURES as STRATEGIES
 from al_assets.core.loop.selection import ScoringSettings, pool_ranking, rank_images
+from al_assets.core.options import given
 from al_assets.core.queue.exports import category_names
 from al_assets.core.scoring.views import DEFAULT_MIN_SCORE, score_at_least, score_bands, top_rows
 from al_assets.core.storage import TableStore
 from al_assets.orchestration.assets.labels import pool_categories
 from al_assets.orchestration.assets.prediction import storage_partition
 from al_assets.orchestration.automation import PARTITION_FOLLOWS_UPSTREAM, VIEW_REFRESH
+from al_assets.orchestration.config import derived_config
 from al_assets.orchestration.champion import ChampionConfig, champion_partitions, read_partitions
 from al_assets.orchestration.metadata import markdown_preview, table_metadata
 from al_assets.orchestration.partitions import prediction_partitions
@@ -23,15 +26,8 @@ from al_assets.orchestration.resources import MlflowResource, StorageResource
 UNCERTAINTY = "uncertainty"
 
 
-class ScoringConfig(dg.Config):
-    agg: str = "max"
-    """Per-image aggregation of box uncertainties: max | mean | sum | topk_mean."""
-    top_k: int = 3
-    """k of topk_mean."""
-    empty_images: str = "lowest"
-    """Images without detections: lowest (certain) | highest (worth a look) | exclude."""
-    min_score: float = DEFAULT_MIN_SCORE
-    """Boxes below this detector score are noise, not aggregated (box_scores keeps them all)."""
+ScoringConfig = derived_config("ScoringConfig", ScoringSettings)
+"""``ScoringSettings`` as run config: same names, defaults and help (shard_scores)."""
 
 
 @dg.multi_asset(
@@ -56,8 +52,7 @@ def shard_scores(
     store = storage.tables()
     partition = storage_partition(context)
     boxes, ranked = rank_images(store.read("detections", partition), ScoringSettings(
-        agg=config.agg, top_k=config.top_k, empty_images=config.empty_images,
-        min_score=config.min_score))
+        **given(config.model_dump(), ScoringSettings)))
     with store.writer("box_scores", boxes.schema, partition) as writer:
         for band in score_bands(boxes, config.min_score):  # views skip the band below
             writer.write_table(band)
