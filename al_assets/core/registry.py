@@ -30,6 +30,43 @@ class RegistryError(AlAssetsError):
     """The registry is unreachable, or a model, version or alias does not exist."""
 
 
+def open_client(tracking_uri: str, registry_uri: str | None = None) -> Any:
+    """An MlflowClient whose store exists: a fresh SQLite store is created under a file lock.
+
+    MLflow creates and migrates a SQLite store on first use; two processes doing that at once
+    (two simulations side by side) make one die in its alembic migration. The lock serializes
+    only that first touch; afterwards SQLite's own locking applies.
+    """
+    import mlflow
+
+    registry_uri = registry_uri or tracking_uri
+    if not tracking_uri.startswith("sqlite:///"):
+        return mlflow.MlflowClient(tracking_uri, registry_uri)
+    from filelock import FileLock  # a dependency of torch
+
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(db) + ".lock"):
+        client = mlflow.MlflowClient(tracking_uri, registry_uri)
+        client.search_experiments(max_results=1)  # creates and migrates the tracking tables
+        client.search_registered_models(max_results=1)  # the registry's (same file here)
+    return client
+
+
+def get_or_create_experiment(client: Any, name: str, artifact_location: str | None) -> str:
+    """The id of experiment ``name``, created (with its artifact location) when missing."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # another process created it between the lookup and the insert
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
 @dataclass(frozen=True)
 class RegisteredVersion:
     name: str
@@ -55,7 +92,7 @@ class ModelRegistry:
         self.registry_uri = registry_uri or tracking_uri
         self.artifact_location = artifact_location
         self.experiment = experiment
-        self.client = mlflow.MlflowClient(tracking_uri, self.registry_uri)
+        self.client = open_client(tracking_uri, self.registry_uri)
 
     @contextlib.contextmanager
     def _active(self) -> Iterator[Any]:
@@ -72,12 +109,7 @@ class ModelRegistry:
 
     def experiment_id(self) -> str:
         with self._translated("opening the experiment"):
-            found = self.client.get_experiment_by_name(self.experiment)
-            if found is not None:
-                return found.experiment_id
-            return self.client.create_experiment(
-                self.experiment, artifact_location=self.artifact_location
-            )
+            return get_or_create_experiment(self.client, self.experiment, self.artifact_location)
 
     # -- registration ----------------------------------------------------------------------
     def register_detector(

@@ -476,17 +476,11 @@ class _Tracker:
     """One MLflow run per strategy x seed, through a client bound to an explicit URI."""
 
     def __init__(self, tracking: Tracking) -> None:
-        import mlflow
+        from al_assets.core.registry import get_or_create_experiment, open_client
 
-        self.client = mlflow.MlflowClient(tracking.tracking_uri)
-        found = self.client.get_experiment_by_name(tracking.experiment)
-        self.experiment_id = (
-            found.experiment_id
-            if found
-            else self.client.create_experiment(
-                tracking.experiment, artifact_location=tracking.artifact_location
-            )
-        )
+        self.client = open_client(tracking.tracking_uri)
+        self.experiment_id = get_or_create_experiment(
+            self.client, tracking.experiment, tracking.artifact_location)
 
     def start(self, params: Mapping[str, str], strategy: str, seed: int) -> str:
         from mlflow.entities import Param
