@@ -15,10 +15,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.io import ImageReadMode, decode_jpeg
+
+if TYPE_CHECKING:  # torch loads at the first decode: ingestion imports this module for its
+    import torch  # size guard and must not pay torch's ~4 s import (issue 15)
 
 from al_assets.core.errors import ImageDecodeError, stable_text
 
@@ -103,6 +106,9 @@ def decode_rgb(
     apply_exif = _should_apply_exif(header, expected_size)
     try:
         if header.format == "JPEG" and header.mode in {"RGB", "L"} and not apply_exif:
+            import torch
+            from torchvision.io import ImageReadMode, decode_jpeg
+
             tensor = decode_jpeg(
                 torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB
             )
@@ -170,6 +176,8 @@ def _decode_with_pil(data: bytes, apply_exif: bool) -> torch.Tensor:
         if apply_exif:
             img = ImageOps.exif_transpose(img)
         array = _to_rgb_array(img)
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 

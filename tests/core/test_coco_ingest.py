@@ -336,3 +336,13 @@ def test_reader_messages_and_what_msgspec_refuses(tmp_path: Path) -> None:
         read_coco_json(tmp_path / "nope.json", missing_hint="look")
     path.write_text('{"images": [], "categories": [], "annotations": []}')
     assert read_coco(path).dataset["images"] == []
+
+
+def test_importing_ingestion_does_not_load_torch():
+    """Ingestion-only processes (a sensor, a CPU ingest worker) skip torch's multi-second import."""
+    import subprocess
+    import sys
+
+    code = "import sys, al_assets.core.coco.ingest; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
