@@ -55,12 +55,14 @@ def open_client(tracking_uri: str, registry_uri: str | None = None) -> Any:
 
 def get_or_create_experiment(client: Any, name: str, artifact_location: str | None) -> str:
     """The id of experiment ``name``, created (with its artifact location) when missing."""
+    from mlflow.exceptions import MlflowException
+
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
-    except Exception:  # another process created it between the lookup and the insert
+    except MlflowException:  # another process created it between the lookup and the insert
         found = client.get_experiment_by_name(name)
         if found is None:
             raise

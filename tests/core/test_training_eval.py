@@ -277,3 +277,15 @@ def test_training_from_scratch_learns_the_shapes(tmp_path: Path) -> None:
     result = evaluate_coco_map(model, *holdout)
     assert result["map"] > 0.5, result
     assert all(ap > 0.3 for ap in result["per_category"].values()), result["per_category"]
+
+
+@pytest.mark.parametrize("content", [None, "{not json", '{"images": []}'])
+def test_unreadable_categories_name_the_file(tmp_path: Path, content: str | None) -> None:
+    """Missing file, malformed JSON, no categories: one CategoryError naming the file."""
+    from al_assets.core.detection.categories import CategoryError
+
+    path = tmp_path / "instances.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(CategoryError, match="instances.json"):
+        CategoryMap.from_coco_json(path)

@@ -20,7 +20,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from al_assets.core.demo.shapes import DEMO_CATEGORIES
-from al_assets.core.simulation.loop import CocoSplit, SimulationConfig, Tracking, run_simulation
+from al_assets.core.simulation.config import SimulationConfig
+from al_assets.core.simulation.loop import CocoSplit, Tracking, run_simulation
 from al_assets.core.simulation.presets import generate_preset, preset
 from al_assets.core.simulation.pretrained import PretrainRecipe, pretrained_detector
 from al_assets.core.simulation.report import write_outputs

@@ -28,7 +28,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,6 @@ from al_assets.core.labels import import_labels
 from al_assets.core.loop.evaluation import predict_images
 from al_assets.core.loop.oracle import oracle_export
 from al_assets.core.loop.selection import (
-    STRATEGIES,
     ScoringSettings,
     SelectionConfig,
     class_weights,
@@ -64,14 +63,13 @@ from al_assets.core.loop.selection import (
     rank_images,
     select_batch,
 )
-from al_assets.core.loop.training import DEFAULT_ARCH, TrainSettings, train_challenger
+from al_assets.core.loop.training import TrainSettings, train_challenger
 from al_assets.core.prediction.arrow import confident_detections
 from al_assets.core.prediction.devices import lease_device
 from al_assets.core.prediction.runner import ShardRef
 from al_assets.core.queue.dedup import perceptual_hashes
 from al_assets.core.queue.exports import label_studio_tasks
-from al_assets.core.scoring.views import DEFAULT_MIN_SCORE
-from al_assets.core.simulation.config import DEFAULT_STRATEGIES, SimulationConfig, SimulationError
+from al_assets.core.simulation.config import SimulationConfig, SimulationError
 from al_assets.core.simulation.report import curves_table
 from al_assets.core.splits import HELDOUT, effective_labels, split_of
 from al_assets.core.storage.objects import ObjectStore, to_uri

@@ -6,7 +6,6 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from al_assets.core.defaults import DEFAULT_AGG
 from al_assets.core import schemas
 from al_assets.core.loop.selection import MEASURES as STRATEGIES
 from al_assets.core.loop.selection import ScoringSettings, pool_ranking, rank_images
