@@ -167,6 +167,19 @@ def test_missing_and_corrupt_images_are_rejected(demo_copy: Path) -> None:
     assert not set(tables.annotations["image_id"].to_pylist()) & {missing["id"], truncated["id"]}
 
 
+def test_verification_reports_progress_per_image_bad_ones_included(demo_copy: Path) -> None:
+    document = load_json(demo_copy / "annotations" / f"{BATCH}.json")
+    (demo_copy / "images" / document["images"][0]["file_name"]).unlink()
+    calls: list[tuple[int, int]] = []
+    tables = ingest_batch(
+        to_uri(demo_copy / "annotations" / f"{BATCH}.json"), to_uri(demo_copy / "images"), BATCH,
+        ObjectStore(), IngestOptions(), progress=lambda done, total: calls.append((done, total)),
+    )
+    listed = len(document["images"])
+    assert calls == [(done, listed) for done in range(1, listed + 1)]
+    assert tables.images.num_rows == listed - 1
+
+
 def test_duplicate_image_ids_reject_every_copy_and_their_annotations(demo_copy: Path) -> None:
     def mutate(document: dict) -> None:
         first, second = document["images"][0], document["images"][3]

@@ -232,8 +232,13 @@ def test_tiny_loop_end_to_end(tiny_splits: tuple[CocoSplit, CocoSplit], tmp_path
         if not _malloc_env()
         else contextlib.nullcontext()
     ):
-        table = run_simulation(pool, holdout, config, tmp_path / "work", tracking, log=None)
+        lines: list[str] = []
+        table = run_simulation(pool, holdout, config, tmp_path / "work", tracking,
+                               log=lines.append)
 
+    progress = [line for line in lines if line.startswith("[") and " rounds, ~" in line]
+    assert [line.split(" rounds")[0] for line in progress] == [f"[{k}/10" for k in range(1, 11)]
+    assert progress[-1].startswith("[10/10 rounds, ~0 min left] [seed 1] entropy round 2: 12 ")
     assert table.schema.equals(SIMULATION_CURVES)
     assert table.num_rows == 2 * 2 * 3  # strategies x seeds x (round 0 + 2 rounds)
     for strategy in config.strategies:

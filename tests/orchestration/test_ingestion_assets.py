@@ -51,6 +51,9 @@ def test_local_ingestion_writes_tables_and_adds_shards(instance, demo_root, tmp_
     assert by_key["images"]["dagster/row_count"].value == len(expected["images"])
     assert by_key["annotations"]["dagster/row_count"].value == len(expected["annotations"])
     assert "preview" in by_key["annotations"] and "count_by_label" in by_key["annotations"]
+    logged = [record.user_message for record in instance.all_logs(result.run_id)]
+    n = len(expected["images"])
+    assert f"verifying batch-001's images: {n}/{n} images (100 %" in "\n".join(logged)
 
 
 def test_reingesting_a_batch_leaves_other_batches_untouched(instance, demo_root, tmp_path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from al_assets.core.coco.parse import Ids, drop_images, parse_coco
@@ -42,13 +43,14 @@ def ingest_batch(
     objects: ObjectStore,
     options: IngestOptions = IngestOptions(),
     known_image_ids: Ids = (),
+    progress: Callable[[int, int], None] | None = None,
 ) -> CocoTables:
     """Read, validate and tabulate one batch; bad records become rejects, not failures.
 
     ``known_image_ids``: the ids of earlier batches (best a sorted int64 array or an Arrow
     column: only this batch's ids are looked up in it). Memory peaks while the file is decoded
     (its bytes + the document); the rejected records are freed after validation and the
-    polygons while they become RLE.
+    polygons while they become RLE. ``progress(done, total)``: images verified so far.
     """
     with gc_paused():
         parsed = parse_coco(
@@ -60,7 +62,7 @@ def ingest_batch(
             parsed,
             image_problems(
                 parsed.images, image_root, objects, mode=options.verify,
-                max_pixels=options.max_pixels, workers=options.workers,
+                max_pixels=options.max_pixels, workers=options.workers, progress=progress,
             ),
         )
         if not parsed.images:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -14,19 +14,21 @@ VerifyMode = Literal["none", "exists", "decode"]
 
 
 def image_problems(
-    images: Iterable[dict[str, Any]],
+    images: Sequence[dict[str, Any]],
     image_root: str,
     objects: ObjectStore,
     *,
     mode: VerifyMode = "decode",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int = 8,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[int, str]:
     """``{image_id: reason}`` for images that are missing, truncated, not images or too big.
 
     ``decode`` reads and decodes every file (catches truncation; costs one read of the pool),
     ``exists`` only stats/HEADs it (for very large pools), ``none`` trusts the JSON. Threads
-    overlap I/O and decoding (both release the GIL).
+    overlap I/O and decoding (both release the GIL). ``progress(done, total)`` is called per
+    image (a large file's verification is the long part of its ingestion).
     """
     if mode == "none":
         return {}
@@ -47,6 +49,11 @@ def image_problems(
             return image["id"], str(exc)
         return image["id"], None
 
+    problems: dict[int, str] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(check, images)
-        return {image_id: reason for image_id, reason in results if reason}
+        for done, (image_id, reason) in enumerate(pool.map(check, images), 1):
+            if reason:
+                problems[image_id] = reason
+            if progress is not None:
+                progress(done, len(images))
+    return problems

@@ -67,6 +67,7 @@ from al_assets.core.loop.training import TrainSettings, train_challenger
 from al_assets.core.prediction.arrow import confident_detections
 from al_assets.core.prediction.devices import lease_device
 from al_assets.core.prediction.runner import ShardRef
+from al_assets.core.progress import Progress
 from al_assets.core.queue.dedup import perceptual_hashes
 from al_assets.core.queue.exports import label_studio_tasks
 from al_assets.core.simulation.config import SimulationConfig, SimulationError
@@ -226,16 +227,17 @@ def run_simulation(
     cache = None
     if config.cached_features:
         cache = FeatureCache(load_detector(Path(config.start_checkpoint))[0])
+    rounds = _RoundLog(log, len(config.seeds) * (1 + len(config.strategies) * config.rounds))
     with lease_device(config.device) as device:
         for seed in config.seeds:
             run = _Seed(pool, config, seed, Path(workdir) / f"seed-{seed}", device, cache=cache)
-            _start_seed(run, log)
+            _start_seed(run, rounds)
             for strategy in config.strategies:
-                rows += _tracked(tracker, run, strategy, log)
+                rows += _tracked(tracker, run, strategy, rounds)
     return curves_table(rows)
 
 
-def _start_seed(run: _Seed, log: Log | None) -> None:
+def _start_seed(run: _Seed, rounds: _RoundLog) -> None:
     """Round 0: a random seed set, labeled by the oracle, and a model trained on it."""
     rng = np.random.default_rng([run.seed, _INITIAL_STREAM])
     run.initial = sorted(int(i) for i in rng.choice(run.pool.candidates, run.config.initial_size,
@@ -252,13 +254,14 @@ def _start_seed(run: _Seed, log: Log | None) -> None:
         start = _Round(Path(run.config.start_checkpoint), {}, True, 0.0)
     run.start = _train_and_gate(run, run.initial_labels, 0, start, run.workdir / "round-0",
                                 promote_always=True)
-    _log_round(log, _row(run, "all", 0, run.initial, run.initial_labels, run.start, None))
+    rounds(_row(run, "all", 0, run.initial, run.initial_labels, run.start, None))
 
 
-def _tracked(tracker: _Tracker, run: _Seed, strategy: str, log: Log | None) -> list[dict]:
+def _tracked(tracker: _Tracker, run: _Seed, strategy: str, rounds: _RoundLog) -> list[dict]:
     run_id = tracker.start(run.config.params(strategy, run.seed), strategy, run.seed)
     try:
-        rows = _simulate_strategy(run, strategy, lambda row: tracker.log_round(run_id, row), log)
+        rows = _simulate_strategy(run, strategy, lambda row: tracker.log_round(run_id, row),
+                                   rounds)
     except BaseException:
         tracker.finish(run_id, "FAILED")
         raise
@@ -267,7 +270,7 @@ def _tracked(tracker: _Tracker, run: _Seed, strategy: str, log: Log | None) -> l
 
 
 def _simulate_strategy(
-    run: _Seed, strategy: str, record: Callable[[dict], None], log: Log | None
+    run: _Seed, strategy: str, record: Callable[[dict], None], rounds: _RoundLog
 ) -> list[dict]:
     labeled, labels, champion = list(run.initial), list(run.initial_labels), run.start
     rows = [_row(run, strategy, 0, labeled, labels, champion, None)]
@@ -289,7 +292,7 @@ def _simulate_strategy(
                          float(np.mean(counts > 0)) if strategy != "random" else None,
                          labeled_total=len(labeled), champion=champion))
         record(rows[-1])
-        _log_round(log, rows[-1])
+        rounds(rows[-1])
     return rows
 
 
@@ -452,11 +455,29 @@ def _row(run: _Seed, strategy: str, rnd: int, picks: list[int],
     }
 
 
-def _log_round(log: Log | None, row: Mapping[str, object]) -> None:
-    if log is None:
-        return
+class _RoundLog:
+    """Progress of a simulation: a line per finished round, "k/N rounds, ~ETA left", to the
+    log (the CLI's output, Dagster's run log) and a bar at a terminal. Replays take tens of
+    minutes on CPU: the ETA is what a user watching it needs."""
+
+    def __init__(self, log: Log | None, total: int) -> None:
+        self.log, self.total, self.done = log, total, 0
+        self.started = time.perf_counter()
+        self.bar = Progress(lambda _line: None, "simulation", unit="rounds")
+
+    def __call__(self, row: Mapping[str, object]) -> None:
+        self.done += 1
+        self.bar(self.done, self.total)
+        if self.log is None:
+            return
+        left = (time.perf_counter() - self.started) / self.done * (self.total - self.done)
+        self.log(f"[{self.done}/{self.total} rounds, ~{left / 60:.0f} min left] "
+                 + _round_text(row))
+
+
+def _round_text(row: Mapping[str, object]) -> str:
     seen = row["pool_with_boxes"]
-    log(
+    return (
         f"[seed {row['seed']}] {row['strategy']} round {row['round']}: "
         f"{row['labeled_images']} images, {row['labeled_boxes']} boxes, "
         f"mAP {_fmt(row['map'])} (AP50 {_fmt(row['ap50'])}), "

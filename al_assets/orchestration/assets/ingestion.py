@@ -19,6 +19,7 @@ from al_assets.core.coco.ingest import (
 from al_assets.core.coco.parse import RecordWarning
 from al_assets.core.coco.verify import VerifyMode
 from al_assets.core.images import DEFAULT_MAX_PIXELS
+from al_assets.core.progress import throttled
 from al_assets.core.sharding import DEFAULT_SHARD_SIZE
 from al_assets.core.storage import TableStore
 from al_assets.orchestration.metadata import counts_metadata, table_metadata
@@ -86,6 +87,7 @@ def coco_batch(
     tables = ingest_batch(
         uri, coco_source.image_root(), batch, coco_source.objects(), options,
         known_image_ids=_image_ids_of_other_batches(store, batch),
+        progress=throttled(context.log.info, f"verifying {batch}'s images"),
     )
     merge_categories(_categories_of_other_batches(store, batch), tables.categories)
     for reject in tables.rejects.slice(0, 20).to_pylist():
