@@ -12,13 +12,15 @@ from al_assets.core.loop.selection import (
     WEIGHT_RANGE,
     ScoringSettings,
     SelectionConfig,
+    class_ap_of,
     class_weights,
     labeled_box_counts,
     rank_images,
     select_batch,
+    select_from_store,
 )
 from al_assets.core.queue.diversity import farthest_first
-from al_assets.core.schemas import PREDICTIONS
+from al_assets.core.schemas import MODEL_EVALUATION, PREDICTIONS
 from al_assets.core.scoring.aggregation import aggregate_images
 from al_assets.core.scoring.box_scores import box_scores
 
@@ -168,3 +170,37 @@ def test_weights_rescore_with_the_rankings_own_aggregation() -> None:
         class_weights={1: 2.0})
     assert queue["agg"].to_pylist() == ["mean", "mean"]
     assert queue["image_id"].to_pylist() == [2, 1]  # mean order, not max order
+
+
+def test_the_queue_reads_stored_candidates_once_and_exports_only_their_confident_boxes() -> None:
+    noise = {**_det(4, 0.3), "score": 0.05}  # under the noise floor: never exported or scored
+    dets = {i: [_det(1, 0.3 + 0.02 * i), noise] for i in range(1, 31)}
+    stored = _predictions(dets)
+    _, rankings = rank_images(stored)  # scoring drops the noise box the same way
+    by_id = {i: k for k, i in enumerate(stored["image_id"].to_pylist())}
+    reads: list[list[int]] = []
+
+    def read(ids: pa.Array) -> pa.Table:
+        reads.append(ids.to_pylist())
+        return stored.take(pa.array([by_id[i] for i in ids.to_pylist()]))
+
+    config = SelectionConfig(strategy="entropy", size=3, deduplicate=False)
+    selected = select_from_store(rankings, read, config, excluded={1, 5}, min_score=0.2)
+    assert len(reads) == 1 and sorted(reads[0]) == list(range(1, 18))  # 15 eligible + 2
+    assert selected.queue["image_id"].to_pylist() == [2, 3, 4]  # 1 is excluded
+    assert selected.predictions["image_id"].to_pylist() == [2, 3, 4]
+    scores = [d["score"] for row in selected.predictions["detections"].to_pylist() for d in row]
+    assert scores == pytest.approx([0.9] * 3)  # one box each: the noise box is gone
+    assert selected.eligible == 28  # 30 ranked, 2 excluded
+    with pytest.raises(ValueError, match="confident_detections"):  # why the floor is applied
+        select_batch(rankings, read, config, excluded={1, 5})
+
+
+def test_class_ap_of_one_version_skips_the_overall_row() -> None:
+    rows = [{"category_id": c, "name": n, "ap": ap, "ap50": None, "ap75": None, "num_gt": 3,
+             "model_version": v}
+            for c, n, ap, v in [(None, "all", 0.5, "v1"), (1, "a", 0.7, "v1"), (2, "b", None, "v1"),
+                                (1, "a", 0.1, "v2")]]
+    evaluation = pa.Table.from_pylist(rows, schema=MODEL_EVALUATION)
+    assert class_ap_of(evaluation, "v1") == {1: 0.7, 2: None}
+    assert class_ap_of(evaluation, "v9") == {}

@@ -1,6 +1,7 @@
 """One selection path: a ranking of the pool -> the images to label next (LABELING_QUEUE).
 
-The labeling queue asset and the simulation both call :func:`select_batch`; the ranking they
+The labeling queue asset (through :func:`select_from_store`) and the simulation both call
+:func:`select_batch`; the ranking they
 pass comes from :func:`rank_images` (per shard in the pipeline, over the unlabeled pool in the
 simulation), which is the pipeline's own scoring: ``box_scores`` -> noise floor ->
 ``aggregate_images``. ``random`` is a strategy like the others (a seeded random ranking through
@@ -32,6 +33,7 @@ import pyarrow.compute as pc
 
 from al_assets.core.defaults import DEFAULT_AGG
 from al_assets.core.options import option
+from al_assets.core.prediction.arrow import confident_detections
 from al_assets.core.queue.diversity import farthest_first
 from al_assets.core.queue.selection import select_queue
 from al_assets.core.scoring.aggregation import aggregate_images
@@ -181,6 +183,56 @@ def select_batch(
                         max_per_class=config.class_cap(), exclude_image_ids=blocked,
                         duplicates=duplicates, order=order, max_boxes=config.max_boxes,
                         soft_cap=config.max_per_class is None)
+
+
+@dataclass(frozen=True)
+class QueueSelection:
+    """What the labeling queue asset writes and reports."""
+
+    queue: pa.Table  # LABELING_QUEUE rows
+    predictions: pa.Table  # the queue's PREDICTIONS rows over the noise floor (for the exports)
+    eligible: int  # ranked, non-excluded images: the most the queue could hold
+
+
+def select_from_store(
+    rankings: pa.Table,
+    read_predictions: Callable[[pa.Array], pa.Table],
+    config: SelectionConfig,
+    *,
+    excluded: set[int],
+    min_score: float,
+    hashes_of: Callable[[pa.Table], Mapping[int, int]] | None = None,
+    class_weights: Mapping[int, float] | None = None,
+) -> QueueSelection:
+    """``select_batch`` over stored predictions: ``read_predictions(image_ids)`` returns the
+    stored PREDICTIONS rows of those images; they are read once (only the candidates') and the
+    noise floor applied as shard scoring applied it, so the exports use the same boxes."""
+    read: dict[str, pa.Table] = {}
+
+    def candidates(ids: pa.Array) -> pa.Table:
+        read["rows"] = confident_detections(read_predictions(ids), min_score)
+        return read["rows"]
+
+    queue = select_batch(rankings, candidates, config, excluded=excluded, hashes_of=hashes_of,
+                         class_weights=class_weights)
+    rows = read["rows"]
+    predictions = rows.filter(pc.is_in(rows["image_id"], queue["image_id"].combine_chunks()))
+    return QueueSelection(queue, predictions, eligible_images(rankings, config, excluded))
+
+
+def eligible_images(rankings: pa.Table, config: SelectionConfig, excluded: set[int]) -> int:
+    """Ranked images of the strategy's measure that are not excluded."""
+    ranked = rankings.filter(pc.equal(rankings["measure"], config.measure))["image_id"]
+    blocked = pa.array(sorted(excluded), pa.int64())
+    return int(pc.sum(pc.invert(pc.is_in(ranked, blocked))).as_py() or 0)
+
+
+def class_ap_of(evaluation: pa.Table, model_version: str) -> dict[int, float | None]:
+    """category_id -> AP of ``model_version`` in MODEL_EVALUATION rows (the calibrated
+    strategies' difficulty); {} when that version was not evaluated."""
+    rows = evaluation.filter(pc.and_(pc.equal(evaluation["model_version"], model_version),
+                                     pc.is_valid(evaluation["category_id"])))
+    return dict(zip(rows["category_id"].to_pylist(), rows["ap"].to_pylist(), strict=True))
 
 
 def class_weights(

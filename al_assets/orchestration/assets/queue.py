@@ -14,10 +14,11 @@ from al_assets.core.loop.selection import (
     DEFAULT_STRATEGY,
     STRATEGIES,
     SelectionConfig,
+    class_ap_of,
     class_weights,
     exclusions,
     labeled_box_counts,
-    select_batch,
+    select_from_store,
 )
 from al_assets.core.queue import (
     coco_preannotations,
@@ -26,7 +27,6 @@ from al_assets.core.queue import (
     perceptual_hashes,
     queue_csv,
 )
-from al_assets.core.prediction.arrow import confident_detections
 from al_assets.core.prediction.storage import predictions_of
 from al_assets.core.queue.exports import (
     DEFAULT_IMAGE_URLS,
@@ -104,33 +104,22 @@ def labeling_queue(
     store = storage.tables()
     urls = config.task_images()  # a bad image_urls setting fails before any work
     key = champion_key(config, mlflow)
-    rankings = store.read("image_rankings")
     excluded = exclusions(read_splits(store), config.exclude_labeled)
-    read: dict[str, pa.Table] = {}  # the candidates' predictions: one pass over the shards
-
-    def candidates_predictions(ids: pa.Array) -> pa.Table:
-        read["candidates"] = confident_detections(
-            _predictions_of(store, key, ids, embeddings=config.selection().plan.diverse),
-            config.min_score)
-        return read["candidates"]
-
     weights = queue_class_weights(store, key, config.selection())
-    queue = select_batch(rankings, candidates_predictions, config.selection(), excluded=excluded,
-                         hashes_of=lambda candidates: _hashes(candidates, coco_source, context),
-                         class_weights=weights)
-    predictions = read["candidates"].filter(pc.is_in(read["candidates"]["image_id"],
-                                                     queue["image_id"].combine_chunks()))
-    categories = pool_categories(store)
+    selected = select_from_store(
+        store.read("image_rankings"),
+        lambda ids: _predictions_of(store, key, ids, embeddings=config.selection().plan.diverse),
+        config.selection(), excluded=excluded, min_score=config.min_score,
+        hashes_of=lambda candidates: _hashes(candidates, coco_source, context),
+        class_weights=weights)
+    queue, categories = selected.queue, pool_categories(store)
     images = store.read_where("images", store.partitions("images"),
                               pc.field("image_id").isin(queue["image_id"].combine_chunks()),
                               schema=schemas.IMAGES)  # the exports need the queue's rows only
-    files = _export(store, queue, predictions, images, categories, key, config,
+    files = _export(store, queue, selected.predictions, images, categories, key, config,
                     urls, coco_source)
     uri = store.write("labeling_queue", queue)
-    ranked = rankings.filter(pc.equal(rankings["measure"], config.selection().measure))
-    eligible = int(pc.sum(pc.invert(pc.is_in(ranked["image_id"], pa.array(
-        sorted(excluded), pa.int64())))).as_py() or 0)
-    yield _size_check(queue.num_rows, config.size, eligible)
+    yield _size_check(queue.num_rows, config.size, selected.eligible)
     yield dg.MaterializeResult(
         metadata={
             **table_metadata(queue, uri, preview_rows=10, names=category_names(categories),
@@ -151,14 +140,10 @@ def queue_class_weights(store: TableStore, key: str, selection: SelectionConfig)
     plan = selection.plan
     if not (plan.calibrated or plan.rare):
         return {}
-    class_ap = None
     try:
-        evaluation = store.read("model_evaluation")
-        rows = evaluation.filter(pc.and_(pc.equal(evaluation["model_version"], key),
-                                         pc.is_valid(evaluation["category_id"])))
-        class_ap = dict(zip(rows["category_id"].to_pylist(), rows["ap"].to_pylist(), strict=True))
-    except FileNotFoundError:
-        pass
+        class_ap = class_ap_of(store.read("model_evaluation"), key)
+    except FileNotFoundError:  # not evaluated yet: calibrated weights fall back to 1
+        class_ap = None
     annotations, _ = pool_labels(store)
     return class_weights(plan, pool_categories(store)["category_id"].to_pylist(),
                          class_ap=class_ap, labeled_boxes=labeled_box_counts(annotations))
