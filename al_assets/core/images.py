@@ -89,6 +89,13 @@ def _check_size(size: tuple[int, int], uri: str, max_pixels: int) -> None:
         )
 
 
+def ingested_limit(size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """The pixel guard for an image ingestion already verified at ``size`` (its IMAGES row):
+    at least that size, so a ``max_pixels`` raised for ingestion also holds in prediction and
+    training without being set again. The decoded size must still equal ``size``."""
+    return max(max_pixels, int(size[0]) * int(size[1]))
+
+
 def decode_rgb(
     data: bytes,
     uri: str,

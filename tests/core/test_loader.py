@@ -37,6 +37,15 @@ def test_items_come_back_in_shard_order_with_failures_as_data(shard: pa.Table, w
     assert other.tensor.shape == (3, 16, 16)
 
 
-def test_an_image_over_max_pixels_is_a_decode_failure(shard: pa.Table) -> None:
-    item = ShardImages(shard, max_pixels=100)[0]  # 32 x 24 > 100 pixels
-    assert item.tensor is None and item.stage == "decode" and item.error
+def test_the_guard_is_the_ingested_size_and_a_larger_file_is_a_decode_failure(
+        shard: pa.Table) -> None:
+    # 32 x 24 > 100 pixels, but ingestion verified this file at 32 x 24 (a raised max_pixels
+    # must not have to be raised again for prediction and training)
+    item = ShardImages(shard, max_pixels=100)[0]
+    assert item.tensor is not None and item.tensor.shape == (3, 24, 32)
+    # the file grew past its ingested size (replaced after ingestion): refused, not decoded
+    lying = shard.set_column(1, "width", pa.array([8, 10, 8, 16])).set_column(
+        2, "height", pa.array([8, 10, 8, 16]))
+    item = ShardImages(lying, max_pixels=100)[0]
+    assert item.tensor is None and item.stage == "decode"
+    assert "decompression-bomb guard" in item.error and "good.png" in item.error

@@ -66,7 +66,7 @@ from al_assets.core.coco.reader import coco_index, read_coco_json
 from al_assets.core.detection.categories import CategoryError, CategoryMap
 from al_assets.core.detection.factory import build_detector, load_checkpoint
 from al_assets.core.errors import AlAssetsError, CocoFormatError, ImageDecodeError, StorageError
-from al_assets.core.images import decode_rgb
+from al_assets.core.images import decode_rgb, ingested_limit
 from al_assets.core.storage.files import write_bytes_atomic
 from al_assets.core.storage.objects import ObjectStore, is_s3, join_uri, local_path, to_uri
 
@@ -168,7 +168,8 @@ class CocoDetectionDataset:
         """
         record = self.records[index]
         size = (record.width, record.height)
-        return decode_rgb(self._read(record), record.location, expected_size=size).float().div_(255)
+        return decode_rgb(self._read(record), record.location, expected_size=size,
+                          max_pixels=ingested_limit(size)).float().div_(255)
 
     def _read(self, record: CocoRecord) -> bytes:
         try:

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from al_assets.core.errors import AlAssetsError
-from al_assets.core.images import DEFAULT_MAX_PIXELS, decode_rgb
+from al_assets.core.images import DEFAULT_MAX_PIXELS, decode_rgb, ingested_limit
 from al_assets.core.storage.objects import ObjectStore
 from al_assets.core.storage.s3 import S3Settings
 
@@ -27,7 +27,9 @@ class LoadedImage:
 
 
 class ShardImages(Dataset):
-    """Rows (uri, width, height) of one shard; ``__getitem__`` reads and decodes one image."""
+    """Rows (uri, width, height) of one shard; ``__getitem__`` reads and decodes one image.
+
+    The bomb guard of a row is ``ingested_limit``: ingestion verified the file at its size."""
 
     def __init__(
         self, images: pa.Table, s3: S3Settings | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
@@ -50,7 +52,9 @@ class ShardImages(Dataset):
         except (FileNotFoundError, AlAssetsError, OSError) as exc:
             return LoadedImage(index, None, "read", str(exc))
         try:
-            tensor = decode_rgb(data, uri, expected_size=self.sizes[index], max_pixels=self.max_pixels)
+            size = self.sizes[index]
+            tensor = decode_rgb(data, uri, expected_size=size,
+                                max_pixels=ingested_limit(size, self.max_pixels))
         except AlAssetsError as exc:
             return LoadedImage(index, None, "decode", str(exc))
         return LoadedImage(index, tensor)
