@@ -46,6 +46,8 @@ BENCHMARKS = {  # name: (script, default arguments, --quick arguments)
                                      "--demo-images", "8"]),
     "evaluation": ("bench_evaluation.py", [], ["--images", "4000", "--baseline-images", "2000",
                                                "--shard-images", "1000"]),
+    "gpu": ("bench_gpu.py", [], ["--device", "cpu", "--images", "8", "--batch-sizes", "8",
+                                 "--repeat", "1", "--num-workers", "0"]),  # quick: a dry run
 }
 
 
@@ -152,6 +154,17 @@ def _headline(name: str, figures: dict | None) -> tuple[str, str]:
         return (f"{large:,}/{small:,} images, time: queue {r['queue_pushed']['time']:.1f}x, views "
                 f"{r['views_pushed']['time']:.1f}x; peak {r['queue_pushed']['peak']:.2f}x / "
                 f"{r['views_pushed']['peak']:.2f}x", "no target")
+    if name == "gpu":
+        if "throughput" not in figures:
+            return "no GPU: nothing measured (benchmarks/gpu_check.sh on a GPU machine)", "-"
+        best = max(figures["throughput"], key=lambda r: r["pipeline_img_s"])
+        coco = figures["decode"][1]  # 640 x 480
+        gpu_decode = (f"{coco['cpu_ms'] / coco['gpu_ms']:.1f}x" if "gpu_ms" in coco else "n/a")
+        return (f"{figures['device']}: batch {best['batch']} {best['pipeline_img_s']:.0f} img/s, "
+                f"{best['ratio']:.2f}x the bare loop (>= 0.9x); nvjpeg {gpu_decode} one CPU "
+                f"thread at 640x480; lease overlap {figures['lease']['overlap_s']:.1f} s",
+                "dry run" if figures["device"].startswith("cpu")
+                else common.verdict(best["ratio"] >= 0.9))
     if name == "evaluation":
         ratios = "; ".join(f"{c['time_ratio']:.0f}x faster than pycocotools at {c['images']:,}"
                            f" (max diff {c['max_stat_difference']:.0e})"
