@@ -2,7 +2,7 @@
 
 Not a test: it prints tables, asserts nothing. Target (issue 16): 118k images x 20 boxes in
 < 5 min and < 2 GB peak on 2 cores, with COCOeval's numbers where COCOeval fits. Synthetic
-PREDICTIONS shards (top-5 lists, optional distributions) and ANNOTATIONS are written first;
+DETECTIONS shards (top-5 lists, optional distributions) and ANNOTATIONS are written first;
 then each measurement runs in a child process of its own (peak RSS = its own, see README):
 
 * ours: ``evaluate_predictions`` over the shards read one at a time with only the columns
@@ -255,7 +255,7 @@ def _pycocotools(args, shards, annotations, images, categories) -> tuple[list, l
 
 
 def _write(args: argparse.Namespace) -> dict:
-    """Shards of PREDICTIONS and one ANNOTATIONS table, vectorized (no per-box Python)."""
+    """Shards of DETECTIONS and one ANNOTATIONS table, vectorized (no per-box Python)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -299,7 +299,7 @@ def _synthetic(rng, ids, args):
     import numpy as np
     import pyarrow as pa
 
-    from al_assets.core.schemas import ANNOTATIONS, BOX2D, DETECTION, PREDICTIONS
+    from al_assets.core.schemas import ANNOTATIONS, BOX2D, DETECTION, DETECTIONS
 
     n_gt = rng.integers(args.annotations // 2, args.annotations * 3 // 2 + 1, ids.size)
     gt_image = np.repeat(ids, n_gt)
@@ -347,7 +347,7 @@ def _synthetic(rng, ids, args):
          pa.array(np.full(ids.size, 480, np.int32)), pa.array(["detector"] * ids.size),
          pa.array(np.ones(ids.size, np.int32)), pa.array(["s"] * ids.size),
          pa.ListArray.from_arrays(offsets, detections), pa.nulls(ids.size, pa.list_(pa.float32()))],
-        schema=PREDICTIONS)
+        schema=DETECTIONS)
     xywh = np.column_stack([gt_box[:, :2], gt_box[:, 2:] - gt_box[:, :2]]).astype(np.float32)
     m = gt_image.size
     annotations = pa.Table.from_arrays(

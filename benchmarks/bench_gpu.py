@@ -120,7 +120,7 @@ def throughput(images: pa.Table, checkpoint: Path, device: torch.device, args) -
     def pipeline(batch: int) -> None:
         options = PredictOptions(batch_size=batch, num_workers=args.num_workers,
                                  mixed_precision=amp)
-        with store.writer("detections", schemas.PREDICTIONS, "bench/bench.s000") as writer:
+        with store.writer("detections", schemas.DETECTIONS, "bench/bench.s000") as writer:
             stats = predict_shard(images, extractor, writer, REF, device=device, options=options,
                                   dataset=ShardImages(images))
         if stats.images != images.num_rows:
@@ -211,7 +211,7 @@ def _leased_run(checkpoint: str, uris: list[str], sizes: list[tuple[int, int]], 
     with lease_device("auto", lease_dir, wait_s=300) as device:
         acquired = time.time()
         extractor.to(device)
-        with store.writer("detections", schemas.PREDICTIONS, "bench/bench.s000") as writer:
+        with store.writer("detections", schemas.DETECTIONS, "bench/bench.s000") as writer:
             stats = predict_shard(images, extractor, writer, REF, device=device,
                                   options=PredictOptions(batch_size=32, num_workers=0),
                                   dataset=ShardImages(images))

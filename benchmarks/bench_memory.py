@@ -141,7 +141,7 @@ def _setup(args) -> dict:
 
 
 def _synthetic_predictions(args, index: int):
-    """One PREDICTIONS shard from random detector-like outputs, via ``predictions_batch``."""
+    """One DETECTIONS shard from random detector-like outputs, via ``predictions_batch``."""
     import numpy as np
     import pyarrow as pa
     import torch
@@ -198,7 +198,7 @@ def _predict(args):
     options = PredictOptions(batch_size=args.batch_size, num_workers=args.num_workers)
 
     def run() -> dict:
-        with store.writer("detections", schemas.PREDICTIONS, f"{MODEL_VERSION}/p{args.size}") as w:
+        with store.writer("detections", schemas.DETECTIONS, f"{MODEL_VERSION}/p{args.size}") as w:
             stats = predict_shard(images, extractor, w, ShardRef("bench-model", 1, "p"),
                                   device=torch.device("cpu"), options=options,
                                   dataset=ShardImages(images))
@@ -253,7 +253,7 @@ def _report(args, info, setup, measurements) -> dict:
     print(f"model   : {setup['detector']}; predict_shard batch {args.batch_size}, num_workers "
           f"{args.num_workers}, torch threads {args.torch_threads or 'default'}")
     print(f"inputs  : prediction: {args.images} demo images vs {args.images * args.factor} (the "
-          f"same files repeated under distinct image_ids); views: synthetic PREDICTIONS shards "
+          f"same files repeated under distinct image_ids); views: synthetic DETECTIONS shards "
           f"of {args.shard_images} images, ~{args.detections} detections/image, "
           f"{args.classes}-class distributions ({setup['detections']:,} detections in "
           f"{setup['shards']} shards), {args.view_shards} vs {setup['shards']} shards")

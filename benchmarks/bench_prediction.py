@@ -102,7 +102,7 @@ class Bench:
         """The prediction asset's code path: DataLoader decode -> extractor -> Parquet."""
         images = self.images.slice(0, n)
         options = PredictOptions(batch_size=batch_size, num_workers=num_workers)
-        with self.store.writer("detections", schemas.PREDICTIONS, "bench-model-1/bench.s000") as w:
+        with self.store.writer("detections", schemas.DETECTIONS, "bench-model-1/bench.s000") as w:
             stats = predict_shard(images, self.extractor, w, REF, device=DEVICE,
                                   options=options, dataset=ShardImages(images))
         if stats.images != n:
@@ -150,21 +150,21 @@ class Bench:
         return configs
 
     def arrow_and_parquet(self, batch_size: int, repeat: int) -> common.Timing:
-        """Outputs -> PREDICTIONS record batches -> one Parquet file (the runner's own calls)."""
+        """Outputs -> DETECTIONS record batches -> one Parquet file (the runner's own calls)."""
         n = self.images.num_rows
         with torch.inference_mode():
             outputs = [self.extractor(self.floats[s:s + batch_size])
                        for s in range(0, n, batch_size)]
 
         def write() -> None:
-            with self.store.writer("detections", schemas.PREDICTIONS, "bench-model-1/arrow") as w:
+            with self.store.writer("detections", schemas.DETECTIONS, "bench-model-1/arrow") as w:
                 batches = [predictions_batch(self.images, list(range(s, s + len(out))), out,
                                              model_name=REF.model_name,
                                              model_version=REF.model_version, shard=REF.shard)
                            for s, out in zip(range(0, n, batch_size), outputs, strict=True)]
                 import pyarrow as pa
 
-                w.write_table(pa.Table.from_batches(batches, schemas.PREDICTIONS))
+                w.write_table(pa.Table.from_batches(batches, schemas.DETECTIONS))
 
         return common.interleaved_best({"arrow": write}, repeat)["arrow"]
 

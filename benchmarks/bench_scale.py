@@ -118,7 +118,7 @@ def _setup(args) -> dict:
     for index, shard in enumerate(sorted(set(shards.tolist()))):
         table = _synthetic_shard(args, ids[shards == shard], shard, index)
         partition = f"{MODEL_VERSION}/{shard}"
-        with store.writer("detections", schemas.PREDICTIONS, partition) as writer:
+        with store.writer("detections", schemas.DETECTIONS, partition) as writer:
             writer.write_table(table, row_group_size=STORE_ROW_GROUP_IMAGES)
         scores = box_scores(table)
         with store.writer("box_scores", scores.schema, partition) as writer:
@@ -154,7 +154,7 @@ def _folder_mib(store, table: str) -> float:
 
 
 def _synthetic_shard(args, image_ids, shard: str, seed: int):
-    """PREDICTIONS rows like the default storage policy keeps: boxes >= 0.05, top-2, the full
+    """DETECTIONS rows like the default storage policy keeps: boxes >= 0.05, top-2, the full
     distribution, one embedding per image; built column-wise (no Python loop over boxes)."""
     import numpy as np
     import pyarrow as pa
@@ -186,7 +186,7 @@ def _synthetic_shard(args, image_ids, shard: str, seed: int):
         pa.array(np.full(n, 640, np.int32)), pa.array(np.full(n, 480, np.int32)),
         pa.array(["bench-model"] * n), pa.array(np.ones(n, np.int32)), pa.array([shard] * n),
         pa.ListArray.from_arrays(offsets, detection), _lists(embedding),
-    ], schema=schemas.PREDICTIONS)
+    ], schema=schemas.DETECTIONS)
 
 
 def _lists(values):
@@ -243,7 +243,7 @@ def _workload(args):
 
 
 def _storage(args) -> dict:
-    """Bytes per image of the demo detector's PREDICTIONS, everything kept vs the default."""
+    """Bytes per image of the demo detector's DETECTIONS, everything kept vs the default."""
     import pyarrow.compute as pc
     import torch
 
@@ -261,7 +261,7 @@ def _storage(args) -> dict:
     extractor = ClassScoreExtractor.from_checkpoint(path)
     out = {"detector": detector, "images": images.num_rows}
     for name, policy in (("keep_all", KEEP_ALL), ("default", StoragePolicy())):
-        with store.writer("detections", schemas.PREDICTIONS, f"v/{name}") as writer:
+        with store.writer("detections", schemas.DETECTIONS, f"v/{name}") as writer:
             predict_shard(images, extractor, writer, ShardRef("demo", 1, name),
                           device=torch.device("cpu"), options=PredictOptions(storage=policy),
                           dataset=ShardImages(images))

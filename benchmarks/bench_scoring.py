@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.stats
 
-from al_assets.core.schemas import BOX2D, DETECTION, PREDICTIONS
+from al_assets.core.schemas import BOX2D, DETECTION, DETECTIONS
 from al_assets.core.scoring.aggregation import aggregate_images
 from al_assets.core.scoring.box_scores import box_scores
 
@@ -95,13 +95,13 @@ def _softmax_distributions(rows: int, classes: int, seed: int) -> np.ndarray:
 def _predictions_table(
     probs: np.ndarray, per_image: int, top_k: int, batch_images: int
 ) -> pa.Table:
-    """A PREDICTIONS table holding ``probs`` as distributions, one Arrow batch per image block."""
+    """A DETECTIONS table holding ``probs`` as distributions, one Arrow batch per image block."""
     per_batch = batch_images * per_image
     batches = [
         _predictions_batch(probs[start : start + per_batch], start // per_image, per_image, top_k)
         for start in range(0, len(probs), per_batch)
     ]
-    return pa.Table.from_batches(batches, schema=PREDICTIONS)
+    return pa.Table.from_batches(batches, schema=DETECTIONS)
 
 
 def _predictions_batch(
@@ -135,9 +135,9 @@ def _predictions_batch(
             pa.array(np.ones(images, np.int32)),
             pa.array([f"shard-{i % 16:02d}" for i in image_ids]),
             pa.ListArray.from_arrays(pa.array(offsets), detections),
-            pa.nulls(images, PREDICTIONS.field("embedding").type),  # scoring never reads it
+            pa.nulls(images, DETECTIONS.field("embedding").type),  # scoring never reads it
         ],
-        schema=PREDICTIONS,
+        schema=DETECTIONS,
     )
 
 

@@ -121,7 +121,7 @@ DETECTION = pa.struct(
 )
 """One detection with its class distribution: the notebook's class-scores variant."""
 
-PREDICTIONS = pa.schema(
+DETECTIONS = pa.schema(
     [
         _f("image_id", pa.int64(), "the pool's image id", nullable=False),
         _f("uri", pa.string(), "the image read", nullable=False),
@@ -137,6 +137,10 @@ PREDICTIONS = pa.schema(
            "null where a model gave none"),
     ]
 )
+
+PREDICTIONS = DETECTIONS
+"""Deprecated alias of DETECTIONS (the schema's name until 2026-12-03, when it took the name of
+the asset it describes, as every other schema here does); to be removed in a later release."""
 
 PREDICTION_ERRORS = pa.schema(
     [

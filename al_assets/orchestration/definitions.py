@@ -49,7 +49,7 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
             models.registered_model,
             training.challenger,
             training.evaluation_gate,
-            prediction.predictions,
+            prediction.detections,
             uncertainty.shard_scores,
             uncertainty.least_confidence,
             uncertainty.least_margin,

@@ -234,7 +234,7 @@ def predict(
     add_partitions(instance, MODEL_VERSION, [model_version])
     for shard in todo:
         run_job(defs, "predict_job", instance, partition_key=prediction_key(model_version, shard),
-                run_config={"ops": {"predictions": {"config": config or {}}}})
+                run_config={"ops": {"detections": {"config": config or {}}}})
     return todo
 
 

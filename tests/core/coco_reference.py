@@ -18,7 +18,7 @@ from pycocotools.cocoeval import COCOeval
 
 def reference_cocoeval(predictions: pa.Table, annotations: pa.Table, image_ids: Sequence[int],
                        category_ids: Sequence[int]) -> COCOeval:
-    """An evaluated, accumulated and summarized COCOeval of PREDICTIONS on ANNOTATIONS rows,
+    """An evaluated, accumulated and summarized COCOeval of DETECTIONS on ANNOTATIONS rows,
     restricted to ``image_ids`` (annotation ids renumbered 1..n: COCOeval treats 0 as none)."""
     ids = sorted(int(i) for i in image_ids)
     selected = pa.array(ids, pa.int64())

@@ -26,7 +26,7 @@ from al_assets.core.schemas import (
     DETECTION_MATCHES,
     IMAGES,
     MODEL_EVALUATION,
-    PREDICTIONS,
+    DETECTIONS,
 )
 from al_assets.core.scoring.box_scores import box_scores
 
@@ -59,7 +59,7 @@ def _predictions(per_image: dict[int, list[dict]]) -> pa.Table:
          "model_name": "detector", "model_version": 1, "shard": "s0", "detections": dets}
         for i, dets in per_image.items()
     ]
-    return pa.Table.from_pylist(rows, schema=PREDICTIONS)
+    return pa.Table.from_pylist(rows, schema=DETECTIONS)
 
 
 def _annotations(rows: list[tuple]) -> pa.Table:

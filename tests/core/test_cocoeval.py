@@ -30,7 +30,7 @@ from al_assets.core.demo.generator import generate_demo_dataset
 from al_assets.core.detection.extractor import ClassScoreExtractor
 from al_assets.core.detection.sources import DEMO_CHECKPOINT
 from al_assets.core.detection.training import CocoDetectionDataset
-from al_assets.core.schemas import ANNOTATIONS, CATEGORIES, IMAGES, PREDICTIONS
+from al_assets.core.schemas import ANNOTATIONS, CATEGORIES, IMAGES, DETECTIONS
 from tests.core.coco_reference import cocoeval_of_records, per_category
 
 TOLERANCE = 1e-6  # the issue's bar; in practice the numbers are bit-identical (0.0)
@@ -119,7 +119,7 @@ def test_bad_category_index_is_refused() -> None:
 
 
 def _tables(gts: list[dict], dets: list[dict], image_ids: list[int], category_ids: list[int]):
-    """The same set as PREDICTIONS / ANNOTATIONS / IMAGES / CATEGORIES tables."""
+    """The same set as DETECTIONS / ANNOTATIONS / IMAGES / CATEGORIES tables."""
     def box(x, y, w, h):
         return {"xmin": x, "ymin": y, "xmax": x + w, "ymax": y + h}
     per_image: dict[int, list[dict]] = {i: [] for i in image_ids}
@@ -130,7 +130,7 @@ def _tables(gts: list[dict], dets: list[dict], image_ids: list[int], category_id
     predictions = pa.Table.from_pylist([
         {"image_id": i, "uri": f"file:///{i}.jpg", "width": 400, "height": 400,
          "model_name": "m", "model_version": 1, "shard": "s", "detections": v}
-        for i, v in per_image.items()], schema=PREDICTIONS)
+        for i, v in per_image.items()], schema=DETECTIONS)
     annotations = pa.Table.from_pylist([
         {"ann_id": n, "image_id": g["image_id"], "category_id": g["category_id"], "label": "c",
          "supercategory": None, "bbox": box(*g["bbox"]), "bbox_xywh": g["bbox"],

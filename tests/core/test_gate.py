@@ -19,7 +19,7 @@ from al_assets.core.analysis.evaluation import (
     resampled_maps,
 )
 from al_assets.core.analysis.gate import GateDecision, GatePolicy, decide, per_class_deltas
-from al_assets.core.schemas import ANNOTATIONS, CATEGORIES, IMAGES, PREDICTIONS
+from al_assets.core.schemas import ANNOTATIONS, CATEGORIES, IMAGES, DETECTIONS
 from tests.core.coco_reference import reference_cocoeval
 
 SIZE = 200
@@ -48,7 +48,7 @@ def _predictions(per_image: dict[int, list[dict]]) -> pa.Table:
          "model_name": "detector", "model_version": 1, "shard": "s0", "detections": dets}
         for i, dets in per_image.items()
     ]
-    return pa.Table.from_pylist(rows, schema=PREDICTIONS)
+    return pa.Table.from_pylist(rows, schema=DETECTIONS)
 
 
 def _annotations(rows: list[tuple]) -> pa.Table:

@@ -101,7 +101,7 @@ def exported_tasks(predicted: dict[int, list] = PREDICTED, **export: Any) -> lis
              "detections": [detection(box, label, 0.8) for box, label in dets]}
             for i, dets in predicted.items()
         ],
-        schema=schemas.PREDICTIONS,
+        schema=schemas.DETECTIONS,
     )
     return label_studio_tasks(queue, predictions, pool_categories(), model_version="v1",
                               **export)
@@ -520,7 +520,7 @@ def test_our_own_coco_preannotations_import_by_coco_url() -> None:
         [{"image_id": 20, "uri": "s3://bucket/pool/c.jpg", "width": 1000, "height": 500,
           "model_name": "m", "model_version": 1, "shard": "s0",
           "detections": [detection((100, 50, 300, 250), 2, 0.9)]}],
-        schema=schemas.PREDICTIONS)
+        schema=schemas.DETECTIONS)
     document = coco_preannotations(queue, predictions, pool_images(), pool_categories())
     document["images"][0]["file_name"] = "renamed.jpg"  # coco_url alone must match
     document["images"][0]["id"] = 777

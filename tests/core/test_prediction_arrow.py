@@ -1,4 +1,4 @@
-"""Filtering a PREDICTIONS table's detections by score, column-wise."""
+"""Filtering a DETECTIONS table's detections by score, column-wise."""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ def _predictions(scores_per_image: list[list[float]]) -> pa.Table:
              "model_version": 1, "shard": "s",
              "detections": [_detection(s, k) for k, s in enumerate(scores)]}
             for i, scores in enumerate(scores_per_image)]
-    return pa.Table.from_pylist(rows, schema=schemas.PREDICTIONS)
+    return pa.Table.from_pylist(rows, schema=schemas.DETECTIONS)
 
 
 def test_low_scores_are_dropped_and_every_image_stays() -> None:
     table = _predictions([[0.9, 0.01, 0.3], [0.05], [], [0.2, 0.19]])
     kept = confident_detections(table, 0.2)
-    assert kept.schema.equals(schemas.PREDICTIONS)
+    assert kept.schema.equals(schemas.DETECTIONS)
     assert kept["image_id"].to_pylist() == [0, 1, 2, 3]
     scores = [[round(d["score"], 2) for d in row] for row in kept["detections"].to_pylist()]
     assert scores == [[0.9, 0.3], [], [], [0.2]]

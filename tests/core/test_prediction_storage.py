@@ -60,7 +60,7 @@ def _predictions(outputs: list[dict[str, torch.Tensor]], policy: StoragePolicy) 
                        "height": pa.array([320] * n, pa.int32())})
     batch = predictions_batch(images, list(range(n)), outputs, model_name="m", model_version=1,
                               shard="s")
-    return pa.Table.from_batches([apply_policy(batch, policy)], schemas.PREDICTIONS)
+    return pa.Table.from_batches([apply_policy(batch, policy)], schemas.DETECTIONS)
 
 
 def _parquet_bytes(table: pa.Table, folder: Path) -> int:
@@ -186,7 +186,7 @@ def test_predictions_of_reads_each_candidate_from_its_own_shard(tmp_path: Path) 
     store.write("images", images, "b")
     for name in ("b.s000", "b.s001"):
         rows = table.filter(pa.array(shard == name))
-        with store.writer("detections", schemas.PREDICTIONS, f"v1/{name}") as writer:
+        with store.writer("detections", schemas.DETECTIONS, f"v1/{name}") as writer:
             writer.write_table(rows, row_group_size=4)
     wanted = pa.array([3, 4, 29, 30, 999], pa.int64())
     got = predictions_of(store, "v1", wanted, ["image_id", "detections"])

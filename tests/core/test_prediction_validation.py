@@ -18,7 +18,7 @@ def predictions(rows):
     return pa.Table.from_pylist(
         [{"image_id": i, "uri": f"file:///{i}.jpg", "width": 10, "height": 10, "model_name": "m",
           "model_version": 1, "shard": "b.s000", "detections": dets} for i, dets in rows],
-        schema=schemas.PREDICTIONS)
+        schema=schemas.DETECTIONS)
 
 
 def test_distributions() -> None:

@@ -30,7 +30,7 @@ from al_assets.core.queue import (
     queue_csv,
     select_queue,
 )
-from al_assets.core.schemas import CATEGORIES, IMAGE_SCORES, IMAGES, LABELING_QUEUE, PREDICTIONS
+from al_assets.core.schemas import CATEGORIES, IMAGE_SCORES, IMAGES, LABELING_QUEUE, DETECTIONS
 from al_assets.core.scoring.aggregation import aggregate_images
 from al_assets.core.scoring.box_scores import box_scores
 from al_assets.core.queue.exports import LOCAL_FILES_ROOT_ENV
@@ -58,7 +58,7 @@ def _predictions(detections: dict[int, list[dict]], uri: str = "file:///pool/{}.
          "model_name": "detector", "model_version": 3, "shard": "s0", "detections": dets}
         for i, dets in detections.items()
     ]
-    return pa.Table.from_pylist(rows, schema=PREDICTIONS)
+    return pa.Table.from_pylist(rows, schema=DETECTIONS)
 
 
 def _scores(predictions: pa.Table, uncertainty: dict[int, float | None]) -> pa.Table:

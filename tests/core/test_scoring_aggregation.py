@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from al_assets.core.schemas import IMAGE_SCORES, PREDICTIONS
+from al_assets.core.schemas import IMAGE_SCORES, DETECTIONS
 from al_assets.core.scoring.aggregation import MEASURES, aggregate_images
 from al_assets.core.scoring.box_scores import box_scores
 
@@ -184,7 +184,7 @@ def test_matches_a_per_image_reference(detections, agg: str, top_k: int, policy:
 
 
 def test_predictions_to_ranked_images() -> None:
-    """End to end: PREDICTIONS -> box_scores -> aggregate_images."""
+    """End to end: DETECTIONS -> box_scores -> aggregate_images."""
 
     def detection(dist: list[float]) -> dict:
         order = np.argsort(dist)[::-1][:2]
@@ -203,7 +203,7 @@ def test_predictions_to_ranked_images() -> None:
                 (13, [[0.98, 0.01, 0.01]]),
             ]
         ],
-        schema=PREDICTIONS,
+        schema=DETECTIONS,
     )
     scores = box_scores(predictions)
     by_margin = aggregate_images(scores, predictions, measure="margin", agg="max")

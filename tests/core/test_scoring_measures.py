@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from al_assets.core.schemas import BOX_SCORES, PREDICTIONS
+from al_assets.core.schemas import BOX_SCORES, DETECTIONS
 from al_assets.core.scoring import measures as m
 from al_assets.core.scoring.box_scores import box_scores
 
@@ -320,7 +320,7 @@ def _image(image_id: int, detections: list[dict], version: int = 1) -> dict:
 
 
 def _predictions(*images: dict) -> pa.Table:
-    return pa.Table.from_pylist(list(images), schema=PREDICTIONS)
+    return pa.Table.from_pylist(list(images), schema=DETECTIONS)
 
 
 def test_box_scores_flattens_detections_with_their_measures() -> None:

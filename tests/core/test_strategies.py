@@ -20,7 +20,7 @@ from al_assets.core.loop.selection import (
     select_from_store,
 )
 from al_assets.core.queue.diversity import farthest_first
-from al_assets.core.schemas import MODEL_EVALUATION, PREDICTIONS
+from al_assets.core.schemas import MODEL_EVALUATION, DETECTIONS
 from al_assets.core.scoring.aggregation import aggregate_images
 from al_assets.core.scoring.box_scores import box_scores
 
@@ -41,7 +41,7 @@ def _predictions(dets: dict[int, list[dict]], embeddings: dict[int, list[float]]
              "model_name": "m", "model_version": 1, "shard": "s", "detections": d,
              "embedding": None if embeddings is None else embeddings[i]}
             for i, d in dets.items()]
-    return pa.Table.from_pylist(rows, schema=PREDICTIONS)
+    return pa.Table.from_pylist(rows, schema=DETECTIONS)
 
 
 def _select(predictions: pa.Table, strategy: str, size: int, **kwargs) -> list[int]:

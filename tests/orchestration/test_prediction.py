@@ -39,7 +39,7 @@ def test_two_shards_by_two_versions(ingested: Pipeline, checkpoints) -> None:
         assert p.store.partitions("detections", under=version) == [f"{version}/{s}" for s in shards]
         for shard in shards:
             table = p.store.read("detections", f"{version}/{shard}")
-            assert table.schema.equals(schemas.PREDICTIONS)
+            assert table.schema.equals(schemas.DETECTIONS)
             expected = images.filter(pc.equal(images["shard"], shard))
             assert sorted(table["image_id"].to_pylist()) == sorted(expected["image_id"].to_pylist())
             assert set(table["model_version"].to_pylist()) == {int(version.rsplit("v", 1)[1])}
@@ -57,14 +57,14 @@ def test_two_shards_by_two_versions(ingested: Pipeline, checkpoints) -> None:
     before = {v: _files(p.store, "detections", v) for v in versions}
     rerun = run_job(p.defs, "predict_job", p.instance,
                     partition_key=prediction_key(versions[0], shards[0]),
-                    run_config={"ops": {"predictions": {"config": FAST}}})
+                    run_config={"ops": {"detections": {"config": FAST}}})
     checks = {e.check_name: e.passed for e in rerun.get_asset_check_evaluations()}
     assert checks == {"schema_matches": True, "distributions_sum_to_one": True,
                       "no_duplicate_detections": True, "every_image_accounted_for": True}
     described = {e.materialization.asset_key.to_user_string(): [
         c.description for c in e.materialization.metadata["dagster/column_schema"].schema.columns]
         for e in rerun.get_asset_materialization_events()}
-    assert len(described["detections"]) == len(schemas.PREDICTIONS) and all(
+    assert len(described["detections"]) == len(schemas.DETECTIONS) and all(
         all(described[key]) for key in ("detections", "prediction_errors"))  # UI column docs
     after = {v: _files(p.store, "detections", v) for v in versions}
     assert after[versions[1]] == before[versions[1]]

@@ -7,7 +7,7 @@ that module and tests/core/test_cocoeval.py) one batch of images at a time. COCO
 are the ones users compare with papers and model cards; COCOeval itself could not evaluate a
 COCO-sized pool (it holds Python objects per detection: 40k images were killed at 8.9 GB).
 
-* :func:`evaluate_predictions` scores a PREDICTIONS table, or an iterable of them (one shard
+* :func:`evaluate_predictions` scores a DETECTIONS table, or an iterable of them (one shard
   at a time: memory is the shard being matched plus ~64 bytes per detection), against the
   ground-truth tables, so a model version's accuracy on the labeled part of the pool costs no
   inference. Only images with both a prediction row and at least one annotation are
@@ -69,7 +69,7 @@ def evaluate_predictions(
     predictions: pa.Table | Iterable[pa.Table], annotations: pa.Table, images: pa.Table,
     categories: pa.Table,
 ) -> dict:
-    """COCO bbox metrics of ``predictions`` (PREDICTIONS) on ``annotations`` (ANNOTATIONS).
+    """COCO bbox metrics of ``predictions`` (DETECTIONS) on ``annotations`` (ANNOTATIONS).
 
     ``predictions`` may be one table or an iterable of tables (shards, read one at a time; an
     image must not appear twice). ``images`` (IMAGES) must have a row per evaluated image,
@@ -122,7 +122,7 @@ def evaluation_table(result: dict, categories: pa.Table, model_version: str) -> 
 
 
 def prediction_leaves(schema: pq.ParquetSchema) -> list[str]:
-    """Parquet leaf paths of what evaluation reads of PREDICTIONS: image_id and each
+    """Parquet leaf paths of what evaluation reads of DETECTIONS: image_id and each
     detection's box, score and label_id (not the distributions, top-k lists or embedding)."""
     paths = [schema.column(i).path for i in range(len(schema))]
     return [path for path in paths if path == "image_id" or (
@@ -295,7 +295,7 @@ def compare_predictions(
     categories: pa.Table, *, image_ids: Sequence[int] | None = None, n_boot: int = 200,
     seed: int = 0, confidence: float = 0.95,
 ) -> dict:
-    """COCO mAP of two model versions (PREDICTIONS) on the same held-out images, with a paired
+    """COCO mAP of two model versions (DETECTIONS) on the same held-out images, with a paired
     bootstrap over images, for a promotion gate.
 
     ``image_ids`` are the held-out labeled images; default: the annotated images that every

@@ -33,7 +33,7 @@ def class_frequency(
 ) -> pa.Table:
     """Per category: predicted and ground-truth counts, shares and imbalance ratios.
 
-    Takes PREDICTIONS (one row per image) or BOX_SCORES (one row per detection): both give the
+    Takes DETECTIONS (one row per image) or BOX_SCORES (one row per detection): both give the
     same counts. Detections count when ``score >= score_thresh``; annotations count when not
     crowd. ``annotations=None`` leaves the ground-truth columns null. Returns CLASS_FREQUENCY,
     one row per category, sorted by predicted count desc, ground-truth count desc, id.
@@ -106,7 +106,7 @@ def _predicted_labels(table: pa.Table, score_thresh: float) -> pa.ChunkedArray |
         labels, scores = table["label_id"], table["score"]
     else:
         raise ValueError(
-            "class_frequency needs a PREDICTIONS table (a 'detections' column) or a BOX_SCORES "
+            "class_frequency needs a DETECTIONS table (a 'detections' column) or a BOX_SCORES "
             f"table ('label_id' and 'score' columns); got columns {table.column_names}"
         )
     return pc.filter(labels, pc.greater_equal(scores, score_thresh))

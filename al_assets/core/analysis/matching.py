@@ -71,7 +71,7 @@ def match_detections(
     score_thresh: float = 0.0,
     max_pairs_per_chunk: int = 250_000,
 ) -> pa.Table:
-    """Match the detections of ``predictions`` (PREDICTIONS) to ``annotations`` (ANNOTATIONS).
+    """Match the detections of ``predictions`` (DETECTIONS) to ``annotations`` (ANNOTATIONS).
 
     Only the predicted images are considered: their annotations are the ground truth, an image
     without annotations has no objects (restrict ``predictions`` to labeled images first when
@@ -102,8 +102,8 @@ def match_detections(
 
 
 def unique_image_ids(predictions: pa.Table) -> np.ndarray:
-    """image_id of each PREDICTIONS row; an image twice (two model versions?) is an error."""
-    require_columns(predictions, ("image_id", "detections"), "predictions", "PREDICTIONS")
+    """image_id of each DETECTIONS row; an image twice (two model versions?) is an error."""
+    require_columns(predictions, ("image_id", "detections"), "predictions", "DETECTIONS")
     ids = predictions["image_id"].to_numpy()
     values, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
@@ -128,7 +128,7 @@ def _flat_detections(
     if lists.null_count:
         first = pc.filter(predictions["image_id"], pc.is_null(predictions["detections"]))[0]
         raise ValueError(
-            f"image_id {first} has a null detections list; PREDICTIONS needs [] instead"
+            f"image_id {first} has a null detections list; DETECTIONS needs [] instead"
         )
     image = pc.list_parent_indices(lists).to_numpy()
     offsets = lists.offsets.to_numpy()

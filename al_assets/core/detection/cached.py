@@ -204,7 +204,7 @@ def predict_cached(
     extractor: ClassScoreExtractor, images: pa.Table, cache: FeatureCache, *, model_name: str,
     model_version: int, shard: str, batch_size: int = 32,
 ) -> pa.Table:
-    """PREDICTIONS of ``images`` (IMAGES rows) from cached features: the head and the extractor's
+    """DETECTIONS of ``images`` (IMAGES rows) from cached features: the head and the extractor's
     own post-processing, exactly as ``predict_shard`` would write them for this model."""
     cache.check(extractor.model)
     batches = []
@@ -216,4 +216,4 @@ def predict_cached(
         outputs = extractor.from_features(features, [sizes[r] for r in rows])
         batches.append(predictions_batch(images, rows, outputs, model_name=model_name,
                                          model_version=model_version, shard=shard))
-    return pa.Table.from_batches(batches, schemas.PREDICTIONS)
+    return pa.Table.from_batches(batches, schemas.DETECTIONS)

@@ -23,10 +23,10 @@ def predict_images(
     extractor: ClassScoreExtractor, images: pa.Table, ref: ShardRef, device: torch.device,
     *, batch_size: int = 8, s3: S3Settings | None = None,
 ) -> tuple[pa.Table, list[dict]]:
-    """(PREDICTIONS of ``images``, error rows): the production runner into memory."""
+    """(DETECTIONS of ``images``, error rows): the production runner into memory."""
     extractor = extractor.to(device).eval()
     sink = pa.BufferOutputStream()
-    with pq.ParquetWriter(sink, schemas.PREDICTIONS) as writer:
+    with pq.ParquetWriter(sink, schemas.DETECTIONS) as writer:
         stats = predict_shard(
             images.select(["image_id", "uri", "width", "height"]), extractor, writer, ref,
             device=device, options=PredictOptions(batch_size, default_workers(None, device)),

@@ -130,7 +130,7 @@ def rank_images(
     predictions: pa.Table, settings: ScoringSettings = ScoringSettings(),
     measures: Iterable[str] = MEASURES,
 ) -> tuple[pa.Table, pa.Table]:
-    """(BOX_SCORES of every box, IMAGE_SCORES ranked per measure) of PREDICTIONS rows."""
+    """(BOX_SCORES of every box, IMAGE_SCORES ranked per measure) of DETECTIONS rows."""
     boxes = box_scores(predictions)
     images = predictions.select(["image_id", "uri"])
     kept = confident(boxes, settings.min_score)
@@ -154,7 +154,7 @@ def select_batch(
 ) -> pa.Table:
     """The next labeling batch (LABELING_QUEUE) from pool rankings (IMAGE_SCORES).
 
-    ``predictions_of(image_ids)`` returns those images' PREDICTIONS with detections under the
+    ``predictions_of(image_ids)`` returns those images' DETECTIONS with detections under the
     noise floor removed (the ones the scores were computed from); ``excluded`` are ids never to
     offer (held-out images, and labeled ones when ``exclude_labeled``); ``hashes_of(candidates)``
     gives image_id -> dHash for de-duplication; ``class_weights`` (``class_weights()``) are used
@@ -190,7 +190,7 @@ class QueueSelection:
     """What the labeling queue asset writes and reports."""
 
     queue: pa.Table  # LABELING_QUEUE rows
-    predictions: pa.Table  # the queue's PREDICTIONS rows over the noise floor (for the exports)
+    predictions: pa.Table  # the queue's DETECTIONS rows over the noise floor (for the exports)
     eligible: int  # ranked, non-excluded images: the most the queue could hold
 
 
@@ -205,7 +205,7 @@ def select_from_store(
     class_weights: Mapping[int, float] | None = None,
 ) -> QueueSelection:
     """``select_batch`` over stored predictions: ``read_predictions(image_ids)`` returns the
-    stored PREDICTIONS rows of those images; they are read once (only the candidates') and the
+    stored DETECTIONS rows of those images; they are read once (only the candidates') and the
     noise floor applied as shard scoring applied it, so the exports use the same boxes."""
     read: dict[str, pa.Table] = {}
 

@@ -1,4 +1,4 @@
-"""Detector outputs -> the PREDICTIONS table, column-wise (no Python loop over boxes)."""
+"""Detector outputs -> the DETECTIONS table, column-wise (no Python loop over boxes)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def predictions_batch(
     model_version: int,
     shard: str,
 ) -> pa.RecordBatch:
-    """One PREDICTIONS record batch for the image rows ``rows`` and their outputs."""
+    """One DETECTIONS record batch for the image rows ``rows`` and their outputs."""
     picked = images.take(pa.array(rows, type=pa.int64()))
     n = len(rows)
     return pa.RecordBatch.from_arrays(
@@ -85,12 +85,12 @@ def predictions_batch(
             detections_array(outputs),
             embeddings_array(outputs),
         ],
-        schema=schemas.PREDICTIONS,
+        schema=schemas.DETECTIONS,
     )
 
 
 def confident_detections(predictions: pa.Table, min_score: float) -> pa.Table:
-    """PREDICTIONS with each image's detections below ``min_score`` removed (rows all kept).
+    """DETECTIONS with each image's detections below ``min_score`` removed (rows all kept).
 
     Column-wise: the flattened detections are filtered once and the lists rebuilt from the
     surviving counts per image, so the cost does not depend on Python loops over boxes.

@@ -74,7 +74,7 @@ def predict_shard(
     dataset: ShardImages | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ShardStats:
-    """Run ``detect`` over every image row of ``images`` and write PREDICTIONS row groups;
+    """Run ``detect`` over every image row of ``images`` and write DETECTIONS row groups;
     ``progress(done, total)`` after every batch (a shard can take minutes)."""
     stats = ShardStats()
     loader = make_loader(
@@ -101,11 +101,11 @@ def predict_shard(
         if progress is not None:
             progress(stats.images + len(stats.error_rows), images.num_rows)
         if sum(b.num_rows for b in pending) >= options.rows_per_group:
-            writer.write_table(pa.Table.from_batches(pending, schemas.PREDICTIONS),
+            writer.write_table(pa.Table.from_batches(pending, schemas.DETECTIONS),
                                row_group_size=options.row_group_images)
             pending = []
     if pending:
-        writer.write_table(pa.Table.from_batches(pending, schemas.PREDICTIONS),
+        writer.write_table(pa.Table.from_batches(pending, schemas.DETECTIONS),
                            row_group_size=options.row_group_images)
     stats.seconds = time.perf_counter() - start
     stats.errors = len(stats.error_rows)

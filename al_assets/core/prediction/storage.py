@@ -30,7 +30,7 @@ from al_assets.core.storage import TableStore
 
 @dataclass(frozen=True)
 class StoragePolicy:
-    """Which detections, and how much of each, a PREDICTIONS row keeps."""
+    """Which detections, and how much of each, a DETECTIONS row keeps."""
 
     min_score: float = STORE_MIN_SCORE  # boxes below are not stored; 0 keeps all
     max_detections: int | None = STORE_MAX_DETECTIONS  # per image, best first; None: no cap
@@ -49,7 +49,7 @@ KEEP_ALL = StoragePolicy(min_score=0.0, max_detections=None, top_k=None, distrib
 
 
 def apply_policy(batch: pa.RecordBatch, policy: StoragePolicy) -> pa.RecordBatch:
-    """A PREDICTIONS batch with ``policy`` applied to its ``detections`` (every row kept)."""
+    """A DETECTIONS batch with ``policy`` applied to its ``detections`` (every row kept)."""
     if policy == KEEP_ALL or batch.num_rows == 0:
         return batch
     index = batch.schema.get_field_index("detections")
@@ -113,7 +113,7 @@ def _ranges(lengths: np.ndarray) -> np.ndarray:
 
 def predictions_of(store: TableStore, model_version: str, image_ids: pa.Array,
                    columns: Sequence[str] | None = None) -> pa.Table:
-    """The PREDICTIONS rows of ``image_ids`` under ``model_version``, reading only their rows.
+    """The DETECTIONS rows of ``image_ids`` under ``model_version``, reading only their rows.
 
     Ids are spread over every shard by the hash, so one id predicate over all shards would
     match every row group's id range; the images table says which shard holds each id, and
@@ -132,6 +132,6 @@ def predictions_of(store: TableStore, model_version: str, image_ids: pa.Array,
             parts.append(store.read("detections", partition, columns,
                                     where=pc.field("image_id").isin(ids.combine_chunks())))
     if not parts:
-        empty = schemas.PREDICTIONS.empty_table()
+        empty = schemas.DETECTIONS.empty_table()
         return empty.select(list(columns)) if columns else empty
     return pa.concat_tables(parts)

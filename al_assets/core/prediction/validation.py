@@ -18,7 +18,7 @@ class CheckOutcome:
     metadata: dict
 
 
-def schema_matches(table: pa.Table, expected: pa.Schema = schemas.PREDICTIONS) -> CheckOutcome:
+def schema_matches(table: pa.Table, expected: pa.Schema = schemas.DETECTIONS) -> CheckOutcome:
     ok = table.schema.equals(expected)
     diff = [] if ok else sorted(set(map(str, expected)) ^ set(map(str, table.schema)))
     return CheckOutcome(ok, "written file has the documented schema" if ok else

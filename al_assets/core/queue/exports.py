@@ -304,9 +304,9 @@ def category_names(categories: pa.Table) -> dict[int, str]:
 
 
 def detections_by_image(predictions: pa.Table, image_ids: Iterable[int]) -> dict[int, dict]:
-    """image_id -> its PREDICTIONS row (width, height, detections) for just these images."""
+    """image_id -> its DETECTIONS row (width, height, detections) for just these images."""
     require_columns(predictions, ("image_id", "width", "height", "detections"), "predictions",
-             "PREDICTIONS")
+             "DETECTIONS")
     wanted = list(image_ids)
     ids = predictions.column("image_id").to_numpy().astype(np.int64)
     rows = np.flatnonzero(np.isin(ids, np.array(wanted, dtype=np.int64)))

@@ -1,4 +1,4 @@
-"""IMAGE_SCORES + PREDICTIONS -> LABELING_QUEUE: which images to label next, in order.
+"""IMAGE_SCORES + DETECTIONS -> LABELING_QUEUE: which images to label next, in order.
 
 The most uncertain images alone make a poor batch: they tend to be one confusing class, images
 already labeled, or bursts of near-identical frames. So the queue is picked greedily in rank
@@ -57,7 +57,7 @@ def select_queue(
 ) -> pa.Table:
     """Pick up to ``size`` images to label, most uncertain first (LABELING_QUEUE rows).
 
-    ``image_scores`` is one IMAGE_SCORES ranking; ``predictions`` the PREDICTIONS of the same
+    ``image_scores`` is one IMAGE_SCORES ranking; ``predictions`` the DETECTIONS of the same
     model version (for the labels of each image). ``exclude_image_ids`` are images already
     labeled. ``duplicates`` maps image_id -> near-duplicate cluster id (``duplicate_clusters``);
     a cluster contributes only its most uncertain member, and none at all when one of its
@@ -92,7 +92,7 @@ def _check_arguments(
     if max_per_class is not None and max_per_class < 1:
         raise ValueError(f"max_per_class must be >= 1 or None (no cap), got {max_per_class}")
     require_columns(image_scores, SCORE_COLUMNS, "image_scores", "IMAGE_SCORES")
-    require_columns(predictions, PREDICTION_COLUMNS, "predictions", "PREDICTIONS")
+    require_columns(predictions, PREDICTION_COLUMNS, "predictions", "DETECTIONS")
     for name in ("measure", "agg"):
         if len(pc.unique(image_scores.column(name))) > 1:
             raise ValueError(

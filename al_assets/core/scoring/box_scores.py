@@ -1,4 +1,4 @@
-"""PREDICTIONS (one row per image) -> BOX_SCORES (one row per detection, with its measures).
+"""DETECTIONS (one row per image) -> BOX_SCORES (one row per detection, with its measures).
 
 The nested ``detections`` lists are flattened with Arrow kernels and the class probabilities
 viewed as 2-D numpy arrays without copying (a zero-padded copy only when list lengths differ),
@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from al_assets.core.schemas import BOX_SCORES, PREDICTIONS
+from al_assets.core.schemas import BOX_SCORES, DETECTIONS
 from al_assets.core.scoring.measures import BoxMeasures, InvalidProbabilitiesError, box_measures
 
 _MEASURE_COLUMNS = (
@@ -33,7 +33,7 @@ Where = Callable[[int], str]  # detection row -> "image_id .. (uri ..), detectio
 def box_scores(
     predictions: pa.Table, *, num_classes: int | None = None, workers: int | None = None
 ) -> pa.Table:
-    """Score every detection of ``predictions`` (PREDICTIONS schema) into a BOX_SCORES table.
+    """Score every detection of ``predictions`` (DETECTIONS schema) into a BOX_SCORES table.
 
     ``num_classes`` is the number of foreground classes of the model; by default it is the
     length of the ``distribution`` lists, and it is required when only top-k ``scores`` exist.
@@ -48,15 +48,15 @@ def box_scores(
 
 def _check_schema(schema: pa.Schema) -> None:
     for name in (*_PASSED_THROUGH, "detections"):
-        expected = PREDICTIONS.field(name).type
+        expected = DETECTIONS.field(name).type
         if name not in schema.names:
             raise ValueError(
-                f"predictions table has no column {name!r} (PREDICTIONS schema expected)"
+                f"predictions table has no column {name!r} (DETECTIONS schema expected)"
             )
         if not schema.field(name).type.equals(expected):
             raise ValueError(
                 f"predictions column {name!r} is {schema.field(name).type}, expected {expected} "
-                "(al_assets.core.schemas.PREDICTIONS)"
+                "(al_assets.core.schemas.DETECTIONS)"
             )
 
 
@@ -75,7 +75,7 @@ def _score_batch(batch: pa.RecordBatch, n: int | None, workers: int | None) -> p
     if detections.null_count:
         first = pc.filter(batch.column("image_id"), detections.is_null())[0]
         raise ValueError(
-            f"image_id {first} has a null detections list; PREDICTIONS needs [] instead"
+            f"image_id {first} has a null detections list; DETECTIONS needs [] instead"
         )
     parents = pc.list_parent_indices(detections).to_numpy()
     offsets = detections.offsets.to_numpy()
@@ -109,7 +109,7 @@ def _check_top_k_lists(flat: pa.StructArray, where: Where) -> None:
         row = int(np.flatnonzero(bad)[0])
         raise ValueError(
             f"{where(row)}: scores has {k[row]} entries and label_ids {k_labels[row]}; both must "
-            "be non-empty lists of the same length (PREDICTIONS schema)"
+            "be non-empty lists of the same length (DETECTIONS schema)"
         )
 
 

@@ -333,7 +333,7 @@ def queue_from_predictions(
     excluded: list[int] | set[int], hashes: Mapping[int, int],
     class_weights: Mapping[int, float] | None = None,
 ) -> pa.Table:
-    """The production selection over in-memory PREDICTIONS: rank_images + select_batch.
+    """The production selection over in-memory DETECTIONS: rank_images + select_batch.
 
     ``predictions`` already have detections under ``scoring.min_score`` removed, as the queue
     asset's do; the rankings are those ``shard_scores`` + ``image_rankings`` would write.
@@ -412,7 +412,7 @@ def _train_head_round(run: _Seed, images: pa.Table, annotations: pa.Table, init:
 
 
 def _heldout_predictions(run: _Seed, checkpoint: Path) -> pa.Table:
-    """The held-out PREDICTIONS of a checkpoint, computed once (a champion is compared often)."""
+    """The held-out DETECTIONS of a checkpoint, computed once (a champion is compared often)."""
     if checkpoint not in run.heldout_predictions:
         run.heldout_predictions[checkpoint] = _predict(run, checkpoint, run.pool.heldout.images)
     return run.heldout_predictions[checkpoint]

@@ -191,7 +191,7 @@ def _heldout_shards(store: TableStore, version: str, heldout: pa.Array, seen: _S
 
 
 def _evaluation_columns(store: TableStore, table: str, partition: str) -> pa.Table:
-    """image_id and each detection's box, score and label_id of one PREDICTIONS partition.
+    """image_id and each detection's box, score and label_id of one DETECTIONS partition.
 
     Nested columns are chosen by Parquet leaf path (TableStore.read's column names cannot
     select inside a list): the distributions, top-k lists and embeddings, most of a

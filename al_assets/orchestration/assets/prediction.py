@@ -103,7 +103,7 @@ def storage_partition(context: dg.AssetExecutionContext) -> str:
     check_specs=[
         dg.AssetCheckSpec(name, asset="detections", blocking=True, description=doc)
         for name, doc in (
-            ("schema_matches", "The written Parquet file has the documented PREDICTIONS schema."),
+            ("schema_matches", "The written Parquet file has the documented DETECTIONS schema."),
             ("distributions_sum_to_one", "Every stored class distribution sums to 1."),
             ("no_duplicate_detections", "No image twice; no box+label twice in one image."),
             ("every_image_accounted_for", "Every shard image has a prediction or an error row."),
@@ -113,7 +113,7 @@ def storage_partition(context: dg.AssetExecutionContext) -> str:
     pool=GPU_POOL,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
 )
-def predictions(
+def detections(
     context: dg.AssetExecutionContext,
     config: PredictionConfig,
     storage: StorageResource,
@@ -137,7 +137,7 @@ def predictions(
         extractor.to(dev)
         options = PredictOptions(config.batch_size, default_workers(config.num_workers, dev),
                                  config.mixed_precision, storage=config.storage_policy())
-        with store.writer("detections", schemas.PREDICTIONS, partition) as writer:
+        with store.writer("detections", schemas.DETECTIONS, partition) as writer:
             stats = predict_shard(
                 images, extractor, writer, ShardRef(model_name, version, shard), device=dev,
                 options=options, dataset=ShardImages(images, coco_source.s3.settings()),
@@ -151,7 +151,7 @@ def predictions(
         asset_key="detections",
         metadata={
             "dagster/row_count": stats.images,
-            "dagster/column_schema": column_schema(schemas.PREDICTIONS),  # streamed: no table
+            "dagster/column_schema": column_schema(schemas.DETECTIONS),  # streamed: no table
             "dagster/uri": store.uri("detections", partition),
             "images": stats.images,
             "detections": stats.detections,

@@ -167,7 +167,7 @@ PREDICTION_COLUMNS = ["image_id", "uri", "width", "height", "model_name", "model
 
 def _predictions_of(store: TableStore, key: str, image_ids: pa.Array, *,
                     embeddings: bool) -> pa.Table:
-    """The candidates' PREDICTIONS rows only, their columns only (embeddings: for diversity
+    """The candidates' DETECTIONS rows only, their columns only (embeddings: for diversity
     alone, they are most of a row's bytes)."""
     columns = PREDICTION_COLUMNS + (["embedding"] if embeddings else [])
     return predictions_of(store, key, image_ids, columns)
