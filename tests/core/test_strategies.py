@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from al_assets.core.loop.selection import (
@@ -15,6 +16,7 @@ from al_assets.core.loop.selection import (
     class_ap_of,
     class_weights,
     labeled_box_counts,
+    pool_ranking,
     rank_images,
     select_batch,
     select_from_store,
@@ -204,3 +206,27 @@ def test_class_ap_of_one_version_skips_the_overall_row() -> None:
     evaluation = pa.Table.from_pylist(rows, schema=MODEL_EVALUATION)
     assert class_ap_of(evaluation, "v1") == {1: 0.7, 2: None}
     assert class_ap_of(evaluation, "v9") == {}
+
+
+@pytest.mark.parametrize("placement", ["highest", "lowest"])
+def test_the_pool_ranking_places_empty_images_as_the_shards_were_scored(placement) -> None:
+    shard_a = _predictions({1: [_det(1, 0.4)], 2: []})
+    shard_b = _predictions({3: [_det(2, 0.5)], 4: [_det(3, 0.9)]})
+    settings = ScoringSettings(empty_images=placement)
+    shards = [rank_images(shard, settings)[1] for shard in (shard_a, shard_b)]
+    ranked = pool_ranking(shards)  # not told: read from shard a's order
+    order = ranked.filter(pc.equal(ranked["measure"], "entropy"))["image_id"].to_pylist()
+    assert order == ([2, 1, 3, 4] if placement == "highest" else [1, 3, 4, 2])
+    other = "lowest" if placement == "highest" else "highest"
+    forced = pool_ranking(shards, empty_images=other)  # an explicit setting still wins
+    assert forced.filter(pc.equal(forced["measure"], "entropy"))["image_id"].to_pylist() \
+        == ([1, 3, 4, 2] if other == "lowest" else [2, 1, 3, 4])
+
+
+def test_shards_scored_under_different_empty_image_settings_are_refused() -> None:
+    shard = _predictions({1: [_det(1, 0.4)], 2: []})
+    other = _predictions({3: [_det(1, 0.4)], 4: []})
+    shards = [rank_images(shard, ScoringSettings(empty_images="highest"))[1],
+              rank_images(other, ScoringSettings(empty_images="lowest"))[1]]
+    with pytest.raises(ValueError, match="different empty_images settings"):
+        pool_ranking(shards)

@@ -333,10 +333,34 @@ def _candidate_window(ranking: pa.Table, blocked: set[int], wanted: int) -> pa.T
     return ranking.slice(0, end)
 
 
-def pool_ranking(shard_rankings: Iterable[pa.Table], empty_images: str = "lowest") -> pa.Table:
-    """Shard rankings merged and re-ranked per measure (exact: an image lives in one shard)."""
-    merged = pa.concat_tables(list(shard_rankings))
+def pool_ranking(shard_rankings: Iterable[pa.Table], empty_images: str | None = None) -> pa.Table:
+    """Shard rankings merged and re-ranked per measure (exact: an image lives in one shard).
+
+    ``empty_images`` None: the policy the shards were scored with (``written_placement``), so
+    that the pool-wide ranking never contradicts the shard scoring's setting."""
+    shards = list(shard_rankings)
+    placement = empty_images or written_placement(shards) or ScoringSettings.empty_images
+    merged = pa.concat_tables(shards)
     return pa.concat_tables([
-        rerank(merged.filter(pc.equal(merged["measure"], m)), empty_images=empty_images)
+        rerank(merged.filter(pc.equal(merged["measure"], m)), empty_images=placement)
         for m in MEASURES
     ])
+
+
+def written_placement(shard_rankings: Iterable[pa.Table]) -> str | None:
+    """The ``empty_images`` policy shard rankings (IMAGE_SCORES) were written with, read from
+    their order: ``highest`` puts images without detections first, ``lowest`` last. None when
+    no shard holds both kinds (``exclude`` writes none). Shards that disagree (scored under
+    different settings) are an error: ranking them together would be neither policy."""
+    seen: set[str] = set()
+    for shard in shard_rankings:
+        if shard.num_rows == 0:
+            continue
+        first = shard.filter(pc.equal(shard["measure"], shard["measure"][0]))
+        empty = first.sort_by("rank")["n_detections"].to_numpy() == 0
+        if empty.any() and not empty.all():
+            seen.add("highest" if empty[0] else "lowest")
+    if len(seen) > 1:
+        raise ValueError("shard rankings were scored with different empty_images settings "
+                         "(highest and lowest): re-materialize shard_scores with one setting")
+    return seen.pop() if seen else None

@@ -144,7 +144,9 @@ entropy = _detection_view(
 
 
 class RankingConfig(ChampionConfig):
-    empty_images: str = "lowest"
+    empty_images: str | None = None
+    """Where images without detections rank; default: as shard_scores wrote them (its
+    empty_images setting, read from the shard rankings), so the two cannot disagree."""
 
 
 @dg.asset(
