@@ -20,6 +20,26 @@ from al_assets.orchestration.resources import (
 from al_assets.orchestration.runs import discover_batches, ingest
 
 
+FAST = {"score_thresh": 0.05, "detections_per_img": 20, "num_workers": 1, "batch_size": 4}
+"""detections config for tests: few boxes per image, one decode worker, small batches."""
+
+
+def tick(sensor, instance, cursor, **resources):
+    """One evaluation, as the daemon runs it (run keys and partitions validated)."""
+    from dagster._core.definitions.partitions.context import partition_loading_context
+
+    from al_assets.orchestration.definitions import defs
+
+    with dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), cursor=cursor,
+                                 resources=resources,
+                                 repository_def=defs.get_repository_def()) as context, \
+            partition_loading_context(dynamic_partitions_store=instance):
+        result = sensor.evaluate_tick(context)
+    for request in result.dynamic_partitions_requests or []:  # what the daemon then does
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("checkpoints")

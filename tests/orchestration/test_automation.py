@@ -24,8 +24,7 @@ from al_assets.orchestration.runs import (
     refresh_views,
     register,
 )
-from tests.orchestration.conftest import Pipeline, make_pipeline
-from tests.orchestration.test_prediction import FAST
+from tests.orchestration.conftest import FAST, Pipeline, make_pipeline
 
 VIEWS = set(VIEW_KEYS) - {dg.AssetKey("splits")}  # splits reads no predictions: it may go first
 

@@ -21,8 +21,7 @@ import pytest
 from al_assets.core.demo.generator import add_demo_batch
 from al_assets.orchestration.jobs import VIEW_KEYS
 from al_assets.orchestration.runs import discover_batches, ingest, predict, refresh_views, register
-from tests.orchestration.conftest import make_pipeline
-from tests.orchestration.test_prediction import FAST
+from tests.orchestration.conftest import FAST, make_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 POOL_VIEWS = set(VIEW_KEYS) - {dg.AssetKey("splits")}  # splits reads no predictions

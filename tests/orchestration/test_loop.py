@@ -42,9 +42,7 @@ from al_assets.orchestration.sensors import (
     new_labels_sensor,
     new_model_version_sensor,
 )
-from tests.orchestration.conftest import Pipeline, make_pipeline
-from tests.orchestration.test_prediction import FAST
-from tests.orchestration.test_sensors import tick
+from tests.orchestration.conftest import FAST, Pipeline, make_pipeline, tick
 
 GATE = {"min_heldout_images": 1, "n_boot": 50}  # the test pool holds a handful of held-out images
 CHAMPION = "al-class-scores"

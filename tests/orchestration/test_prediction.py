@@ -17,10 +17,7 @@ import pytest
 from al_assets.core import schemas
 from al_assets.orchestration.partitions import prediction_key
 from al_assets.orchestration.runs import predict, register, run_job
-from tests.orchestration.conftest import Pipeline, make_pipeline
-
-FAST = {"score_thresh": 0.05, "detections_per_img": 20, "num_workers": 1, "batch_size": 4}
-
+from tests.orchestration.conftest import FAST, Pipeline, make_pipeline
 
 def _files(store, table: str, under: str) -> dict[str, bytes]:
     root = Path(store.uri(table, f"{under}/x")[len("file://"):]).parent

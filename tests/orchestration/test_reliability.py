@@ -17,8 +17,7 @@ from al_assets.orchestration.resources import MlflowResource, S3Config, StorageR
 from al_assets.core.errors import AlAssetsError
 from al_assets.orchestration.runs import RunFailedError, discover_batches, ingest, predict, register
 from tests.conftest import free_port, wait_for_port
-from tests.orchestration.conftest import make_pipeline
-from tests.orchestration.test_prediction import FAST
+from tests.orchestration.conftest import FAST, make_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,24 +16,7 @@ from al_assets.orchestration.sensors import (
     new_shards_sensor,
 )
 from tests.conftest import free_port
-from tests.orchestration.conftest import make_pipeline
-from tests.orchestration.test_prediction import FAST
-
-
-def tick(sensor, instance, cursor, **resources):
-    """One evaluation, as the daemon runs it (run keys and partitions validated)."""
-    from dagster._core.definitions.partitions.context import partition_loading_context
-
-    from al_assets.orchestration.definitions import defs
-
-    with dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), cursor=cursor,
-                                 resources=resources,
-                                 repository_def=defs.get_repository_def()) as context, \
-            partition_loading_context(dynamic_partitions_store=instance):
-        result = sensor.evaluate_tick(context)
-    for request in result.dynamic_partitions_requests or []:  # what the daemon then does
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    return result
+from tests.orchestration.conftest import FAST, make_pipeline, tick
 
 
 def test_new_data_sensor_requests_only_new_batches(instance, demo_copy, tmp_path) -> None:

@@ -13,8 +13,7 @@ from pycocotools.coco import COCO
 from al_assets.core import schemas
 from al_assets.core.scoring.views import DEFAULT_MIN_SCORE
 from al_assets.orchestration.runs import predict, register, run_job
-from tests.orchestration.conftest import Pipeline
-from tests.orchestration.test_prediction import FAST
+from tests.orchestration.conftest import FAST, Pipeline
 
 
 def _local(uri: str) -> Path:
