@@ -105,6 +105,7 @@ def new_shards_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowResourc
     if not records:
         return dg.SkipReason("no batch ingested since the last tick")
     ingested = {r.partition_key: r.storage_id for r in records}  # latest ingestion per batch
+    versions = {r.partition_key: _data_version(r) for r in records}
     cursor = str(records[-1].storage_id)
     version = _alias_version(mlflow)
     if version is None:  # the first champion's promotion predicts the whole pool
@@ -114,9 +115,16 @@ def new_shards_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowResourc
     shards = [s for s in context.instance.get_dynamic_partitions(SHARD)
               if batch_of_shard(s) in ingested]
     requests = [run_request(predict_job, partition_key=prediction_key(key, shard),
-                            run_key=f"predict:{key}:{shard}:{ingested[batch_of_shard(shard)]}")
+                            run_key=f"predict:{key}:{shard}:{versions[batch_of_shard(shard)]}")
                 for shard in _stale(context.instance, key, shards, ingested)]
     return dg.SensorResult(run_requests=requests, cursor=cursor)
+
+
+def _data_version(record) -> str:
+    """The batch's ``images`` data version (its content fingerprint): a run key per version, so
+    a forced re-ingestion of identical inputs is not predicted again (the key was used)."""
+    tags = record.asset_materialization.tags or {}
+    return tags.get("dagster/data_version") or str(record.storage_id)
 
 
 @dg.sensor(

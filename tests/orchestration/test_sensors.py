@@ -138,10 +138,15 @@ def test_new_shards_sensor_predicts_an_ingested_batch_with_the_champion(
     data = tick(new_shards_sensor, instance, first.cursor, mlflow=p.mlflow)
     assert [r.partition_key for r in data.run_requests] == ["al-class-scores-v1|batch-002.s000"]
     assert not tick(new_shards_sensor, instance, data.cursor, mlflow=p.mlflow).run_requests
+    # a forced re-ingestion of the same file: a new event, the same data version, so the same
+    # run key, which the daemon does not launch twice
+    ingest(p.defs, instance, ["batch-002"], {"verify_images": "exists", "force": True})
+    forced = tick(new_shards_sensor, instance, data.cursor, mlflow=p.mlflow)
+    assert [r.run_key for r in forced.run_requests] == [r.run_key for r in data.run_requests]
 
     add_demo_batch(demo_copy, 6)  # two batches land between two ticks: both are predicted
     add_demo_batch(demo_copy, 6)
     ingest(p.defs, instance, discover_batches(p.source, instance), {"verify_images": "exists"})
-    both = tick(new_shards_sensor, instance, data.cursor, mlflow=p.mlflow)
+    both = tick(new_shards_sensor, instance, forced.cursor, mlflow=p.mlflow)
     assert sorted(r.partition_key for r in both.run_requests) == [
         "al-class-scores-v1|batch-003.s000", "al-class-scores-v1|batch-004.s000"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from al_assets.core.coco.parse import Ids, drop_images, parse_coco
 from al_assets.core.coco.reader import (
@@ -19,7 +19,7 @@ from al_assets.core.coco.verify import VerifyMode, image_problems
 from al_assets.core.errors import CocoFormatError
 from al_assets.core.images import DEFAULT_MAX_PIXELS
 from al_assets.core.sharding import DEFAULT_SHARD_SIZE
-from al_assets.core.storage.objects import ObjectInfo, ObjectStore
+from al_assets.core.storage.objects import ObjectInfo, ObjectStore, is_s3, local_path
 
 INGEST_VERSION = "2"
 """Bump when the same file and options would give different tables (a new rule, a new column):
@@ -75,8 +75,9 @@ def ingest_batch(
 
 
 def batch_fingerprint(file: ObjectInfo, options: IngestOptions) -> str:
-    """What an ingestion's result depends on: the file's version (S3 ETag, or local mtime and
-    size), the options that change the tables, and the ingestion code's version.
+    """What an ingestion's result depends on: the file's version (``annotation_file_info``: S3
+    ETag or a local content hash), the options that change the tables, and the ingestion
+    code's version.
 
     It is the ``images`` data version: an unchanged batch ingested again has the same one, so
     nothing is rewritten and nothing downstream (predictions, views) recomputes.
@@ -87,11 +88,20 @@ def batch_fingerprint(file: ObjectInfo, options: IngestOptions) -> str:
 
 
 def annotation_file_info(uri: str, objects: ObjectStore) -> ObjectInfo:
-    """The file's version (for ``batch_fingerprint``), without reading it."""
+    """The file's version (for ``batch_fingerprint``): on S3 its ETag (a hash of the content,
+    no read); locally a SHA-256 of its bytes, because an mtime changes when an identical file
+    is touched or copied again, and that must not re-ingest and re-predict (~1 s per GB)."""
     try:
-        return objects.info(uri)
+        info = objects.info(uri)
     except FileNotFoundError:
         raise missing_file(uri, _MISSING_HINT) from None
+    if is_s3(uri):
+        return info
+    digest = hashlib.sha256()
+    with open(local_path(uri), "rb") as handle:
+        while chunk := handle.read(8 * 1024 * 1024):
+            digest.update(chunk)
+    return replace(info, etag=f"sha256:{digest.hexdigest()}")
 
 
 _MISSING_HINT = "check the source root (bucket) and its annotations folder"
