@@ -370,11 +370,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     try:
         return args.func(args)
     except AlAssetsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _quiet_libraries() -> None:
+    """MLflow's INFO lines (its store's schema migration on first use) are not the user's
+    business at the CLI; AL_ASSETS_LOG_LEVEL=DEBUG shows them again."""
+    import logging
+
+    from al_assets.core.defaults import console_log_level
+
+    if console_log_level() != "DEBUG":
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,17 @@ DEFAULT_ARCH = "ssdlite320_mobilenet_v3_large"
 """The torchvision detector trained and registered when none is named: the demo detector's,
 pretrained presets' and simulation's architecture (320 px, 3.4 M parameters: CPU-trainable)."""
 
+# -- what the CLI prints -------------------------------------------------------------------------
+
+def console_log_level() -> str:
+    """What a CLI run prints of Dagster's and MLflow's logs: ``AL_ASSETS_LOG_LEVEL``, default
+    INFO (progress lines, not Dagster's DEBUG events); the instance keeps every event anyway.
+    Read at each call, never at import."""
+    import os
+
+    return os.environ.get("AL_ASSETS_LOG_LEVEL", "INFO").upper()
+
+
 # -- pool layout -------------------------------------------------------------------------------
 
 DEFAULT_SHARD_SIZE = 2000

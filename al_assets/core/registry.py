@@ -253,7 +253,8 @@ class ModelRegistry:
                 raise
             text = str(exc)
             if "RESOURCE_DOES_NOT_EXIST" in text or "not found" in text.lower():
-                hint = "it does not exist; register it first (materialize registered_model)"
+                hint = ("it does not exist; register it first (`al-assets register`, or materialize "
+                        "registered_model)")
             else:
                 hint = ("the registry is unreachable or failed; check the tracking URI, that the "
                         "server is up, and retry")

@@ -8,6 +8,7 @@ so its runs use this logger instead. The instance's event log still keeps every 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import dagster as dg
@@ -24,12 +25,20 @@ class _CliFormatter(logging.Formatter):
         return f"  {self.formatTime(record, '%H:%M:%S')} {step}: {level}{text}"
 
 
+_SKIPPED = re.compile(r"^Dependencies for step \S+ .*Not executing\.$", re.DOTALL)
+"""Dagster's line per step skipped after a failure: a consequence of the failure reported."""
+
+
 class _DropFailures(logging.Filter):
-    """Failures are the CLI's to report (one line); their records carry the stack trace."""
+    """Failures are the CLI's to report (one line); their records carry the stack trace, and
+    the steps skipped because of them add one error line each."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        event = (getattr(record, "dagster_meta", None) or {}).get("dagster_event")
-        return event is None or event.event_type_value not in _SILENT_EVENTS
+        meta = getattr(record, "dagster_meta", None) or {}
+        event = meta.get("dagster_event")
+        if event is not None and event.event_type_value in _SILENT_EVENTS:
+            return False
+        return not _SKIPPED.match(str(meta.get("orig_message") or record.getMessage()))
 
 
 @dg.logger({"log_level": dg.Field(str, is_required=False, default_value="INFO")},

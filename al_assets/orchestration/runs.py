@@ -10,6 +10,7 @@ import dagster as dg
 import pyarrow as pa
 
 from al_assets.core.coco.discovery import batch_pages
+from al_assets.core.defaults import console_log_level
 from al_assets.core.errors import AlAssetsError
 from al_assets.orchestration.jobs import JOB_KEYS
 from al_assets.orchestration.logs import cli_console_logger
@@ -29,13 +30,6 @@ _CLASS_PREFIX = re.compile(r"^(?:[A-Za-z_][\w]*\.)+[A-Za-z_]\w*: ")  # "pkg.mod.
 
 
 PID_TAG, HOST_TAG = "al_assets/pid", "al_assets/host"
-DEFAULT_CONSOLE_LOG_LEVEL = "INFO"  # a CLI run prints progress, not Dagster's DEBUG events
-
-
-def console_log_level() -> str:
-    """What a CLI run prints of Dagster's log (AL_ASSETS_LOG_LEVEL; the instance keeps every
-    event, DEBUG included)."""
-    return os.environ.get("AL_ASSETS_LOG_LEVEL", DEFAULT_CONSOLE_LOG_LEVEL).upper()
 
 
 def release_killed_runs(instance: dg.DagsterInstance) -> list[str]:
@@ -243,14 +237,17 @@ def refresh_views(defs: dg.Definitions, instance: dg.DagsterInstance) -> dg.Exec
 
 
 def _errors(result: dg.ExecuteInProcessResult) -> str:
-    messages = []
+    """The errors the failed steps raised, once each: steps that failed for the same reason
+    (six views without a registered model) share one message."""
+    by_message: dict[str, list[str]] = {}
     for event in result.get_step_failure_events():
         error = event.step_failure_data.error
         while error is not None and error.cause is not None and (error.cls_name or "").startswith(
                 "Dagster"):
             error = error.cause  # Dagster's wrapper -> the error the asset raised
         text = error.message.strip() if error else "unknown"
-        messages.append(f"{event.step_key}: {_CLASS_PREFIX.sub('', text, count=1)}")
+        by_message.setdefault(_CLASS_PREFIX.sub("", text, count=1), []).append(event.step_key)
+    messages = [f"{', '.join(steps)}: {text}" for text, steps in by_message.items()]
     for event in result.all_events:
         if event.event_type_value == "RUN_FAILURE" and not messages:
             messages.append(event.message or "run failed")

@@ -144,3 +144,15 @@ def test_s3_storage_without_a_tracking_uri_points_at_mlflow_tracking_uri(
         (line,) = _error_lines(err)
         assert code == 1 and "s3://bucket/al-assets" in line
         assert "set MLFLOW_TRACKING_URI" in line
+
+
+def test_views_before_any_registered_model_are_one_line_naming_the_command(
+    ingested, monkeypatch, capsys
+) -> None:
+    _use(monkeypatch, ingested)
+    code, _, err = _run(capsys, "refresh")
+    assert code == 1
+    (line,) = _error_lines(err)  # no "Dependencies for step ... Not executing" lines either
+    assert line.startswith("error: refresh_views_job [-] failed: class_frequency, entropy, ")
+    assert line.count("does not exist") == 1  # six views, one reason: said once
+    assert "`al-assets register`" in line
