@@ -96,6 +96,22 @@ def test_full_chain_views_queue_analysis_report(ingested: Pipeline, checkpoints)
         assert thumb.format == "JPEG" and max(thumb.size) <= 96
     meta = result.asset_materializations_for_node("uncertainty_report")[0].metadata
     assert "data:image/jpeg;base64," in meta["pictures"].value
+    _assert_demo_summary(p, champion, queue)
+
+
+def _assert_demo_summary(p: Pipeline, champion: str, queue) -> None:
+    """What `make demo` ends with: pool, rejects, model and mAP, queue head, confusions."""
+    from al_assets.orchestration.demo import summary
+
+    lines = summary(p.store, champion).splitlines()
+    images = p.store.read_many("images", p.store.partitions("images")).num_rows
+    assert lines[0].startswith(f"  pool: {images} images, 0 rejected records")
+    assert lines[1].startswith(f"  model: {champion}, held-out mAP 0.")
+    assert lines[2] == f"  labeling queue, top 5 of {queue.num_rows}:"
+    first = queue.slice(0, 1).to_pylist()[0]
+    assert lines[3].startswith(f"    1. {first['uri'].rsplit('/', 1)[-1]}  ({first['reason']}")
+    assert len(lines) == 3 + min(5, queue.num_rows) + 1 and lines[-1].startswith(
+        "  most confused: ") and " -> " in lines[-1]
 
 
 def _assert_readable_metadata(result) -> None:
