@@ -63,6 +63,10 @@ def test_two_shards_by_two_versions(ingested: Pipeline, checkpoints) -> None:
         for e in rerun.get_asset_materialization_events()}
     assert len(described["detections"]) == len(schemas.DETECTIONS) and all(
         all(described[key]) for key in ("detections", "prediction_errors"))  # UI column docs
+    logged = "\n".join(r.user_message for r in p.instance.all_logs(rerun.run_id))
+    n = images.filter(pc.equal(images["shard"], shards[0])).num_rows
+    assert f"predicting {versions[0]}/{shards[0]} on cpu: {n}/{n} images (100 %" \
+        in logged  # the progress line a long shard shows in Dagster's log
     after = {v: _files(p.store, "detections", v) for v in versions}
     assert after[versions[1]] == before[versions[1]]
     assert after[versions[0]][f"{shards[1]}.parquet"] == before[versions[0]][f"{shards[1]}.parquet"]
