@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -246,6 +247,9 @@ def _train(p: Pipeline, config: dict) -> dict:
     result = run_job(p.defs, "train_job", p.instance, run_config={"ops": {
         "challenger": {"config": config}, "evaluation_gate": {"config": GATE}}})
     meta = result.asset_materializations_for_node("evaluation_gate")[0].metadata
+    steps = config["steps"]
+    logged = "\n".join(r.user_message for r in p.instance.all_logs(result.run_id))
+    assert re.search(rf"training \(loss [\d.]+\): {steps}/{steps} steps \(100 %", logged)
     return {k: meta[k].value for k in ("promoted", "reason", "delta_map", "challenger",
                                           "challenger_map")}
 
