@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from al_assets.core.defaults import SIMULATION_EXPERIMENT
 from al_assets.core.errors import AlAssetsError
 from al_assets.core.options import add_options, given
 from al_assets.core.simulation.config import SimulationConfig
@@ -356,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout-size", type=int, default=100, help="held-out images (demo data)")
     p.add_argument("--pool-size", type=int, default=400, help="demo pool images")
     p.add_argument("--tracking-uri", default=None, help="default: the project's MLflow store")
-    p.add_argument("--experiment", default="al_assets_simulation")
+    p.add_argument("--experiment", default=SIMULATION_EXPERIMENT)
     p.add_argument("--target-map", type=float, nargs="+", default=None,
                    help="labels-saved targets (default 90%% and 100%% of random's final mAP)")
     p.set_defaults(func=cmd_simulate)

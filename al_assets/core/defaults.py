@@ -15,6 +15,10 @@ CLASS_SCORES_MODEL = "al-class-scores"
 DETECTOR_MODEL = "al-detector"
 """Registered MLflow model of the plain torchvision detectors, versioned beside the extractors."""
 
+SIMULATION_EXPERIMENT = "al_assets_simulation"
+"""MLflow experiment of the simulation's runs (one per strategy x seed), apart from the
+training runs of the real loop."""
+
 CHAMPION_ALIAS = "champion"
 """The alias whose version the views, the queue and the sensors follow; the gate moves it."""
 

@@ -230,3 +230,15 @@ def test_shards_scored_under_different_empty_image_settings_are_refused() -> Non
               rank_images(other, ScoringSettings(empty_images="lowest"))[1]]
     with pytest.raises(ValueError, match="different empty_images settings"):
         pool_ranking(shards)
+
+
+def test_the_queue_reweights_with_the_placement_its_rankings_were_written_with() -> None:
+    stored = _predictions({1: [_det(1, 0.4)], 2: [], 3: [_det(2, 0.5)]})
+    rankings = pool_ranking([rank_images(stored, ScoringSettings(empty_images="highest"))[1]])
+    by_id = {i: k for k, i in enumerate(stored["image_id"].to_pylist())}
+    weights = class_weights(STRATEGIES["calibrated"], [1, 2, 3, 4], class_ap={1: 0.5, 2: 0.5})
+    selected = select_from_store(
+        rankings, lambda ids: stored.take(pa.array([by_id[i] for i in ids.to_pylist()])),
+        SelectionConfig(strategy="calibrated", size=3, deduplicate=False), excluded=set(),
+        min_score=0.2, class_weights=weights)
+    assert selected.queue["image_id"].to_pylist()[0] == 2  # re-scored, the empty image stays first

@@ -26,6 +26,8 @@ from urllib.parse import quote
 import requests
 import urllib3
 
+from al_assets.core.storage.files import atomic_path, replace_durably
+
 DEFAULT_BASE_URL = "http://images.cocodataset.org"
 ANNOTATIONS_2017 = "annotations/annotations_trainval2017.zip"
 VAL_IMAGES_2017 = "zips/val2017.zip"
@@ -144,7 +146,7 @@ def download_file(
         if session is None:
             http.close()
     _verify_part(part, url, expected_size, (algorithm, digest), validate)
-    os.replace(part, dest)
+    replace_durably(part, dest)  # .part keeps a stable name: the next run resumes it
     return dest
 
 
@@ -412,14 +414,9 @@ def _extract_member(bundle: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) 
     """Write one member atomically, skipping it when it is already there in full."""
     if path.is_file() and path.stat().st_size == info.file_size:
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.extracting")
-    try:
-        with bundle.open(info) as source, open(temporary, "wb") as sink:
-            shutil.copyfileobj(source, sink, 1 << 20)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_path(path) as temporary, bundle.open(info) as source, \
+            open(temporary, "wb") as sink:
+        shutil.copyfileobj(source, sink, 1 << 20)
     return path
 
 

@@ -213,8 +213,9 @@ def select_from_store(
         read["rows"] = confident_detections(read_predictions(ids), min_score)
         return read["rows"]
 
+    placement = written_placement([rankings]) or ScoringSettings.empty_images  # as ranked
     queue = select_batch(rankings, candidates, config, excluded=excluded, hashes_of=hashes_of,
-                         class_weights=class_weights)
+                         class_weights=class_weights, empty_images=placement)
     rows = read["rows"]
     predictions = rows.filter(pc.is_in(rows["image_id"], queue["image_id"].combine_chunks()))
     return QueueSelection(queue, predictions, eligible_images(rankings, config, excluded))

@@ -39,6 +39,7 @@ from al_assets.core.analysis.evaluation import compare_predictions
 from al_assets.core.analysis.gate import GatePolicy, decide
 from al_assets.core.coco.ingest import IngestOptions, ingest_batch
 from al_assets.core.coco.tables import CocoTables
+from al_assets.core.defaults import SIMULATION_EXPERIMENT
 from al_assets.core.demo.generator import generate_demo_dataset
 from al_assets.core.detection.cached import (
     HEAD_LR,
@@ -110,7 +111,7 @@ class Tracking:
     """Where the runs go; plain MLflow tracking, so any tracking URI works."""
 
     tracking_uri: str
-    experiment: str = "al_assets_simulation"
+    experiment: str = SIMULATION_EXPERIMENT
     artifact_location: str | None = None
 
 

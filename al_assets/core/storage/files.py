@@ -21,11 +21,18 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())  # the rename must not land before the bytes do
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def replace_durably(written: Path | str, path: Path | str) -> None:
+    """Give the complete file ``written`` the name ``path``: fsync, then rename, so the rename
+    never lands before the bytes do. For writers whose temporary name must be stable (a
+    download's resumable ``.part``); others use ``atomic_path``."""
+    with open(written, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(written, path)
 
 
 def write_bytes_atomic(path: Path | str, data: bytes) -> Path:

@@ -68,7 +68,8 @@ def _spec(name: str, description: str) -> dg.AssetSpec:
         _spec("ingestion_rejects", "Records left out of the batch, with the reason."),
     ],
     partitions_def=batch_partitions,
-    description="Read one COCO instances file with pycocotools into Parquet tables.",
+    description="Read one COCO instances file (pycocotools' validation rules) into Parquet "
+                "tables.",
 )
 def coco_batch(
     context: dg.AssetExecutionContext,

@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from al_assets.core.defaults import SIMULATION_EXPERIMENT
 from al_assets.core.options import given
 from al_assets.core.simulation import (
     CocoSplit,
@@ -41,7 +42,7 @@ class SimulationAssetConfig(SimulationOptions):
     holdout_image_dir: str | None = None
     holdout_size: int = Field(default=DEMO_HOLDOUT_IMAGES, description="Demo held-out images")
     demo_pool_images: int = DEMO_POOL_IMAGES
-    experiment: str = "al_assets_simulation"
+    experiment: str = SIMULATION_EXPERIMENT
 
     def simulation(self) -> SimulationConfig:
         return SimulationConfig(**given(self.model_dump(), SimulationConfig))

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from al_assets.core import schemas
+from al_assets.core.defaults import DETECTOR_MODEL
 from al_assets.core.analysis.evaluation import compare_predictions
 from al_assets.core.analysis.gate import GatePolicy, decide, per_class_deltas
 from al_assets.core.loop.evaluation import predict_images
@@ -42,7 +43,6 @@ from al_assets.orchestration.resources import (
 
 MODELS = "models"
 CHALLENGER = "challenger"
-DETECTOR_NAME = "al-detector"
 
 
 class TrainingConfig(ChampionConfig):
@@ -88,7 +88,7 @@ def challenger(
         context.log.info(f"trained {settings.steps} steps in {result.seconds:.0f} s on {dev}")
     tracker.finish(result)
     _, scores = registry.register_detector(
-        result.checkpoint, detector_name=DETECTOR_NAME, class_scores_name=base_name,
+        result.checkpoint, detector_name=DETECTOR_MODEL, class_scores_name=base_name,
         alias=CHALLENGER, tags=tracker.tags(result, base.arch), params=settings.params(),
         metrics={"final_loss": result.losses[-1]["loss"]}, topk=5,
     )
