@@ -7,7 +7,7 @@ import pytest
 
 from al_assets.core.demo.generator import add_demo_batch
 from al_assets.core.registry import RegistryError
-from al_assets.orchestration.partitions import BATCH, MODEL_VERSION
+from al_assets.orchestration.partitions import BATCH, MODEL_VERSION, SHARD
 from al_assets.orchestration.resources import MlflowResource, StorageResource
 from al_assets.orchestration.runs import discover_batches, ingest, predict, refresh_views, register
 from al_assets.orchestration.sensors import (
@@ -150,3 +150,50 @@ def test_new_shards_sensor_predicts_an_ingested_batch_with_the_champion(
     both = tick(new_shards_sensor, instance, forced.cursor, mlflow=p.mlflow)
     assert sorted(r.partition_key for r in both.run_requests) == [
         "al-class-scores-v1|batch-003.s000", "al-class-scores-v1|batch-004.s000"]
+
+
+def _statements(run) -> tuple[int, int, object]:
+    """SQL statements while ``run()`` runs (Dagster's storage and MLflow's store): (the
+    lookups of dynamic_partitions, all others, run's result)."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:
+        seen.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        result = run()
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    partitions = sum("dynamic_partitions" in statement for statement in seen)
+    return partitions, len(seen) - partitions, result
+
+
+def test_sensor_ticks_cost_the_same_queries_for_100x_the_shards(ingested, checkpoints) -> None:
+    """Issue 15: a tick's own queries do not grow with the pool (it was one per shard). What
+    grows is Dagster's check of each run request's partition key (a SELECT on
+    dynamic_partitions and a PRAGMA per request), the price of launching that many runs."""
+    p = ingested
+    register(p.defs, p.instance, {"weights": str(checkpoints[0])})
+
+    def ticks() -> list[tuple[int, int, int]]:
+        out = []
+        for sensor in (new_model_version_sensor, new_shards_sensor):
+            lookups, others, result = _statements(
+                lambda s=sensor: tick(s, p.instance, None, mlflow=p.mlflow))
+            out.append((lookups, others, len(result.run_requests)))
+        return out
+
+    few = ticks()
+    known = len(p.instance.get_dynamic_partitions(SHARD))
+    extra = [f"batch-000.s{n:04d}" for n in range(100, 100 + 100 * known)]
+    p.instance.add_dynamic_partitions(SHARD, extra)
+    many = ticks()
+    for (lookups, others, requests), (more_lookups, more_others, more_requests) in zip(
+            few, many, strict=True):
+        assert more_requests - requests == len(extra)  # 100x the shards to predict
+        assert more_others <= others + 2, (few, many)  # the sensor's own: constant (was +1/shard)
+        assert more_lookups - lookups <= 2 * len(extra)  # Dagster's, per run request
