@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from al_assets.core.detection.categories import CategoryMap
-from al_assets.core.detection.extractor import ClassScoreExtractor
+from al_assets.core.detection.extractor import ClassScoreExtractor, Postprocess
 from al_assets.core.detection.factory import DetectorError, build_detector, save_checkpoint
 from al_assets.core.detection.sources import DEMO_CHECKPOINT
 from al_assets.core.detection.training import CocoDetectionDataset, train_detector
@@ -236,6 +236,23 @@ def test_options_and_checkpoint(tmp_path: Path) -> None:
     assert loaded.category_ids == CATEGORY_IDS and not loaded.training
     reference = ClassScoreExtractor(model, CATEGORY_IDS, with_distribution=False)(image)[0]
     assert torch.equal(out["scores"], reference["scores"])
+
+
+def test_reconfigured_takes_its_postprocess_as_constructor_arguments() -> None:
+    torch.manual_seed(0)
+    model = build_detector("ssdlite320_mobilenet_v3_large", 6, score_thresh=0.01).eval()
+    base = ClassScoreExtractor(model, CATEGORY_IDS)
+    image = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))]
+    wide = base(image)[0]
+    assert "distribution" in wide and len(wide["scores"]) > 3
+    floor = float(wide["scores"].min()) / 2  # below every score (the untrained head is uniform)
+    narrow = base.reconfigured(with_distribution=False, postprocess=Postprocess(
+        score_thresh=floor, detections_per_img=3))
+    out = narrow(image)[0]
+    assert "distribution" not in out and 0 < len(out["scores"]) <= 3
+    assert bool((out["scores"] >= floor - 1e-6).all())
+    assert narrow.model is base.model  # no weight copy: the settings live on the detector,
+    assert base.model.detections_per_img == 3  # so a run makes its own extractor (as the asset does)
 
 
 def test_clear_errors() -> None:

@@ -102,7 +102,11 @@ class ClassScoreExtractor(nn.Module):
 
     def reconfigured(self, *, with_distribution: bool, postprocess: Postprocess
                      ) -> ClassScoreExtractor:
-        """The same detector with other inference settings (one prediction run's config)."""
+        """The same detector with other inference settings (one prediction run's config).
+
+        The weights are shared, not copied, and torchvision keeps the post-processing settings
+        on the detector itself: they hold for every extractor of this detector until the next
+        ``reconfigured``. A prediction run loads its own model version, so runs never share."""
         return ClassScoreExtractor(self.model, self.category_ids, topk=self.topk,
                                    with_distribution=with_distribution,
                                    one_per_anchor=self.one_per_anchor, postprocess=postprocess)
