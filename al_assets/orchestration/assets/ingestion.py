@@ -17,6 +17,7 @@ from al_assets.core.coco.ingest import (
     ingest_batch,
 )
 from al_assets.core.coco.parse import RecordWarning
+from al_assets.core.coco.reader import DEFAULT_MAX_JSON_BYTES
 from al_assets.core.coco.verify import VerifyMode
 from al_assets.core.images import DEFAULT_MAX_PIXELS
 from al_assets.core.progress import throttled
@@ -37,7 +38,7 @@ class IngestionConfig(dg.Config):
     """Images per prediction shard (one shard = one prediction partition = one GPU slot)."""
     verify_images: VerifyMode = "decode"
     """decode: read every image (catches truncated files); exists: only check presence."""
-    max_json_mb: int = 2048
+    max_json_mb: int = DEFAULT_MAX_JSON_BYTES // 1024**2
     """Refuse annotation files larger than this (parsing needs ~10x the size in memory)."""
     max_pixels: int = DEFAULT_MAX_PIXELS
     """Reject images whose header declares more pixels (decompression-bomb guard); raise it for

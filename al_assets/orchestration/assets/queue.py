@@ -50,17 +50,17 @@ class QueueConfig(ChampionConfig):
     """A STRATEGIES name: least_confidence | margin | ratio | entropy (image_rankings'
     measures) | random | calibrated | balanced | diverse | default (calibrated + rare-class
     weights, then k-center diversity, with a class cap; docs/active-learning.md)."""
-    size: int = 50
+    size: int = SelectionConfig.size
     max_boxes: int | None = None
     """A budget in boxes as well: the queue holds at most this many predicted boxes."""
     max_per_class: int | None = None
     """Class balancing: at most this many images per (most frequent) predicted class."""
-    deduplicate: bool = True
+    deduplicate: bool = SelectionConfig.deduplicate
     """Skip near-identical images (difference hash within dedup_distance bits)."""
-    dedup_distance: int = 4
-    exclude_labeled: bool = True
+    dedup_distance: int = SelectionConfig.dedup_distance
+    exclude_labeled: bool = SelectionConfig.exclude_labeled
     """Skip images that already have labels (ingested or imported); held-out ones always are."""
-    seed: int = 0
+    seed: int = SelectionConfig.seed
     """Seed of the random strategy's order."""
     preannotation_score: float = CONFIDENT_SCORE
     """Only boxes at or above this detector score go into the exports as pre-annotations."""
