@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from al_assets.core.defaults import SIMULATION_EXPERIMENT
+from al_assets.core.defaults import SIMULATION_EXPERIMENT, console_log_level
 from al_assets.core.errors import AlAssetsError
 from al_assets.core.options import add_options, given
 from al_assets.core.simulation.config import SimulationConfig
@@ -382,10 +383,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _quiet_libraries() -> None:
     """MLflow's INFO lines (its store's schema migration on first use) are not the user's
     business at the CLI; AL_ASSETS_LOG_LEVEL=DEBUG shows them again."""
-    import logging
-
-    from al_assets.core.defaults import console_log_level
-
     if console_log_level() != "DEBUG":
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)

@@ -89,7 +89,7 @@ def shard_images(work: Path, n: int) -> pa.Table:
     (so that the script needs no COCO tooling on a bare GPU machine)."""
     from PIL import Image
 
-    (coco_json,) = generate_demo_dataset(work / "demo", n_images=n, seed=0, n_batches=1)
+    generate_demo_dataset(work / "demo", n_images=n, seed=0, n_batches=1)
     folder = work / "demo" / "images"
     files = sorted(folder.iterdir())
     sizes = [Image.open(f).size for f in files]

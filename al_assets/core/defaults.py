@@ -6,6 +6,8 @@ configs, CLI flags and docs take their defaults from these names, so none can dr
 
 from __future__ import annotations
 
+import os
+
 # -- the model registry -------------------------------------------------------------------------
 
 CLASS_SCORES_MODEL = "al-class-scores"
@@ -32,8 +34,6 @@ def console_log_level() -> str:
     """What a CLI run prints of Dagster's and MLflow's logs: ``AL_ASSETS_LOG_LEVEL``, default
     INFO (progress lines, not Dagster's DEBUG events); the instance keeps every event anyway.
     Read at each call, never at import."""
-    import os
-
     return os.environ.get("AL_ASSETS_LOG_LEVEL", "INFO").upper()
 
 

@@ -26,7 +26,7 @@ from urllib.parse import quote
 import requests
 import urllib3
 
-from al_assets.core.storage.files import atomic_path, replace_durably
+from al_assets.core.storage.files import atomic_path, file_digest, replace_durably
 
 DEFAULT_BASE_URL = "http://images.cocodataset.org"
 ANNOTATIONS_2017 = "annotations/annotations_trainval2017.zip"
@@ -162,15 +162,6 @@ def parse_checksum(checksum: str) -> tuple[str, str]:
     if len(digest) != hashlib.new(algorithm).digest_size * 2:
         raise ValueError(f"checksum {checksum!r} has the wrong length for {algorithm}")
     return algorithm, digest
-
-
-def file_digest(path: Path, algorithm: str, chunk_size: int = 1 << 20) -> str:
-    """Hex digest of a file, streamed so that large archives never sit in memory."""
-    hasher = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk_size):
-            hasher.update(block)
-    return hasher.hexdigest()
 
 
 def extract_zip(archive: Path, target: Path) -> list[Path]:

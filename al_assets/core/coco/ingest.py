@@ -19,6 +19,7 @@ from al_assets.core.coco.verify import VerifyMode, image_problems
 from al_assets.core.errors import CocoFormatError
 from al_assets.core.images import DEFAULT_MAX_PIXELS
 from al_assets.core.sharding import DEFAULT_SHARD_SIZE
+from al_assets.core.storage.files import file_digest
 from al_assets.core.storage.objects import ObjectInfo, ObjectStore, is_s3, local_path
 
 INGEST_VERSION = "2"
@@ -97,11 +98,7 @@ def annotation_file_info(uri: str, objects: ObjectStore) -> ObjectInfo:
         raise missing_file(uri, _MISSING_HINT) from None
     if is_s3(uri):
         return info
-    digest = hashlib.sha256()
-    with open(local_path(uri), "rb") as handle:
-        while chunk := handle.read(8 * 1024 * 1024):
-            digest.update(chunk)
-    return replace(info, etag=f"sha256:{digest.hexdigest()}")
+    return replace(info, etag=f"sha256:{file_digest(local_path(uri), 'sha256')}")
 
 
 _MISSING_HINT = "check the source root (bucket) and its annotations folder"

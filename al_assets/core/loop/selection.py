@@ -150,7 +150,6 @@ def select_batch(
     excluded: Iterable[int] = (),
     hashes_of: Callable[[pa.Table], Mapping[int, int]] | None = None,
     class_weights: Mapping[int, float] | None = None,
-    empty_images: str = ScoringSettings.empty_images,
 ) -> pa.Table:
     """The next labeling batch (LABELING_QUEUE) from pool rankings (IMAGE_SCORES).
 
@@ -170,7 +169,7 @@ def select_batch(
     candidates = _candidate_window(ranking, blocked, config.size * factor)
     predictions = predictions_of(candidates["image_id"].combine_chunks())
     if weighted:
-        candidates = _reweighted(candidates, predictions, class_weights, empty_images)
+        candidates = _reweighted(candidates, predictions, class_weights)
         candidates = _candidate_window(candidates, blocked, config.size * CANDIDATE_FACTOR)
     duplicates = None
     if config.deduplicate and hashes_of is not None and candidates.num_rows:
@@ -213,9 +212,8 @@ def select_from_store(
         read["rows"] = confident_detections(read_predictions(ids), min_score)
         return read["rows"]
 
-    placement = written_placement([rankings]) or ScoringSettings.empty_images  # as ranked
     queue = select_batch(rankings, candidates, config, excluded=excluded, hashes_of=hashes_of,
-                         class_weights=class_weights, empty_images=placement)
+                         class_weights=class_weights)
     rows = read["rows"]
     predictions = rows.filter(pc.is_in(rows["image_id"], queue["image_id"].combine_chunks()))
     return QueueSelection(queue, predictions, eligible_images(rankings, config, excluded))
@@ -272,17 +270,18 @@ def labeled_box_counts(annotations: pa.Table) -> dict[int, int]:
     return {int(c["values"]): int(c["counts"]) for c in pc.value_counts(boxes).to_pylist()}
 
 
-def _reweighted(candidates: pa.Table, predictions: pa.Table, weights: Mapping[int, float],
-                empty_images: str) -> pa.Table:
-    """The window re-ranked by class-weighted uncertainty, with the measure and aggregation
-    the ranking itself was computed with (read from its rows)."""
+def _reweighted(candidates: pa.Table, predictions: pa.Table, weights: Mapping[int, float]
+                ) -> pa.Table:
+    """The window re-ranked by class-weighted uncertainty, with the measure, aggregation and
+    empty-image placement the ranking itself was computed with (read from its rows)."""
     if candidates.num_rows == 0:
         return candidates
     first = candidates.slice(0, 1).to_pylist()[0]
     return aggregate_images(box_scores(predictions), predictions.select(["image_id", "uri"]),
                             measure=first["measure"], agg=first["agg"],
                             top_k=first["top_k"] or ScoringSettings.top_k,
-                            empty_images=empty_images, class_weights=weights)
+                            empty_images=written_placement([candidates])
+                            or ScoringSettings.empty_images, class_weights=weights)
 
 
 def _diverse_order(candidates: pa.Table, predictions: pa.Table, blocked: set[int]) -> list[int] | None:

@@ -340,14 +340,14 @@ def queue_from_predictions(
     asset's do; the rankings are those ``shard_scores`` + ``image_rankings`` would write.
     """
     _, rankings = rank_images(predictions, replace(scoring, min_score=0.0))
-    rankings = pool_ranking([rankings], empty_images=scoring.empty_images)
+    rankings = pool_ranking([rankings])  # placement as rank_images wrote it
     by_id = {i: k for k, i in enumerate(predictions["image_id"].to_pylist())}
     return select_batch(
         rankings, lambda ids: predictions.take(pa.array([by_id[i] for i in ids.to_pylist()],
                                                         pa.int64())),
         selection, excluded=excluded,
         hashes_of=lambda c: {i: hashes[i] for i in c["image_id"].to_pylist() if i in hashes},
-        class_weights=class_weights, empty_images=scoring.empty_images,
+        class_weights=class_weights,
     )
 
 

@@ -6,6 +6,7 @@ for local objects (ObjectStore), checkpoints, downloads and small JSON/PNG outpu
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -40,3 +41,12 @@ def write_bytes_atomic(path: Path | str, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def file_digest(path: Path | str, algorithm: str, chunk_size: int = 1 << 20) -> str:
+    """Hex digest of a file, streamed so that large files never sit in memory."""
+    hasher = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_size):
+            hasher.update(block)
+    return hasher.hexdigest()
