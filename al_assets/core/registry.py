@@ -42,7 +42,7 @@ def open_client(tracking_uri: str, registry_uri: str | None = None) -> Any:
     registry_uri = registry_uri or tracking_uri
     if not tracking_uri.startswith("sqlite:///"):
         return mlflow.MlflowClient(tracking_uri, registry_uri)
-    from filelock import FileLock  # a dependency of torch
+    from filelock import FileLock
 
     db = Path(tracking_uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
@@ -88,8 +88,6 @@ class ModelRegistry:
         self, tracking_uri: str, registry_uri: str | None = None,
         artifact_location: str | None = None, experiment: str = "al_assets",
     ) -> None:
-        import mlflow
-
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
         self.artifact_location = artifact_location

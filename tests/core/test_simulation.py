@@ -93,6 +93,8 @@ def test_unknown_strategy_is_refused_with_the_choices() -> None:
         SelectionConfig(strategy="entropy_diverse")
     with pytest.raises(SimulationError, match="unknown strategies"):
         SimulationConfig(strategies=("random", "bald"))
+    with pytest.raises(SimulationError, match=r"unknown agg 'maximum'; use one of \['max'"):
+        SimulationConfig(agg="maximum")  # refused at once, not after round 0's training
 
 
 def test_random_is_seeded_reproducible_and_respects_exclusions() -> None:

@@ -279,13 +279,18 @@ def test_training_from_scratch_learns_the_shapes(tmp_path: Path) -> None:
     assert all(ap > 0.3 for ap in result["per_category"].values()), result["per_category"]
 
 
-@pytest.mark.parametrize("content", [None, "{not json", '{"images": []}'])
+@pytest.mark.parametrize("content", [
+    None, "{not json", '{"images": []}', "folder",
+    '{"images": [], "annotations": [], "categories": []}'])
 def test_unreadable_categories_name_the_file(tmp_path: Path, content: str | None) -> None:
-    """Missing file, malformed JSON, no categories: one CategoryError naming the file."""
+    """Missing file, malformed JSON, not COCO, a folder, no categories: one CategoryError
+    naming the file."""
     from al_assets.core.detection.categories import CategoryError
 
     path = tmp_path / "instances.json"
-    if content is not None:
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
         path.write_text(content)
     with pytest.raises(CategoryError, match="instances.json"):
         CategoryMap.from_coco_json(path)

@@ -18,7 +18,6 @@ from al_assets.core.analysis.evaluation import evaluate_coco_map
 from al_assets.core.detection.factory import save_checkpoint
 from al_assets.core.detection.training import train_detector
 
-ARCH = DEFAULT_ARCH
 TRAIN_SEED, HOLDOUT_SEED = 1000, 2000  # the demo pool uses seed 0
 
 
@@ -46,8 +45,8 @@ def train_demo_detector(out: Path, workdir: Path, spec: DemoTraining = DemoTrain
     train, holdout = demo_splits(workdir, spec)
     start = time.perf_counter()
     model = train_detector(
-        train / "annotations" / "batch-000.json", train / "images", arch=ARCH, steps=spec.steps,
-        batch_size=spec.batch_size, seed=spec.seed, num_threads=spec.threads, log=log,
+        train / "annotations" / "batch-000.json", train / "images", arch=DEFAULT_ARCH,
+        steps=spec.steps, batch_size=spec.batch_size, seed=spec.seed, num_threads=spec.threads, log=log,
         log_every=50,
     )
     seconds = time.perf_counter() - start
@@ -55,7 +54,7 @@ def train_demo_detector(out: Path, workdir: Path, spec: DemoTraining = DemoTrain
     summary = {k: metrics[k] for k in ("map", "ap50", "ap75") if metrics.get(k) is not None}
     categories = CategoryMap.from_coco_json(train / "annotations" / "batch-000.json")
     save_checkpoint(
-        out, model, arch=ARCH, categories=categories,
+        out, model, arch=DEFAULT_ARCH, categories=categories,
         meta={
             "training_data": f"demo generator seed {TRAIN_SEED}, {spec.train_images} images",
             "steps": spec.steps, "batch_size": spec.batch_size, "train_seconds": round(seconds),
@@ -79,8 +78,8 @@ def random_demo_checkpoint(path: Path, seed: int) -> Path:
 
     torch.manual_seed(seed)
     categories = CategoryMap.from_coco_categories(DEMO_CATEGORIES)
-    model = build_detector(ARCH, categories.num_classes)
+    model = build_detector(DEFAULT_ARCH, categories.num_classes)
     with torch.no_grad():
         for param in model.head.classification_head.parameters():
             param.normal_(0.0, 0.3)
-    return save_checkpoint(path, model, arch=ARCH, categories=categories)
+    return save_checkpoint(path, model, arch=DEFAULT_ARCH, categories=categories)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from al_assets.core.coco.reader import read_coco_json
-from al_assets.core.errors import AlAssetsError, CocoFormatError
+from al_assets.core.errors import AlAssetsError, CocoFormatError, StorageError
 
 
 class CategoryError(AlAssetsError, ValueError):
@@ -53,7 +53,7 @@ class CategoryMap:
         """Read the ``categories`` section of a COCO instances file."""
         try:
             data = read_coco_json(coco_json)
-        except CocoFormatError as exc:
+        except (CocoFormatError, StorageError) as exc:  # malformed, missing, a folder, too big
             raise CategoryError(f"cannot read categories: {exc}") from None
         if not data.get("categories"):
             raise CategoryError(f"{coco_json} has no 'categories'; a detector needs at least one")

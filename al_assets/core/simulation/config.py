@@ -73,6 +73,10 @@ class SimulationConfig:
         unknown = [s for s in self.strategies if s not in STRATEGIES]
         if unknown:
             raise SimulationError(f"unknown strategies {unknown}; use {list(STRATEGIES)}")
+        from al_assets.core.scoring.aggregation import AGGREGATIONS
+
+        if self.agg not in AGGREGATIONS:  # before round 0 trains, not after it
+            raise SimulationError(f"unknown agg {self.agg!r}; use one of {list(AGGREGATIONS)}")
         if not 0.0 <= self.min_score < 1.0:
             raise SimulationError(f"min_score must be in [0, 1), got {self.min_score}")
 

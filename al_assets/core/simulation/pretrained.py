@@ -19,7 +19,6 @@ from al_assets.core.detection.factory import save_checkpoint
 from al_assets.core.detection.training import train_detector
 from al_assets.core.simulation.presets import PRESETS, generate_split
 
-ARCH = DEFAULT_ARCH
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ def pretrained_detector(root: Path, recipe: PretrainRecipe = PretrainRecipe(),
         if log is not None:
             log(f"pretraining {path.name} step {entry['step']}/{steps}: loss {entry['loss']:.3f}")
 
-    model = train_detector(train, train.parent.parent / "images", arch=ARCH, steps=steps,
+    model = train_detector(train, train.parent.parent / "images", arch=DEFAULT_ARCH, steps=steps,
                            batch_size=recipe.batch_size, seed=recipe.seed, log=progress,
                            log_every=50, init_checkpoint=init)
     seconds = time.perf_counter() - started
@@ -67,7 +66,7 @@ def pretrained_detector(root: Path, recipe: PretrainRecipe = PretrainRecipe(),
         log(f"pretrained detector {path.name}: mAP {metrics['map']:.3f} (AP50 {metrics['ap50']:.3f}) on "
             f"{metrics['num_images']} held-out images, trained {seconds:.0f} s")
     return save_checkpoint(
-        path, model, arch=ARCH, categories=CategoryMap.from_coco_json(train),
+        path, model, arch=DEFAULT_ARCH, categories=CategoryMap.from_coco_json(train),
         meta={"recipe": asdict(recipe), "train_seconds": round(seconds),
               "eval": {k: metrics[k] for k in ("map", "ap50", "ap75")},
               "per_category_ap": {str(k): v for k, v in metrics["per_category"].items()}},
