@@ -48,11 +48,12 @@ def _extractor(path: Path) -> tuple[ClassScoreExtractor, torch.nn.Module]:
     return ClassScoreExtractor(model.eval(), ckpt.categories.category_ids), model
 
 
-def test_cached_predictions_equal_the_production_runner(images, tmp_path) -> None:
+@pytest.mark.parametrize("backbone_tail", [False, True])
+def test_cached_predictions_equal_the_production_runner(images, tmp_path, backbone_tail) -> None:
     extractor, model = _extractor(random_demo_checkpoint(tmp_path / "m.pt", 3))
     full, errors = predict_images(extractor, images, ShardRef("m", 1, "s"), torch.device("cpu"))
-    cached = predict_cached(extractor, images, FeatureCache(model), model_name="m",
-                            model_version=1, shard="s")
+    cached = predict_cached(extractor, images, FeatureCache(model, backbone_tail=backbone_tail),
+                            model_name="m", model_version=1, shard="s")
     assert not errors and cached.schema == full.schema
     a, b = full.to_pylist(), cached.to_pylist()
     for x, y in zip(a, b, strict=True):
@@ -80,6 +81,41 @@ def test_train_head_learns_leaves_the_backbone_and_is_reproducible(images, tmp_p
         losses.append(log[-1]["loss"])
     assert torch.equal(heads[0], heads[1]) and losses[0] == losses[1]
     assert len(cache) == 2 * len(samples)  # every image seen plain and mirrored
+
+
+def test_backbone_tail_trains_the_tail_not_the_cached_block_and_predicts_with_it(
+        images, tmp_path) -> None:
+    path = random_demo_checkpoint(tmp_path / "m.pt", 5)
+    samples = [HeadSample(u, 320, 320, np.array([[30, 50, 150, 170]], np.float32),
+                          np.array([1 + k % 3], np.int64))
+               for k, u in enumerate(images["uri"].to_pylist())]
+    tails = []
+    for _ in range(2):
+        model, _ = load_detector(path)
+        cache = FeatureCache(model, backbone_tail=True)
+        before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+        train_head(model, samples, cache, steps=10, batch_size=4, seed=3)
+        after = model.backbone.state_dict()
+        changed = {k for k in before if not torch.equal(before[k], after[k])}
+        assert changed and all(k.startswith(("features.1.", "extra.")) for k in changed)
+        assert not any("running_" in k for k in changed)  # batch-norm statistics stay fixed
+        tails.append(next(model.backbone.extra.parameters()).detach().clone())
+        cache.check(model)  # the cached block is untouched: the cache still serves it
+    assert torch.equal(tails[0], tails[1])
+    # predictions from the cache use the trained tail: equal to the full path of this model
+    extractor = ClassScoreExtractor(model.eval(), load_detector(path)[1].categories.category_ids)
+    full, _ = predict_images(extractor, images, ShardRef("m", 1, "s"), torch.device("cpu"))
+    cached = predict_cached(extractor, images, cache, model_name="m", model_version=1, shard="s")
+    for x, y in zip(full.to_pylist(), cached.to_pylist(), strict=True):
+        np.testing.assert_allclose([d["score"] for d in x["detections"]],
+                                   [d["score"] for d in y["detections"]], atol=1e-5)
+
+
+def test_backbone_tail_refuses_a_backbone_without_feature_blocks(tmp_path) -> None:
+    model, _ = load_detector(random_demo_checkpoint(tmp_path / "m.pt", 1))
+    model.backbone = torch.nn.Sequential()
+    with pytest.raises(CacheError, match="SSDlite feature extractor"):
+        FeatureCache(model, backbone_tail=True)
 
 
 def test_a_cache_refuses_another_backbone(images, tmp_path) -> None:

@@ -310,6 +310,8 @@ def test_a_loop_without_starting_labels_or_a_start_checkpoint_is_refused(
                        tmp_path, Tracking(f"sqlite:///{tmp_path}/m.db"), log=None)
     with pytest.raises(SimulationError, match="give start_checkpoint too"):
         SimulationConfig(cached_features=True)
+    with pytest.raises(SimulationError, match="give cached_features"):
+        SimulationConfig(backbone_tail=True)
     with pytest.raises(SimulationError, match="initial_size must be >= 0"):
         SimulationConfig(initial_size=-1)
 

@@ -53,6 +53,8 @@ class SimulationConfig:
                                           "scratch)")
     cached_features: bool = option(False, "freeze start_checkpoint's backbone: head-only rounds "
                                    "on cached features")
+    backbone_tail: bool = option(False, "with cached_features: also fine-tune the backbone "
+                                 "after its first block (cache at stride 16)")
 
     def __post_init__(self) -> None:
         if self.initial_size < 0:
@@ -60,6 +62,9 @@ class SimulationConfig:
         if self.cached_features and self.start_checkpoint is None:
             raise SimulationError("cached_features freezes a pretrained backbone: give "
                                   "start_checkpoint too")
+        if self.backbone_tail and not self.cached_features:
+            raise SimulationError("backbone_tail trains on cached stride-16 maps: give "
+                                  "cached_features (--preset sets it) too")
         for name in _POSITIVE_FIELDS:
             if getattr(self, name) < 1:
                 raise SimulationError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -227,7 +227,8 @@ def run_simulation(
     rows: list[dict] = []
     cache = None
     if config.cached_features:
-        cache = FeatureCache(load_detector(Path(config.start_checkpoint))[0])
+        cache = FeatureCache(load_detector(Path(config.start_checkpoint))[0],
+                             backbone_tail=config.backbone_tail)
     rounds = _RoundLog(log, len(config.seeds) * (1 + len(config.strategies) * config.rounds))
     with lease_device(config.device) as device:
         for seed in config.seeds:
@@ -399,7 +400,7 @@ def _train_and_gate(run: _Seed, labels: list[tuple[pa.Table, pa.Table]], rnd: in
 
 def _train_head_round(run: _Seed, images: pa.Table, annotations: pa.Table, init: Path,
                       settings: TrainSettings, folder: Path) -> tuple[Path, float]:
-    """Head-only fine-tuning on the cached backbone features (``detection.cached``)."""
+    """Head (and backbone-tail) fine-tuning on cached backbone features (``detection.cached``)."""
     started = time.perf_counter()
     model, ckpt = load_detector(init)
     samples = head_samples(images, annotations, ckpt.categories)
@@ -408,7 +409,9 @@ def _train_head_round(run: _Seed, images: pa.Table, annotations: pa.Table, init:
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = save_checkpoint(folder / "challenger.pt", model, arch=run.config.arch,
                                  categories=ckpt.categories,
-                                 meta={"train": settings.params(), "head_only": True})
+                                 meta={"train": settings.params(),
+                                       "head_only": not run.cache.backbone_tail,
+                                       "backbone_tail": run.cache.backbone_tail})
     return checkpoint, time.perf_counter() - started
 
 
