@@ -82,14 +82,21 @@ DEFAULT_STRATEGY = "default"
 class SelectionConfig:
     """How the next batch is picked; the queue asset's config and the simulation share it."""
 
-    strategy: str = DEFAULT_STRATEGY  # a STRATEGIES name
-    size: int = 50  # images per labeling batch
-    max_boxes: int | None = None  # a budget in boxes too: at most this many predicted boxes
-    max_per_class: int | None = None  # class balancing: at most this many per top class
-    deduplicate: bool = True  # of a near-duplicate cluster only its best member competes
-    dedup_distance: int = 4  # dHash bits within which two images are near-duplicates
-    exclude_labeled: bool = True  # never offer an image that already has labels
-    seed: int = 0  # the random strategy's ranking
+    strategy: str = option(DEFAULT_STRATEGY, "a STRATEGIES name: least_confidence | margin | "
+                           "ratio | entropy | random | calibrated | balanced | diverse | default "
+                           "(calibrated + rare-class weights, then k-center diversity, with a "
+                           "class cap; docs/active-learning.md)")
+    size: int = option(50, "images per labeling batch")
+    max_boxes: int | None = option(None, "a budget in boxes as well: at most this many "
+                                   "predicted boxes in the batch")
+    max_per_class: int | None = option(None, "class balancing: at most this many images per "
+                                       "(most frequent) predicted class")
+    deduplicate: bool = option(True, "skip near-identical images: of a near-duplicate cluster "
+                               "(difference hash) only its best member competes")
+    dedup_distance: int = option(4, "dHash bits within which two images are near-duplicates")
+    exclude_labeled: bool = option(True, "skip images that already have labels (ingested or "
+                                   "imported); held-out ones always are")
+    seed: int = option(0, "seed of the random strategy's order")
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

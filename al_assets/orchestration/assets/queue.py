@@ -3,6 +3,7 @@
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import fields
 
 import dagster as dg
 import pyarrow as pa
@@ -11,8 +12,6 @@ from pydantic import Field
 
 from al_assets.core import schemas
 from al_assets.core.loop.selection import (
-    DEFAULT_STRATEGY,
-    STRATEGIES,
     SelectionConfig,
     class_ap_of,
     class_weights,
@@ -39,29 +38,20 @@ from al_assets.core.storage import TableStore
 from al_assets.orchestration.automation import VIEW_REFRESH
 from al_assets.orchestration.assets.labels import pool_categories, pool_labels, read_splits
 from al_assets.orchestration.champion import ChampionConfig, champion_key
+from al_assets.orchestration.config import derived_config
 from al_assets.orchestration.metadata import table_metadata
 from al_assets.orchestration.resources import CocoSourceResource, MlflowResource, StorageResource
 
 IMAGE_URLS_ENV = "AL_ASSETS_IMAGE_URLS"
 
 
-class QueueConfig(ChampionConfig):
-    strategy: str = DEFAULT_STRATEGY
-    """A STRATEGIES name: least_confidence | margin | ratio | entropy (image_rankings'
-    measures) | random | calibrated | balanced | diverse | default (calibrated + rare-class
-    weights, then k-center diversity, with a class cap; docs/active-learning.md)."""
-    size: int = SelectionConfig.size
-    max_boxes: int | None = None
-    """A budget in boxes as well: the queue holds at most this many predicted boxes."""
-    max_per_class: int | None = None
-    """Class balancing: at most this many images per (most frequent) predicted class."""
-    deduplicate: bool = SelectionConfig.deduplicate
-    """Skip near-identical images (difference hash within dedup_distance bits)."""
-    dedup_distance: int = SelectionConfig.dedup_distance
-    exclude_labeled: bool = SelectionConfig.exclude_labeled
-    """Skip images that already have labels (ingested or imported); held-out ones always are."""
-    seed: int = SelectionConfig.seed
-    """Seed of the random strategy's order."""
+SelectionOptions = derived_config("SelectionOptions", SelectionConfig, base=ChampionConfig)
+"""SelectionConfig's fields (names, defaults, help) as run config, on top of the champion's."""
+
+
+class QueueConfig(SelectionOptions):
+    """What to pick (SelectionConfig's fields) and how the exports refer to it."""
+
     preannotation_score: float = CONFIDENT_SCORE
     """Only boxes at or above this detector score go into the exports as pre-annotations."""
     min_score: float = DEFAULT_MIN_SCORE
@@ -78,11 +68,7 @@ class QueueConfig(ChampionConfig):
     """presigned: hours the URLs work (at most 168, S3's limit); signed with coco_source's S3."""
 
     def selection(self) -> SelectionConfig:
-        return SelectionConfig(
-            strategy=self.strategy, size=self.size, max_boxes=self.max_boxes,
-            max_per_class=self.max_per_class,
-            deduplicate=self.deduplicate, dedup_distance=self.dedup_distance,
-            exclude_labeled=self.exclude_labeled, seed=self.seed)
+        return SelectionConfig(**{f.name: getattr(self, f.name) for f in fields(SelectionConfig)})
 
     def task_images(self) -> ImageUrls:
         return ImageUrls(self.image_urls, self.local_files_root, self.presign_hours)
