@@ -502,3 +502,43 @@ def test_evaluation_errors_name_the_record() -> None:
 def test_no_predictions_on_annotated_images_scores_zero() -> None:
     result = evaluate_predictions(_predictions({1: [], 2: []}), EVAL_GT, _images(1, 2), COCO_FOUR)
     assert (result["map"], result["num_detections"], result["num_images"]) == (0.0, 0, 2)
+
+
+# -- every version's mAP from the store (evaluate_versions) -----------------------------------------
+def test_evaluate_versions_streams_shards_and_matches_one_evaluation(tmp_path) -> None:
+    from al_assets.core.analysis.versions import evaluate_versions, off_diagonal
+    from al_assets.core.storage import TableStore
+
+    store = TableStore(tmp_path)
+    truth = _annotations([(1, 1, PERSON, (10, 10, 60, 60), False),
+                          (2, 2, CHAIR, (20, 20, 90, 90), False),
+                          (3, 3, PERSON, (5, 5, 50, 50), False)])  # image 3: not held out
+    good = {1: [_det((10, 10, 60, 60), 0.9, PERSON)], 2: [_det((20, 20, 90, 90), 0.8, PERSON)],
+            3: [_det((5, 5, 50, 50), 0.9, PERSON)]}
+    worse = {1: [_det((30, 30, 80, 80), 0.9, PERSON)], 2: [_det((60, 60, 140, 140), 0.8, CHAIR)]}
+    for version, per_image in (("1", good), ("2", worse)):
+        table = _predictions(per_image)
+        for shard, ids in (("s0", [1]), ("s1", [2, 3])):  # two shards per version
+            rows = table.filter(pc.is_in(table["image_id"], value_set=pa.array(ids)))
+            store.write("detections", rows, f"{version}/{shard}")
+    store.write("detections", _predictions({3: good[3]}), "3/s0")  # no held-out image
+    heldout = pa.array([1, 2], pa.int64())
+    found = evaluate_versions(store, ["1", "2", "3"], "1", heldout, truth, _images(1, 2, 3),
+                              COCO_FOUR, iou_threshold=0.5, score_thresh=0.5)
+
+    assert set(found.evaluation["model_version"].to_pylist()) == {"1", "2"}  # 3: no rows
+    for version, per_image in (("1", good), ("2", worse)):
+        alone = evaluate_predictions(_predictions({i: per_image[i] for i in (1, 2)}),
+                                     truth.filter(pc.is_in(truth["image_id"], value_set=heldout)),
+                                     _images(1, 2, 3), COCO_FOUR)
+        assert found.summary[version] == {**{k: round(alone[k], 3) for k in ("map", "ap50",
+                                                                            "ap75")},
+                                          "num_images": 2}
+    assert found.summary["1"]["map"] > found.summary["2"]["map"]
+    # the champion's (version 1) confusion: one person right, the chair called a person
+    cells = {(r["gt_category_id"], r["pred_category_id"]): r["count"]
+             for r in found.matrix.to_pylist()}
+    assert cells[(PERSON, PERSON)] == 1 and cells[(CHAIR, PERSON)] == 1
+    top = off_diagonal(found.matrix).to_pylist()
+    assert (top[0]["gt_category_id"], top[0]["pred_category_id"]) == (CHAIR, PERSON)
+    assert all(r["gt_category_id"] != r["pred_category_id"] for r in top)
