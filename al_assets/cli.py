@@ -16,6 +16,8 @@ from pathlib import Path
 from al_assets.core.defaults import SIMULATION_EXPERIMENT, console_log_level
 from al_assets.core.errors import AlAssetsError
 from al_assets.core.options import add_options, given
+from al_assets.core.analysis.gate import GatePolicy
+from al_assets.core.loop.settings import TrainSettings
 from al_assets.core.simulation.config import SimulationConfig
 
 Handler = Callable[[argparse.Namespace], int]
@@ -138,9 +140,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from al_assets.orchestration.runs import train
 
     defs, instance = _defs_and_instance()
-    config = {k: v for k, v in (("steps", args.steps), ("base_version", args.base_version),
-                                ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
-    gate = {"min_improvement": args.min_improvement} if args.min_improvement is not None else {}
+    config = given(vars(args), TrainSettings)
+    if args.base_version is not None:
+        config["base_version"] = args.base_version
+    gate = given(vars(args), GatePolicy)
     outcome = train(defs, instance, None if args.gate_only else config, gate,
                     refresh=not args.no_refresh)
     print(outcome)
@@ -317,11 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a challenger on the labels, gate it against the "
                        "champion; on promotion predict the pool and refresh the queue")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
+    add_options(p, TrainSettings)  # the challenger asset's run config, same fields
     p.add_argument("--base-version", default=None, help="default: the champion")
-    p.add_argument("--min-improvement", type=float, default=None, help="the gate's margin")
+    add_options(p, GatePolicy)  # the evaluation gate's
     p.add_argument("--no-refresh", action="store_true", help="skip predicting after promotion")
     p.add_argument("--gate-only", action="store_true",
                    help="no training: gate the current challenger against the champion")

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from al_assets.core.options import option
+
 
 @dataclass(frozen=True)
 class GatePolicy:
@@ -21,9 +23,12 @@ class GatePolicy:
     labeled held-out images the estimate is too noisy to promote anything.
     """
 
-    min_improvement: float = 0.005
-    require_significant: bool = False
-    min_heldout_images: int = 20
+    min_improvement: float = option(0.005, "promote only when challenger mAP - champion mAP "
+                                    "is at least this")
+    require_significant: bool = option(False, "also require the bootstrap interval of the "
+                                       "difference to lie above zero")
+    min_heldout_images: int = option(20, "never promote on fewer labeled held-out images (too "
+                                     "noisy to tell)")
 
     def __post_init__(self) -> None:
         if not self.min_improvement >= 0:  # also rejects NaN

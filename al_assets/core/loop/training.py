@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,32 +24,9 @@ from al_assets.core.defaults import DEFAULT_ARCH
 from al_assets.core.detection.categories import CategoryMap
 from al_assets.core.detection.factory import save_checkpoint
 from al_assets.core.detection.training import train_detector
-from al_assets.core.errors import AlAssetsError
+from al_assets.core.loop.settings import LoopError, TrainSettings
 from al_assets.core.storage.files import write_bytes_atomic
 from al_assets.core.storage.objects import ObjectStore
-
-
-class LoopError(AlAssetsError, ValueError):
-    """A loop step that cannot run as asked (nothing labeled, no held-out ground truth...)."""
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Fine-tuning budget; 2 CPU cores train ssdlite320 at about 7 images/s."""
-
-    steps: int = 200  # optimizer steps (batch_size images each)
-    batch_size: int = 8
-    lr: float | None = None  # None: train_detector's fine-tuning default (a fifth of 0.05)
-    seed: int = 0
-    checkpoint_every: int = 25  # resumable state every this many steps
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise LoopError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-    def params(self) -> dict[str, str]:
-        return {k: str(v) for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,8 @@ from al_assets.core.loop.selection import (
     rank_images,
     select_batch,
 )
-from al_assets.core.loop.training import TrainSettings, train_challenger
+from al_assets.core.loop.settings import TrainSettings
+from al_assets.core.loop.training import train_challenger
 from al_assets.core.prediction.arrow import confident_detections
 from al_assets.core.prediction.devices import lease_device
 from al_assets.core.prediction.runner import ShardRef

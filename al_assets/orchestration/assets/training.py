@@ -10,6 +10,7 @@ model-version sensor watches: it then predicts every shard and the views refresh
 
 import time
 from collections.abc import Iterator
+from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from al_assets.core.defaults import DETECTOR_MODEL
 from al_assets.core.analysis.evaluation import compare_predictions
 from al_assets.core.analysis.gate import GatePolicy, decide, per_class_deltas
 from al_assets.core.loop.evaluation import predict_images
-from al_assets.core.loop.training import TrainSettings, train_challenger
+from al_assets.core.loop.settings import TrainSettings
+from al_assets.core.loop.training import train_challenger
 from al_assets.core.prediction.devices import lease_device
 from al_assets.core.prediction.runner import ShardRef
 from al_assets.core.progress import Progress
@@ -31,6 +33,7 @@ from al_assets.core.storage import TableStore
 from al_assets.orchestration.assets.labels import pool_categories, pool_labels, read_splits
 from al_assets.orchestration.assets.prediction import GPU_POOL
 from al_assets.orchestration.champion import ChampionConfig
+from al_assets.orchestration.config import derived_config
 from al_assets.orchestration.metadata import markdown_preview, table_metadata
 from al_assets.orchestration.partitions import MODEL_VERSION, add_partitions, model_version_key
 from al_assets.orchestration.resources import (
@@ -45,21 +48,14 @@ MODELS = "models"
 CHALLENGER = "challenger"
 
 
-class TrainingConfig(ChampionConfig):
+class TrainingConfig(derived_config("TrainSettingsOptions", TrainSettings, base=ChampionConfig)):
+    """TrainSettings' fields (names, defaults, help) and the version to start from."""
+
     base_version: str | None = None
     """Model version key to fine-tune (e.g. al-class-scores-v1); default: the champion."""
-    steps: int = TrainSettings.steps
-    """Optimizer steps (2 CPU cores: about 1 s per step of 8 images for ssdlite320)."""
-    batch_size: int = TrainSettings.batch_size
-    lr: float | None = None
-    """Peak learning rate; default: a fifth of the from-scratch rate (fine-tuning)."""
-    seed: int = 0
-    checkpoint_every: int = TrainSettings.checkpoint_every
-    """A killed run resumes from the last of these checkpoints."""
 
     def settings(self) -> TrainSettings:
-        return TrainSettings(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
-                             seed=self.seed, checkpoint_every=self.checkpoint_every)
+        return TrainSettings(**{f.name: getattr(self, f.name) for f in fields(TrainSettings)})
 
 
 @dg.asset(
@@ -193,20 +189,15 @@ class _TrainingRun:
                 "training_data": f"{result.images} labeled train-split images"}
 
 
-class GateConfig(ChampionConfig):
-    min_improvement: float = GatePolicy.min_improvement
-    """Promote only when challenger mAP - champion mAP is at least this."""
-    require_significant: bool = GatePolicy.require_significant
-    """Also require the bootstrap interval of the difference to lie above zero."""
-    min_heldout_images: int = GatePolicy.min_heldout_images
-    """Never promote on fewer labeled held-out images (too noisy to tell)."""
+class GateConfig(derived_config("GatePolicyOptions", GatePolicy, base=ChampionConfig)):
+    """GatePolicy's fields (names, defaults, help) and the bootstrap's settings."""
+
     n_boot: int = 200
     """Bootstrap resamples of the held-out images (paired: same resamples for both models)."""
     seed: int = 0
 
     def policy(self) -> GatePolicy:
-        return GatePolicy(self.min_improvement, self.require_significant,
-                          self.min_heldout_images)
+        return GatePolicy(**{f.name: getattr(self, f.name) for f in fields(GatePolicy)})
 
 
 @dg.asset(
