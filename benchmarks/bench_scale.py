@@ -106,7 +106,8 @@ def _setup(args) -> dict:
 
     from al_assets.core import schemas
     from al_assets.core.scoring.box_scores import box_scores
-    from al_assets.core.scoring.views import DEFAULT_MIN_SCORE, STORE_ROW_GROUP_IMAGES, score_bands
+    from al_assets.core.defaults import DEFAULT_MIN_SCORE, STORE_ROW_GROUP_IMAGES
+    from al_assets.core.scoring.views import score_bands
     from al_assets.core.sharding import assign_shards
 
     started = time.perf_counter()
@@ -205,7 +206,8 @@ def _workload(args):
     import pyarrow.compute as pc
 
     from al_assets.core.prediction.storage import predictions_of
-    from al_assets.core.scoring.views import DEFAULT_MIN_SCORE, confident, score_at_least, top_rows
+    from al_assets.core.defaults import DEFAULT_MIN_SCORE
+    from al_assets.core.scoring.views import confident, score_at_least, top_rows
 
     store = _store(args)
     ids = np.random.default_rng(0).choice(np.arange(1, args.size + 1), args.candidates,

@@ -295,10 +295,11 @@ def oracle_label(defs: dg.Definitions, name: str | None = None) -> str:
     import json
     from datetime import datetime, timezone
 
-    from al_assets.core.coco.parse import load_json, parse_coco
+    from al_assets.core.coco.parse import parse_coco
+    from al_assets.core.coco.reader import load_json
     from al_assets.core.coco.tables import build_tables
     from al_assets.core.loop.oracle import oracle_export
-    from al_assets.orchestration.assets.labels import pool_categories
+    from al_assets.core.pool import pool_categories
 
     source: CocoSourceResource = defs.resources["coco_source"]
     store = defs.resources["storage"].tables()

@@ -16,7 +16,7 @@ from al_assets.core.loop.selection import ScoringSettings, rank_images
 from al_assets.core.prediction.arrow import predictions_batch
 from al_assets.core.prediction.storage import KEEP_ALL, StoragePolicy, apply_policy
 from al_assets.core.scoring.box_scores import box_scores
-from al_assets.core.scoring.views import DEFAULT_MIN_SCORE
+from al_assets.core.defaults import DEFAULT_MIN_SCORE
 from al_assets.core.storage import TableStore
 
 MEASURES = ("p1", "p2", "least_confidence", "least_confidence_norm", "margin",

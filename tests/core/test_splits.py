@@ -67,3 +67,27 @@ def test_the_later_label_batch_wins_and_nothing_is_deleted() -> None:
     assert rows[11]["n_boxes"] == 1
     assert sorted(ids_in(table, TRAIN, labeled=False).to_pylist() +
                   ids_in(table, HELDOUT, labeled=False).to_pylist()) == [13]
+
+
+def test_the_pool_as_stored_applies_complete_label_batches_and_notes_relabels(tmp_path) -> None:
+    from al_assets.core.pool import pool_labels, read_splits, relabel_notes
+    from al_assets.core.storage import TableStore
+
+    store = TableStore(tmp_path)
+    store.write("annotations", _annotations([(1, 10, "batch-000"), (2, 11, "batch-000")]),
+                "batch-000")
+    store.write("annotations", _annotations([(3, 12, "batch-001")]), "batch-001")
+    store.write("labeled_images", _labeled([11], "labels-a"), "labels-a")
+    store.write("label_annotations", _annotations([(100, 11, "labels-a")]), "labels-a")
+    store.write("labeled_images", _labeled([10], "labels-b"), "labels-b")  # no boxes table yet
+    annotations, owners = pool_labels(store)
+    in_force = sorted(zip(annotations["image_id"].to_pylist(), annotations["batch"].to_pylist()))
+    assert in_force == [(10, "batch-000"), (11, "labels-a"), (12, "batch-001")]  # b: incomplete
+    assert dict(zip(owners["image_id"].to_pylist(), owners["label_batch"].to_pylist())) == {
+        10: "batch-000", 11: "labels-a", 12: "batch-001"}
+    notes = relabel_notes(store, "labels-c", _labeled([11, 12, 13], "labels-c"))
+    assert [(n.record_id, n.reason.split(" (")[0]) for n in notes] == [
+        (11, "relabeled: replaces the labels of batch 'labels-a'"),
+        (12, "relabeled: replaces the labels of batch 'batch-001'")]  # 13: never labeled
+    with pytest.raises(FileNotFoundError, match="materialize the `splits` asset"):
+        read_splits(store)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dagster as dg
 import pytest
 
 from al_assets.core.demo.generator import add_demo_batch

@@ -11,7 +11,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from al_assets.core import schemas
-from al_assets.core.scoring.views import DEFAULT_MIN_SCORE
+from al_assets.core.defaults import DEFAULT_MIN_SCORE
 from al_assets.orchestration.runs import predict, register, run_job
 from tests.orchestration.conftest import FAST, Pipeline
 

@@ -27,7 +27,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from al_assets.core.coco.reader import REQUIRED_KEYS, load_json  # noqa: F401  (re-exported)
 from al_assets.core.errors import CocoFormatError
 
 AREA_TOLERANCE = 1.5  # COCO's area is the segmentation's, so at most the box's (+ tool slack)

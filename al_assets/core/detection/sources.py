@@ -6,7 +6,6 @@ from pathlib import Path
 
 from al_assets.core.detection.categories import CategoryMap
 from al_assets.core.detection.factory import (
-    DetectorError,
     build_detector,
     save_checkpoint,
     torchvision_weights,

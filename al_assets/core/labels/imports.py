@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from al_assets.core import schemas
-from al_assets.core.coco.parse import REQUIRED_KEYS
+from al_assets.core.coco.reader import REQUIRED_KEYS
 from al_assets.core.coco.tables import rejects_table
 from al_assets.core.labels.coco_labels import parse_coco_labels
 from al_assets.core.labels.label_studio import parse_label_studio

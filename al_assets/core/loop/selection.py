@@ -38,7 +38,8 @@ from al_assets.core.queue.diversity import farthest_first
 from al_assets.core.queue.selection import select_queue
 from al_assets.core.scoring.aggregation import aggregate_images
 from al_assets.core.scoring.box_scores import box_scores
-from al_assets.core.scoring.views import DEFAULT_MIN_SCORE, confident, rerank
+from al_assets.core.defaults import DEFAULT_MIN_SCORE
+from al_assets.core.scoring.views import confident, rerank
 
 MEASURES = ("least_confidence", "margin", "ratio", "entropy")
 """Ranking measures of image_rankings (a BOX_SCORES measure each, aggregated per image)."""

@@ -19,7 +19,7 @@ from al_assets.core import schemas
 from al_assets.core.prediction.arrow import predictions_batch
 from al_assets.core.prediction.loader import LoadedImage, ShardImages, make_loader
 from al_assets.core.prediction.storage import KEEP_ALL, StoragePolicy, apply_policy
-from al_assets.core.scoring.views import STORE_ROW_GROUP_IMAGES
+from al_assets.core.defaults import STORE_ROW_GROUP_IMAGES
 
 Detect = Callable[[list[torch.Tensor]], list[dict[str, torch.Tensor]]]
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from al_assets.core import schemas
-from al_assets.core.scoring.views import (
+from al_assets.core.defaults import (
     STORE_DISTRIBUTION,
     STORE_MAX_DETECTIONS,
     STORE_MIN_SCORE,

@@ -14,14 +14,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from al_assets.core.defaults import (  # noqa: F401  (the views' floors, read from here)
-    DEFAULT_MIN_SCORE,
-    STORE_DISTRIBUTION,
-    STORE_MAX_DETECTIONS,
-    STORE_MIN_SCORE,
-    STORE_ROW_GROUP_IMAGES,
-    STORE_TOP_K,
-)
 from al_assets.core.schemas import IMAGE_SCORES
 from al_assets.core.scoring.aggregation import rank_order
 

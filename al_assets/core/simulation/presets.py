@@ -31,7 +31,6 @@ import numpy as np
 from al_assets.core.demo.generator import (
     _coco_document,
     _ImagePlan,
-    _image_record,
     _object_record,
     _write_if_changed,
 )

@@ -1,7 +1,6 @@
 """Analysis assets: confused class pairs, class frequency and imbalance, mAP per model version."""
 
 import dagster as dg
-import pyarrow as pa
 
 from al_assets.core import schemas
 from al_assets.core.analysis.confused_pairs import confused_pairs as find_confused_pairs
@@ -12,8 +11,7 @@ from al_assets.core.analysis.versions import evaluate_versions, off_diagonal
 from al_assets.core.defaults import CONFIDENT_SCORE
 from al_assets.core.scoring.views import score_at_least
 from al_assets.core.splits import HELDOUT, ids_in
-from al_assets.core.storage import TableStore
-from al_assets.orchestration.assets.labels import pool_categories, pool_labels, read_splits
+from al_assets.core.pool import pool_categories, pool_labels, pool_table, read_splits
 from al_assets.orchestration.automation import VIEW_REFRESH
 from al_assets.orchestration.champion import ChampionConfig, champion_partitions
 from al_assets.orchestration.metadata import markdown_preview, table_metadata
@@ -21,11 +19,6 @@ from al_assets.orchestration.partitions import MODEL_VERSION
 from al_assets.orchestration.resources import MlflowResource, StorageResource
 
 ANALYSIS = "analysis"
-
-
-def pool_table(store: TableStore, name: str, columns: list[str] | None = None) -> pa.Table:
-    return store.read_many(name, store.partitions(name), columns,
-                           schema=getattr(schemas, name.upper()))
 
 
 class ConfusedPairsConfig(dg.Config):

@@ -11,12 +11,10 @@ from collections.abc import Iterator
 import dagster as dg
 import pyarrow as pa
 
-from al_assets.core import schemas
-from al_assets.core.coco.categories import unique_categories
 from al_assets.core.coco.tables import rejects_table
 from al_assets.core.labels import import_labels
-from al_assets.core.coco.parse import Reject
-from al_assets.core.splits import effective_labels, label_owners, splits_table
+from al_assets.core.pool import pool_categories, pool_labels, pool_table, relabel_notes
+from al_assets.core.splits import splits_table
 from al_assets.core.storage import TableStore
 from al_assets.orchestration.automation import VIEW_REFRESH
 from al_assets.orchestration.metadata import counts_metadata, table_metadata
@@ -25,32 +23,6 @@ from al_assets.orchestration.resources import CocoSourceResource, StorageResourc
 
 LABELS = "labels"
 LABEL_TABLES = ("labeled_images", "label_annotations", "label_rejects")
-
-
-def pool_categories(store: TableStore) -> pa.Table:
-    """The pool's categories, one row per id, over every ingest batch."""
-    return unique_categories(
-        store.read_many("categories", store.partitions("categories"), schema=schemas.CATEGORIES))
-
-
-def pool_labels(store: TableStore) -> tuple[pa.Table, pa.Table]:
-    """(effective ANNOTATIONS, image_id -> label_batch) of the whole pool, label batches applied."""
-    ingested = store.read_many("annotations", store.partitions("annotations"),
-                               schema=schemas.ANNOTATIONS)
-    complete = set(store.partitions("label_annotations"))  # both tables written
-    imported = [(store.read("labeled_images", b), store.read("label_annotations", b))
-                for b in store.partitions("labeled_images") if b in complete]
-    return effective_labels(ingested, imported)
-
-
-def read_splits(store: TableStore) -> pa.Table:
-    """The stored SPLITS table; an error that says what to materialize when it is missing."""
-    try:
-        return store.read("splits")
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            "no splits table yet: materialize the `splits` asset (group labels) first, e.g. "
-            "`al-assets refresh`") from None
 
 
 def _spec(name: str, description: str) -> dg.AssetSpec:
@@ -76,12 +48,10 @@ def label_import(
     batch = context.partition_key
     store = storage.tables()
     uri = coco_source.label_uri(batch)
-    images = store.read_many("images", store.partitions("images"),
-                             ["image_id", "file_name", "uri", "width", "height"],
-                             schema=schemas.IMAGES)
+    images = pool_table(store, "images", ["image_id", "file_name", "uri", "width", "height"])
     imported = import_labels(coco_source.read_label_file(uri), uri, batch, images,
                              pool_categories(store))
-    replaced = _replaced(store, batch, imported.labeled_images)
+    replaced = relabel_notes(store, batch, imported.labeled_images)
     rejects = pa.concat_tables([imported.rejects, rejects_table(replaced, batch, uri)])
     for row in rejects.slice(0, 20).to_pylist():
         context.log.warning(f"{row['record_type']} {row['record_id']}: {row['reason']}")
@@ -91,18 +61,6 @@ def label_import(
                  format=imported.format, replaced_earlier_labels=len(replaced))
     context.log.info(f"{batch}: {imported.labeled_images.num_rows} images labeled, "
                      f"{imported.annotations.num_rows} boxes, {rejects.num_rows} rejects")
-
-
-def _replaced(store: TableStore, batch: str, labeled: pa.Table) -> list[Reject]:
-    """Notes for images whose earlier labels this batch replaces (they stay in their batch)."""
-    ingested = store.read_many("annotations", store.partitions("annotations"),
-                               ["image_id", "batch"], schema=schemas.ANNOTATIONS)
-    earlier = [store.read("labeled_images", b, ["image_id", "batch"])
-               for b in store.partitions("labeled_images") if b < batch]
-    owner = label_owners(ingested, earlier)
-    return [Reject("image", i, f"relabeled: replaces the labels of batch {owner[i]!r} "
-                                "(kept there; the later export wins)")
-            for i in labeled["image_id"].to_pylist() if i in owner]
 
 
 def _write(store: TableStore, name: str, table: pa.Table, batch: str, counts: str | None,
@@ -122,8 +80,7 @@ def _write(store: TableStore, name: str, table: pa.Table, batch: str, counts: st
 )
 def splits(storage: StorageResource) -> dg.MaterializeResult:
     store = storage.tables()
-    images = store.read_many("images", store.partitions("images"), ["image_id"],
-                             schema=schemas.IMAGES)
+    images = pool_table(store, "images", ["image_id"])
     annotations, owners = pool_labels(store)
     table = splits_table(images, annotations, owners)
     metadata = table_metadata(table, store.write("splits", table))

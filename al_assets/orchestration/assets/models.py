@@ -9,7 +9,7 @@ from al_assets.core.defaults import DEFAULT_ARCH, DETECTOR_MODEL
 from al_assets.core.detection.compatibility import check_categories
 from al_assets.core.detection.factory import load_checkpoint
 from al_assets.core.detection.sources import resolve_checkpoint
-from al_assets.orchestration.assets.labels import pool_categories
+from al_assets.core.pool import pool_categories
 from al_assets.orchestration.partitions import (
     MODEL_VERSION,
     add_partitions,

@@ -19,7 +19,7 @@ from al_assets.core.prediction.runner import (
 )
 from al_assets.core.prediction.storage import StoragePolicy
 from al_assets.core.progress import throttled
-from al_assets.core.scoring.views import (
+from al_assets.core.defaults import (
     STORE_DISTRIBUTION,
     STORE_MAX_DETECTIONS,
     STORE_MIN_SCORE,
@@ -27,7 +27,7 @@ from al_assets.core.scoring.views import (
 )
 from al_assets.core.sharding import batch_of_shard
 from al_assets.core.storage import TableStore
-from al_assets.orchestration.assets.labels import pool_categories
+from al_assets.core.pool import pool_categories
 from al_assets.orchestration.metadata import column_schema, table_metadata
 from al_assets.orchestration.partitions import (
     MODEL_VERSION,

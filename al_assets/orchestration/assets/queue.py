@@ -36,7 +36,7 @@ from al_assets.core.queue.exports import (
 from al_assets.core.defaults import CONFIDENT_SCORE, DEFAULT_MIN_SCORE
 from al_assets.core.storage import TableStore
 from al_assets.orchestration.automation import VIEW_REFRESH
-from al_assets.orchestration.assets.labels import pool_categories, pool_labels, read_splits
+from al_assets.core.pool import pool_categories, pool_labels, read_splits
 from al_assets.orchestration.champion import ChampionConfig, champion_key
 from al_assets.orchestration.config import derived_config
 from al_assets.orchestration.metadata import table_metadata

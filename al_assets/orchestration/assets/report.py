@@ -7,7 +7,7 @@ from al_assets.core.images import decode_rgb
 from al_assets.core.report.html import render_html_report
 from al_assets.core.report.uncertainty_report import ReportInputs, report_sections, thumbnail_markdown
 from al_assets.orchestration.assets.analysis import ANALYSIS
-from al_assets.orchestration.assets.labels import pool_categories
+from al_assets.core.pool import pool_categories
 from al_assets.orchestration.automation import VIEW_REFRESH
 from al_assets.orchestration.champion import ChampionConfig, champion_key
 from al_assets.orchestration.resources import CocoSourceResource, MlflowResource, StorageResource

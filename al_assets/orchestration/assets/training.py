@@ -30,7 +30,7 @@ from al_assets.core.prediction.runner import ShardRef
 from al_assets.core.progress import Progress
 from al_assets.core.splits import HELDOUT, TRAIN, ids_in
 from al_assets.core.storage import TableStore
-from al_assets.orchestration.assets.labels import pool_categories, pool_labels, read_splits
+from al_assets.core.pool import pool_categories, pool_labels, pool_table, read_splits
 from al_assets.orchestration.assets.prediction import GPU_POOL
 from al_assets.orchestration.champion import ChampionConfig
 from al_assets.orchestration.config import derived_config
@@ -123,7 +123,7 @@ def _labeled(store: TableStore, split: str) -> tuple[pa.Table, pa.Table, pa.Tabl
     """(IMAGES rows, effective labels, SPLITS rows) of the labeled images of one split."""
     splits = read_splits(store)
     ids = ids_in(splits, split, labeled=True)
-    images = store.read_many("images", store.partitions("images"), schema=schemas.IMAGES)
+    images = pool_table(store, "images")
     annotations, _ = pool_labels(store)
     return (images.filter(pc.is_in(images["image_id"], ids)), annotations,
             splits.filter(pc.is_in(splits["image_id"], ids)))

@@ -11,9 +11,10 @@ from al_assets.core.loop.selection import MEASURES as STRATEGIES
 from al_assets.core.loop.selection import ScoringSettings, pool_ranking, rank_images
 from al_assets.core.options import given
 from al_assets.core.queue.exports import category_names
-from al_assets.core.scoring.views import DEFAULT_MIN_SCORE, score_at_least, score_bands, top_rows
+from al_assets.core.defaults import DEFAULT_MIN_SCORE
+from al_assets.core.scoring.views import score_at_least, score_bands, top_rows
 from al_assets.core.storage import TableStore
-from al_assets.orchestration.assets.labels import pool_categories
+from al_assets.core.pool import pool_categories
 from al_assets.orchestration.assets.prediction import storage_partition
 from al_assets.orchestration.automation import PARTITION_FOLLOWS_UPSTREAM, VIEW_REFRESH
 from al_assets.orchestration.config import derived_config
