@@ -66,6 +66,7 @@ from al_assets.core.loop.selection import (
 )
 from al_assets.core.loop.settings import TrainSettings
 from al_assets.core.loop.training import train_challenger
+from al_assets.core.tracking import TrackedRun
 from al_assets.core.prediction.arrow import confident_detections
 from al_assets.core.prediction.devices import lease_device
 from al_assets.core.prediction.runner import ShardRef
@@ -261,14 +262,13 @@ def _start_seed(run: _Seed, rounds: _RoundLog) -> None:
 
 
 def _tracked(tracker: _Tracker, run: _Seed, strategy: str, rounds: _RoundLog) -> list[dict]:
-    run_id = tracker.start(run.config.params(strategy, run.seed), strategy, run.seed)
+    tracked = tracker.start(run.config.params(strategy, run.seed), strategy, run.seed)
     try:
-        rows = _simulate_strategy(run, strategy, lambda row: tracker.log_round(run_id, row),
-                                   rounds)
+        rows = _simulate_strategy(run, strategy, lambda row: _log_round(tracked, row), rounds)
     except BaseException:
-        tracker.finish(run_id, "FAILED")
+        tracked.finish("FAILED")
         raise
-    tracker.finish(run_id, "FINISHED")
+    tracked.finish("FINISHED")
     return rows
 
 
@@ -506,28 +506,16 @@ class _Tracker:
         self.experiment_id = get_or_create_experiment(
             self.client, tracking.experiment, tracking.artifact_location)
 
-    def start(self, params: Mapping[str, str], strategy: str, seed: int) -> str:
-        from mlflow.entities import Param
+    def start(self, params: Mapping[str, str], strategy: str, seed: int) -> TrackedRun:
+        return TrackedRun.create(self.client, self.experiment_id, f"{strategy}-seed{seed}",
+                          {"al_assets.kind": "simulation", "strategy": strategy,
+                           "seed": str(seed)}, params)
 
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"{strategy}-seed{seed}",
-            tags={"al_assets.kind": "simulation", "strategy": strategy, "seed": str(seed)},
-        )
-        self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
-        return run.info.run_id
 
-    def log_round(self, run_id: str, row: Mapping[str, object]) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        metrics = [Metric(key, float(row[key]), now, int(row["round"]))
-                   for key in _TRACKED if row.get(key) is not None]
-        metrics.append(Metric("promoted", float(bool(row["promoted"])), now, int(row["round"])))
-        self.client.log_batch(run_id, metrics=metrics)
-
-    def finish(self, run_id: str, status: str) -> None:
-        self.client.set_terminated(run_id, status)
+def _log_round(run: TrackedRun, row: Mapping[str, object]) -> None:
+    """One curve point's metrics at step = round."""
+    run.log({**{key: row.get(key) for key in _TRACKED},
+             "promoted": float(bool(row["promoted"]))}, int(row["round"]))
 
 
 def _ingest(split: CocoSplit, batch: str, log: Log | None) -> CocoTables:

@@ -8,7 +8,6 @@ model-version sensor watches: it then predicts every shard and the views refresh
 """
 
 
-import time
 from collections.abc import Iterator
 from dataclasses import fields
 from datetime import datetime, timezone
@@ -27,8 +26,8 @@ from al_assets.core.loop.settings import TrainSettings
 from al_assets.core.loop.training import train_challenger
 from al_assets.core.prediction.devices import lease_device
 from al_assets.core.prediction.runner import ShardRef
-from al_assets.core.progress import Progress
 from al_assets.core.splits import HELDOUT, TRAIN, ids_in
+from al_assets.core.tracking import TrackedRun, TrainingRun
 from al_assets.core.storage import TableStore
 from al_assets.core.pool import pool_categories, pool_labels, pool_table, read_splits
 from al_assets.orchestration.assets.prediction import GPU_POOL
@@ -73,7 +72,9 @@ def challenger(
     base = registry.load(base_name, base_version)
     images, annotations, lineage = _train_set(store)
     settings = config.settings()
-    tracker = _TrainingRun(registry, context, base_name, base_version, lineage, settings)
+    tracker = TrainingRun(registry.client, registry.experiment_id(),
+                          model_version_key(base_name, base_version), lineage, settings,
+                          context.log.info, tags={"dagster_run_id": context.run_id})
     workdir = Path(scratch_dir("training", model_version_key(base_name, base_version)))
     with lease_device(device.device, device.lease_folder()) as dev:
         result = train_challenger(
@@ -133,60 +134,6 @@ def _train_set(store: TableStore) -> tuple[pa.Table, pa.Table, list[str]]:
     """Labeled train-split images, their effective labels, and the batches they come from."""
     images, annotations, rows = _labeled(store, TRAIN)
     return images, annotations, sorted(set(rows["label_batch"].to_pylist()))
-
-
-class _TrainingRun:
-    """The MLflow run of one training: params, loss per step, lineage, held-out mAP."""
-
-    def __init__(self, registry, context, base_name: str, base_version: int,
-                 lineage: list[str], settings: TrainSettings) -> None:
-        from mlflow.entities import Param
-
-        self.client, self.context = registry.client, context
-        self.base = model_version_key(base_name, base_version)
-        self.lineage = lineage
-        run = self.client.create_run(registry.experiment_id(), run_name=f"train-{self.base}",
-                                     tags={"al_assets.kind": "training", "base_version": self.base,
-                                           "dagster_run_id": context.run_id})
-        self.run_id = run.info.run_id
-        params = {**settings.params(), "base_version": self.base,
-                  "label_batches": ",".join(lineage)[:500]}
-        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
-        self.pending: list = []
-        self.progress = Progress(context.log.info, "training", unit="steps", every_s=10.0)
-        self.resumed_from: int | None = None
-
-    def step(self, entry: dict) -> None:
-        from mlflow.entities import Metric
-
-        if "resumed_from" in entry:
-            self.resumed_from = int(entry["resumed_from"])
-            self.context.log.info(f"resumed from the checkpoint of step {self.resumed_from}")
-        now = int(time.time() * 1000)
-        self.pending += [Metric(k, float(entry[k]), now, int(entry["step"]))
-                         for k in ("loss", "lr", "images_per_s") if k in entry]
-        if len(self.pending) >= 300 or entry["step"] == entry["steps"]:
-            self.client.log_batch(self.run_id, metrics=self.pending)
-            self.pending = []
-        self.progress.label = f"training (loss {entry['loss']:.3f})"
-        self.progress(int(entry["step"]), int(entry["steps"]))
-
-    def finish(self, result) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[
-            Metric("train_images", result.images, now, 0),
-            Metric("train_boxes", result.boxes, now, 0),
-            Metric("train_seconds", result.seconds, now, 0)])
-        self.client.set_terminated(self.run_id, "FINISHED")
-
-    def tags(self, result, arch: str) -> dict[str, str]:
-        return {"training_run_id": self.run_id, "base_version": self.base,
-                "label_batches": ",".join(self.lineage)[:5000],
-                "train_images": str(result.images), "train_boxes": str(result.boxes),
-                "architecture": arch, "weights_source": "training",
-                "training_data": f"{result.images} labeled train-split images"}
 
 
 class GateConfig(derived_config("GatePolicyOptions", GatePolicy, base=ChampionConfig)):
@@ -285,20 +232,16 @@ def _challenger_of_run(context: dg.AssetExecutionContext) -> int | None:
 
 def _log_to_training_run(registry, name: str, version: int, comparison: dict, decision) -> None:
     """The held-out figures go to the challenger's training run too: one run, whole story."""
-    from mlflow.entities import Metric
-
     run_id = registry.resolve(name, version=version).tags.get("training_run_id")
     if not run_id:
         return  # a version registered by hand has no training run
-    now = int(time.time() * 1000)
-    values = {"heldout_map": comparison["challenger"]["map"],
-              "heldout_ap50": comparison["challenger"]["ap50"],
-              "heldout_map_low": comparison["challenger"].get("map_low"),
-              "heldout_map_high": comparison["challenger"].get("map_high"),
-              "delta_map_vs_champion": comparison.get("delta_map"),
-              "promoted": float(decision.promote)}
-    registry.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0)
-                                               for k, v in values.items() if v is not None])
+    TrackedRun(registry.client, run_id).log({
+        "heldout_map": comparison["challenger"]["map"],
+        "heldout_ap50": comparison["challenger"]["ap50"],
+        "heldout_map_low": comparison["challenger"].get("map_low"),
+        "heldout_map_high": comparison["challenger"].get("map_high"),
+        "delta_map_vs_champion": comparison.get("delta_map"),
+        "promoted": float(decision.promote)}, 0)
     registry.client.set_tag(run_id, "gate_reason", decision.reason[:5000])
 
 
