@@ -222,7 +222,7 @@ def _views(args):
 
     def run() -> dict:
         detections = 0
-        for shard in shards:  # the shard_scores asset, one partition after another
+        for shard in shards:  # the scoring asset, one partition after another
             predictions = store.read("detections", shard)
             boxes = box_scores(predictions)
             detections += boxes.num_rows

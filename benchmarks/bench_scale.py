@@ -123,7 +123,7 @@ def _setup(args) -> dict:
             writer.write_table(table, row_group_size=STORE_ROW_GROUP_IMAGES)
         scores = box_scores(table)
         with store.writer("box_scores", scores.schema, partition) as writer:
-            for band in score_bands(scores, DEFAULT_MIN_SCORE):  # as shard_scores writes them
+            for band in score_bands(scores, DEFAULT_MIN_SCORE):  # as scoring writes them
                 writer.write_table(band)
         rows, boxes = rows + table.num_rows, boxes + scores.num_rows
     return {"images": rows, "boxes": boxes, "shards": len(set(shards.tolist())),

@@ -27,7 +27,7 @@ from al_assets.core.errors import ImageDecodeError, stable_text
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k; COCO's largest is 640 x 640
 MAX_PIXELS_HOW = (  # where users set it: the ingestion config
-    "ingest config field max_pixels, e.g. launchpad ops: {coco_batch: {config: {max_pixels: N}}}"
+    "ingest config field max_pixels, e.g. launchpad ops: {ingestion: {config: {max_pixels: N}}}"
 )
 _EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}

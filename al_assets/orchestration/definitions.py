@@ -43,14 +43,14 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
     """All definitions; tests and deployments pass their own resources."""
     return dg.Definitions(
         assets=[
-            ingestion.coco_batch,
+            ingestion.ingestion,
             labels.label_import,
             labels.splits,
             models.registered_model,
             training.challenger,
             training.evaluation_gate,
             prediction.detections,
-            uncertainty.shard_scores,
+            uncertainty.scoring,
             uncertainty.least_confidence,
             uncertainty.least_margin,
             uncertainty.entropy,

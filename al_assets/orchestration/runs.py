@@ -200,11 +200,11 @@ def ingest(defs: dg.Definitions, instance: dg.DagsterInstance, batches: Sequence
     for batch in batches:
         try:
             result = run_job(defs, "ingest_job", instance, partition_key=batch,
-                             run_config={"ops": {"coco_batch": {"config": config or {}}}})
+                             run_config={"ops": {"ingestion": {"config": config or {}}}})
         except RunFailedError as exc:
             outcome[batch] = str(exc)
             continue
-        written = result.asset_materializations_for_node("coco_batch")
+        written = result.asset_materializations_for_node("ingestion")
         outcome[batch] = INGESTED if written else UNCHANGED
     return outcome
 

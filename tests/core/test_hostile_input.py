@@ -49,7 +49,7 @@ def test_max_pixels_above_pillows_own_guard_is_honoured() -> None:
     with pytest.raises(ImageDecodeError, match="over the limit of 150,000,000") as refused:
         read_header(data, "big.png", max_pixels=150_000_000)
     assert "raise max_pixels to at least 200020000" in str(refused.value)
-    assert "ops: {coco_batch: {config: {max_pixels: N}}}" in str(refused.value)
+    assert "ops: {ingestion: {config: {max_pixels: N}}}" in str(refused.value)
     header = read_header(data, "big.png", max_pixels=250_000_000)
     assert (header.width, header.height) == (20_000, 10_001)
     assert Image.MAX_IMAGE_PIXELS == before  # Pillow's guard is raised only during the decode

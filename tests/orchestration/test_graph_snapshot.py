@@ -1,4 +1,5 @@
-"""The asset graph pinned: keys, deps, groups, partitions, automation, checks, jobs, sensors.
+"""The asset graph pinned: keys, deps, groups, partitions, automation, checks, jobs, sensors,
+and each asset's op with its config fields (the run-config keys users write).
 
 A change to the graph is a change to what users and their automation see; it must be made on
 purpose. After an intended change: ``AL_ASSETS_UPDATE_SNAPSHOT=1 pytest`` this file and review
@@ -24,6 +25,12 @@ def _partitions(definition) -> str | dict | None:
     return f"{type(definition).__name__}:{getattr(definition, 'name', '')}"
 
 
+def _config_fields(op) -> list[str]:
+    schema = op.config_schema
+    config_type = schema.as_field().config_type if schema is not None else None
+    return sorted(getattr(config_type, "fields", None) or {})
+
+
 def graph_snapshot(defs: dg.Definitions) -> dict:
     graph = defs.resolve_asset_graph()
     assets = {}
@@ -37,6 +44,8 @@ def graph_snapshot(defs: dg.Definitions) -> dict:
             "automation": condition.get_label() if condition else None,
             "checks": sorted(c.name for c in node.check_keys),
             "pool": next(iter(node.pools or ()), None) if hasattr(node, "pools") else None,
+            "op": node.assets_def.node_def.name,
+            "config": _config_fields(node.assets_def.node_def),
         }
     jobs = {job.name: sorted(k.to_user_string() for k in job.asset_layer.selected_asset_keys)
             for job in defs.resolve_all_job_defs() if not job.name.startswith("__")}

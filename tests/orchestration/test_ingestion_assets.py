@@ -10,7 +10,7 @@ import pytest
 
 from al_assets.core import schemas
 from al_assets.core.storage import S3Settings, TableStore
-from al_assets.orchestration.assets.ingestion import coco_batch
+from al_assets.orchestration.assets.ingestion import ingestion
 from al_assets.orchestration.partitions import BATCH, SHARD
 from al_assets.orchestration.resources import CocoSourceResource, S3Config, StorageResource
 from tests.conftest import S3Server, failure_text
@@ -21,11 +21,11 @@ BATCHES = ["batch-000", "batch-001"]
 def run_ingestion(instance, storage, source, batch, config=None):
     instance.add_dynamic_partitions(BATCH, [batch])
     return dg.materialize(
-        [coco_batch],
+        [ingestion],
         instance=instance,
         partition_key=batch,
         resources={"storage": storage, "coco_source": source},
-        run_config={"ops": {"coco_batch": {"config": config or {}}}},
+        run_config={"ops": {"ingestion": {"config": config or {}}}},
         raise_on_error=False,
     )
 
@@ -45,7 +45,7 @@ def test_local_ingestion_writes_tables_and_adds_shards(instance, demo_root, tmp_
     assert sorted(instance.get_dynamic_partitions(SHARD)) == shards
     assert any(s.startswith("batch-001") for s in shards)
 
-    events = result.asset_materializations_for_node("coco_batch")
+    events = result.asset_materializations_for_node("ingestion")
     by_key = {e.asset_key.to_user_string(): e.metadata for e in events}
     expected = json.loads((demo_root / "annotations" / "batch-001.json").read_text())
     assert by_key["images"]["dagster/row_count"].value == len(expected["images"])
@@ -79,7 +79,7 @@ def test_rejects_are_recorded_and_the_run_continues(instance, demo_copy, tmp_pat
     assert rejects.num_rows == 1 and "4242" in rejects["reason"][0].as_py()
     meta = {
         e.asset_key.to_user_string(): e.metadata
-        for e in result.asset_materializations_for_node("coco_batch")
+        for e in result.asset_materializations_for_node("ingestion")
     }
     assert meta["ingestion_rejects"]["dagster/row_count"].value == 1
 
@@ -103,7 +103,7 @@ def test_max_pixels_config_and_area_warnings(instance, demo_copy, tmp_path) -> N
     too_big = [r for r in rejects if f"over the limit of {limit:,}" in r["reason"]]
     assert len(too_big) == len(document["images"]) - len(small)
     meta = {e.asset_key.to_user_string(): e.metadata
-            for e in result.asset_materializations_for_node("coco_batch")}
+            for e in result.asset_materializations_for_node("ingestion")}
     assert meta["annotations"]["warnings"].value == {
         "area_exceeds_bbox": {"count": 1, "first_ids": [ann["id"]]}}
 

@@ -45,7 +45,7 @@ def test_launch_a_materialization_through_graphql(demo_root: Path, tmp_path: Pat
         client = DagsterGraphQLClient("127.0.0.1", port_number=port)
         run_id = client.submit_job_execution(
             "ingest_job", tags={"dagster/partition": "batch-000"},
-            run_config={"ops": {"coco_batch": {"config": {"verify_images": "exists"}}}},
+            run_config={"ops": {"ingestion": {"config": {"verify_images": "exists"}}}},
         )
         status = _wait_for_run(client, run_id)
         assert status == dg.DagsterRunStatus.SUCCESS

@@ -370,5 +370,6 @@ def written_placement(shard_rankings: Iterable[pa.Table]) -> str | None:
             seen.add("highest" if empty[0] else "lowest")
     if len(seen) > 1:
         raise ValueError("shard rankings were scored with different empty_images settings "
-                         "(highest and lowest): re-materialize shard_scores with one setting")
+                         "(highest and lowest): re-materialize box_scores and image_scores "
+                         "(the scoring op) with one setting")
     return seen.pop() if seen else None

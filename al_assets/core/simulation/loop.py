@@ -339,7 +339,7 @@ def queue_from_predictions(
     """The production selection over in-memory DETECTIONS: rank_images + select_batch.
 
     ``predictions`` already have detections under ``scoring.min_score`` removed, as the queue
-    asset's do; the rankings are those ``shard_scores`` + ``image_rankings`` would write.
+    asset's do; the rankings are those ``scoring`` + ``image_rankings`` would write.
     """
     _, rankings = rank_images(predictions, replace(scoring, min_score=0.0))
     rankings = pool_ranking([rankings])  # placement as rank_images wrote it

@@ -72,7 +72,7 @@ def _spec(name: str, description: str) -> dg.AssetSpec:
     description="Read one COCO instances file (pycocotools' validation rules) into Parquet "
                 "tables.",
 )
-def coco_batch(
+def ingestion(
     context: dg.AssetExecutionContext,
     config: IngestionConfig,
     storage: StorageResource,

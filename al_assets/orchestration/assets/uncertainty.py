@@ -27,7 +27,7 @@ UNCERTAINTY = "uncertainty"
 
 
 ScoringConfig = derived_config("ScoringConfig", ScoringSettings)
-"""``ScoringSettings`` as run config: same names, defaults and help (shard_scores)."""
+"""``ScoringSettings`` as run config: same names, defaults and help (the `scoring` op)."""
 
 
 @dg.multi_asset(
@@ -46,7 +46,7 @@ ScoringConfig = derived_config("ScoringConfig", ScoringSettings)
     partitions_def=prediction_partitions,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
 )
-def shard_scores(
+def scoring(
     context: dg.AssetExecutionContext, config: ScoringConfig, storage: StorageResource
 ) -> Iterator[dg.MaterializeResult]:
     store = storage.tables()
@@ -146,7 +146,7 @@ entropy = _detection_view(
 
 class RankingConfig(ChampionConfig):
     empty_images: str | None = None
-    """Where images without detections rank; default: as shard_scores wrote them (its
+    """Where images without detections rank; default: as the `scoring` op wrote them (its
     empty_images setting, read from the shard rankings), so the two cannot disagree."""
 
 
