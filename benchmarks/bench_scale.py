@@ -1,10 +1,14 @@
-"""Scale: the labeling queue's candidate read and the detection views at 10k vs 100k images.
+"""Scale: the queue's candidate read, the detection views, class frequency and model
+evaluation at 10k vs 100k images.
 
 Not a test: it prints tables and asserts nothing. Each workload runs in its own child process
 (peak RSS from ``os.wait4``, as in bench_memory.py) on synthetic shards this script writes the
 way the prediction asset does (2,000 images per shard by the stable hash, rows sorted by
 image_id, STORE_ROW_GROUP_IMAGES per row group, box_scores banded at the noise floor, the
-default storage policy's ~10 boxes per image). Figures:
+default storage policy's ~10 boxes per image; ground truth: up to 3 boxes per image, each a
+detection moved by a few pixels). ``frequency`` is the class_frequency asset's read and count,
+``evaluation`` the model_evaluation asset's core call (``evaluate_versions``: COCO mAP of the
+version on the held-out split + the confusion matrix, shard by shard). Figures:
 seconds and peak RSS per pool size, the ratio 100k / 10k, and "pushed down" / "read all"
 (the code before issue 15: every shard read whole, then filtered) in the same run.
 
@@ -32,7 +36,8 @@ VIEW_COLUMNS = ["image_id", "uri", "det_index", "box", "label_id", "score", "fir
 QUEUE_COLUMNS = ["image_id", "uri", "width", "height", "model_name", "model_version", "shard",
                  "detections"]
 WORKLOADS = ("queue_read_all", "queue_pushed", "queue_pushed_no_embedding",
-             "views_read_all", "views_pushed")
+             "views_read_all", "views_pushed", "frequency", "evaluation")
+GT_PER_IMAGE = 3  # ground-truth boxes per image (from its first detections, moved a little)
 
 
 def main() -> None:
@@ -115,6 +120,7 @@ def _setup(args) -> dict:
     ids = np.arange(1, args.size + 1, dtype=np.int64)
     shards = np.array(assign_shards(ids, "bench", SHARD_SIZE))
     store.write("images", _images_table(ids, shards), "bench")  # where each id's shard is
+    store.write("categories", _categories(args.classes), "bench")
     rows = boxes = 0
     for index, shard in enumerate(sorted(set(shards.tolist()))):
         table = _synthetic_shard(args, ids[shards == shard], shard, index)
@@ -125,6 +131,7 @@ def _setup(args) -> dict:
         with store.writer("box_scores", scores.schema, partition) as writer:
             for band in score_bands(scores, DEFAULT_MIN_SCORE):  # as scoring writes them
                 writer.write_table(band)
+        store.write("annotations", _synthetic_truth(table, index), shard)
         rows, boxes = rows + table.num_rows, boxes + scores.num_rows
     return {"images": rows, "boxes": boxes, "shards": len(set(shards.tolist())),
             "detections_mib": _folder_mib(store, "detections"),
@@ -145,6 +152,63 @@ def _images_table(ids, shards):
         pa.array(np.full(n, 640, np.int32)), pa.array(np.full(n, 480, np.int32)),
         pa.nulls(n, pa.string()), pa.array(["bench"] * n), pa.array(shards.tolist()),
     ], schema=schemas.IMAGES)
+
+
+def _categories(classes: int):
+    import pyarrow as pa
+
+    from al_assets.core import schemas
+
+    ids = list(range(1, classes + 1))
+    return pa.table({"category_id": pa.array(ids, pa.int32()), "name": [f"c{i}" for i in ids],
+                     "supercategory": pa.nulls(classes, pa.string()),
+                     "batch": ["bench"] * classes}, schema=schemas.CATEGORIES)
+
+
+def _synthetic_truth(detections, seed: int):
+    """ANNOTATIONS: each image's first GT_PER_IMAGE detections, moved up to 4 px, as boxes of
+    their top label (so matching finds hits, misses and confusions)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from al_assets.core import schemas
+
+    lists = detections["detections"].combine_chunks()
+    flat = pc.list_flatten(lists)
+    parents = pc.list_parent_indices(lists).to_numpy()
+    offsets = lists.offsets.to_numpy()
+    keep = np.flatnonzero(np.arange(parents.size) - offsets[parents] < GT_PER_IMAGE)
+    flat, parents = flat.take(pa.array(keep)), parents[keep]
+    n = keep.size
+    rng = np.random.default_rng([seed, 16])
+    corners = np.stack([flat.field("box").field(k).to_numpy() for k in
+                        ("xmin", "ymin", "xmax", "ymax")], axis=1)
+    corners = corners + rng.uniform(-4, 4, (n, 1)).astype(np.float32)
+    xywh = np.concatenate([corners[:, :2], corners[:, 2:] - corners[:, :2]], axis=1)
+    labels = flat.field("label_id").to_numpy()
+    return pa.Table.from_arrays([
+        pa.array(np.arange(n, dtype=np.int64) + seed * 10**7),
+        detections["image_id"].take(pa.array(parents)), pa.array(labels.astype(np.int32)),
+        pa.array([f"c{c}" for c in labels]), pa.nulls(n, pa.string()),
+        pa.StructArray.from_arrays([pa.array(corners[:, i]) for i in range(4)],
+                                   fields=list(schemas.BOX2D)),
+        _lists(xywh.astype(np.float32)).cast(pa.list_(pa.float32(), 4)),
+        pa.array((xywh[:, 2] * xywh[:, 3]).astype(np.float64)), pa.array(np.zeros(n, bool)),
+        _no_masks(n), pa.array(["bench"] * n),
+    ], schema=schemas.ANNOTATIONS)
+
+
+def _no_masks(n: int):
+    """A null RLE column (null structs over non-null children, as ingestion writes it)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from al_assets.core import schemas
+
+    sizes = pa.ListArray.from_arrays(np.zeros(n + 1, np.int32), pa.array([], pa.int32()))
+    return pa.StructArray.from_arrays([sizes, pa.array([""] * n)], fields=list(schemas.RLE),
+                                      mask=pa.array(np.ones(n, bool)))
 
 
 def _folder_mib(store, table: str) -> float:
@@ -205,10 +269,16 @@ def _workload(args):
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from al_assets.core import schemas
+    from al_assets.core.analysis.frequency import class_frequency
+    from al_assets.core.defaults import CONFIDENT_SCORE, DEFAULT_MIN_SCORE
+    from al_assets.core.pool import pool_categories, pool_table
     from al_assets.core.prediction.storage import predictions_of
-    from al_assets.core.defaults import DEFAULT_MIN_SCORE
     from al_assets.core.scoring.views import confident, score_at_least, top_rows
+    from al_assets.core.splits import HELDOUT, split_of
 
+    if args.child == "evaluation":  # imports torch: before the measured part, as in an asset
+        from al_assets.core.analysis.versions import evaluate_versions
     store = _store(args)
     ids = np.random.default_rng(0).choice(np.arange(1, args.size + 1), args.candidates,
                                           replace=False)
@@ -241,7 +311,26 @@ def _workload(args):
             rows[column] = top_rows(tables, column, limit=limit, descending=descending).num_rows
         return {"rows": rows}
 
-    return queue if args.child.startswith("queue") else views
+    def frequency() -> dict:  # the class_frequency asset: boxes >= 0.5 and ground truth
+        boxes = store.read_where("box_scores", store.partitions("box_scores", under=MODEL_VERSION),
+                                 score_at_least(CONFIDENT_SCORE), ["label_id", "score"],
+                                 schema=schemas.BOX_SCORES)
+        table = class_frequency(boxes, pool_table(store, "annotations", ["category_id", "iscrowd"]),
+                                pool_categories(store), score_thresh=CONFIDENT_SCORE)
+        return {"rows": table.num_rows, "boxes": boxes.num_rows}
+
+    def evaluation() -> dict:  # the model_evaluation asset's core call
+        images = pool_table(store, "images", ["image_id", "width", "height"])
+        all_ids = images["image_id"].to_numpy()
+        heldout = pa.array(all_ids[split_of(all_ids) == HELDOUT])
+        found = evaluate_versions(store, [MODEL_VERSION], MODEL_VERSION, heldout,
+                                  pool_table(store, "annotations"), images, pool_categories(store),
+                                  iou_threshold=0.5, score_thresh=CONFIDENT_SCORE)
+        return {"heldout": len(heldout), **found.summary[MODEL_VERSION],
+                "confusions": int(pc.sum(found.matrix["count"]).as_py())}
+
+    chosen = {"frequency": frequency, "evaluation": evaluation}
+    return chosen.get(args.child) or (queue if args.child.startswith("queue") else views)
 
 
 def _storage(args) -> dict:
@@ -288,7 +377,7 @@ def _column_bytes(store, partition: str, prefix: str) -> int:
 # -- report --------------------------------------------------------------------------------------
 def _report(args, info, setup, measured, storage) -> dict:
     small, large = args.sizes
-    print("bench_scale: queue candidate read and detection views, "
+    print("bench_scale: queue candidate read, detection views, class frequency, evaluation, "
           f"{small:,} vs {large:,} images")
     print(common.machine_line(info))
     s = setup[large]

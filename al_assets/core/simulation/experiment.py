@@ -46,14 +46,17 @@ PRESET_SIMULATION = SimulationConfig(
 def run_preset(
     name: str, root: Path, out: Path, tracking: Tracking, *,
     config: SimulationConfig = PRESET_SIMULATION, recipe: PretrainRecipe = PretrainRecipe(),
-    log: Callable[[str], None] | None = print,
+    backbone_tail: bool = False, log: Callable[[str], None] | None = print,
 ) -> pa.Table:
-    """Run preset ``name`` end to end; returns SIMULATION_CURVES and writes ``out``'s files."""
+    """Run preset ``name`` end to end; returns SIMULATION_CURVES and writes ``out``'s files.
+
+    ``backbone_tail``: the cached rounds also fine-tune the backbone after its first block."""
     preset(name)  # a clear error for a typo before anything is generated
     started = time.perf_counter()
     paths = generate_preset(Path(root), name)
     checkpoint = pretrained_detector(Path(root), recipe, log)
-    config = replace(config, start_checkpoint=str(checkpoint), cached_features=True)
+    config = replace(config, start_checkpoint=str(checkpoint), cached_features=True,
+                     backbone_tail=backbone_tail or config.backbone_tail)
     split = {k: CocoSplit(p, p.parent.parent / "images") for k, p in paths.items()}
     table = run_simulation(split["pool"], split["heldout"], config, Path(out) / "work",
                            tracking, log, base=split["base"])
