@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup  ## demo data -> detector in MLflow -> predictions -> queue, analysis, report
 	$(BIN)/al-assets demo
 
-test: setup  ## the default suite (561 tests, 10 min on 2 cores)
+test: setup  ## the default suite (566 tests, 10 min on 2 cores)
 	$(BIN)/pytest -q -m "not slow"
 
 test-slow: setup  ## real-process fault tests and training (CI runs them after `make test`)
