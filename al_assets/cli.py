@@ -240,10 +240,9 @@ def _simulate_preset(args: argparse.Namespace, overrides: dict, started: float) 
     out = Path(args.out if args.out != SIMULATE_OUT else f"{SIMULATE_OUT}/{args.preset}")
     tracking = Tracking(args.tracking_uri or _default_tracking_uri(), args.experiment,
                         str((out / "mlflow-artifacts").resolve()))
-    tail = bool(overrides.pop("backbone_tail", False))  # valid once the preset caches features
     config = replace(PRESET_SIMULATION, **overrides)
     run_preset(args.preset, Path(args.preset_root), out, tracking, config=config,
-               backbone_tail=tail, log=lambda line: print(line, flush=True))
+               log=lambda line: print(line, flush=True))
     print((out / "summary.md").read_text())
     print((out / "evidence.md").read_text())
     print(f"wall time: {time.perf_counter() - started:.0f} s")

@@ -7,12 +7,14 @@ and help text, shown as descriptions in the Launchpad), so the two cannot drift 
 from __future__ import annotations
 
 import typing
-from typing import Any
+from typing import Any, TypeVar
 
 import dagster as dg
 from pydantic import Field, create_model
 
-from al_assets.core.options import Option, options
+from al_assets.core.options import Option, given, options
+
+T = TypeVar("T")
 
 
 def config_fields(cls: type, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -25,6 +27,11 @@ def derived_config(name: str, cls: type, exclude: tuple[str, ...] = (),
     """A ``dg.Config`` subclass named ``name`` with one field per field of ``cls``."""
     return create_model(name, __base__=base, __module__=base.__module__,
                         **config_fields(cls, exclude))
+
+
+def dataclass_of(config: dg.Config, cls: type[T]) -> T:
+    """The core dataclass ``cls`` from a run config derived from it (lists back to tuples)."""
+    return cls(**given(config.model_dump(), cls))
 
 
 def _annotation(opt: Option) -> Any:

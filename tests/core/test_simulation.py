@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -311,7 +312,11 @@ def test_a_loop_without_starting_labels_or_a_start_checkpoint_is_refused(
     with pytest.raises(SimulationError, match="give start_checkpoint too"):
         SimulationConfig(cached_features=True)
     with pytest.raises(SimulationError, match="give cached_features"):
-        SimulationConfig(backbone_tail=True)
+        run_simulation(pool, holdout, SimulationConfig(backbone_tail=True), tmp_path,
+                       Tracking(f"sqlite:///{tmp_path}/m.db"), log=None)
+    from al_assets.core.simulation.experiment import PRESET_SIMULATION
+
+    assert replace(PRESET_SIMULATION, backbone_tail=True).backbone_tail  # --preset --backbone-tail
     with pytest.raises(SimulationError, match="initial_size must be >= 0"):
         SimulationConfig(initial_size=-1)
 

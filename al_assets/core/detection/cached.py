@@ -94,10 +94,15 @@ def frozen_part(model: nn.Module, backbone_tail: bool = False) -> nn.Module:
     return features[0]
 
 
+def tail_blocks(model: nn.Module) -> list[nn.Module]:
+    """The backbone blocks ``backbone_tail`` rounds run and train, in ``forward``'s order:
+    the feature blocks after the first, then the extra layers."""
+    return [*model.backbone.features[1:], *model.backbone.extra]
+
+
 def tail_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The backbone weights ``backbone_tail`` rounds train: after the first feature block."""
-    backbone = model.backbone
-    return [p for m in (*backbone.features[1:], backbone.extra) for p in m.parameters()]
+    """The backbone weights ``backbone_tail`` rounds train."""
+    return [p for block in tail_blocks(model) for p in block.parameters()]
 
 
 def backbone_fingerprint(model: nn.Module, backbone_tail: bool = False) -> str:
@@ -150,7 +155,7 @@ class FeatureCache:
             return cached
         x = cached[0]
         maps = [x]
-        for block in (*model.backbone.features[1:], *model.backbone.extra):
+        for block in tail_blocks(model):
             x = block(x)
             maps.append(x)
         return maps

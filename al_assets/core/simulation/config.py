@@ -62,9 +62,6 @@ class SimulationConfig:
         if self.cached_features and self.start_checkpoint is None:
             raise SimulationError("cached_features freezes a pretrained backbone: give "
                                   "start_checkpoint too")
-        if self.backbone_tail and not self.cached_features:
-            raise SimulationError("backbone_tail trains on cached stride-16 maps: give "
-                                  "cached_features (--preset sets it) too")
         for name in _POSITIVE_FIELDS:
             if getattr(self, name) < 1:
                 raise SimulationError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -46,17 +46,14 @@ PRESET_SIMULATION = SimulationConfig(
 def run_preset(
     name: str, root: Path, out: Path, tracking: Tracking, *,
     config: SimulationConfig = PRESET_SIMULATION, recipe: PretrainRecipe = PretrainRecipe(),
-    backbone_tail: bool = False, log: Callable[[str], None] | None = print,
+    log: Callable[[str], None] | None = print,
 ) -> pa.Table:
-    """Run preset ``name`` end to end; returns SIMULATION_CURVES and writes ``out``'s files.
-
-    ``backbone_tail``: the cached rounds also fine-tune the backbone after its first block."""
+    """Run preset ``name`` end to end; returns SIMULATION_CURVES and writes ``out``'s files."""
     preset(name)  # a clear error for a typo before anything is generated
     started = time.perf_counter()
     paths = generate_preset(Path(root), name)
     checkpoint = pretrained_detector(Path(root), recipe, log)
-    config = replace(config, start_checkpoint=str(checkpoint), cached_features=True,
-                     backbone_tail=backbone_tail or config.backbone_tail)
+    config = replace(config, start_checkpoint=str(checkpoint), cached_features=True)
     split = {k: CocoSplit(p, p.parent.parent / "images") for k, p in paths.items()}
     table = run_simulation(split["pool"], split["heldout"], config, Path(out) / "work",
                            tracking, log, base=split["base"])

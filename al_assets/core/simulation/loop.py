@@ -223,6 +223,9 @@ def run_simulation(
     if config.initial_size == 0 and base is None:
         raise SimulationError("initial_size is 0 and no base split is given: round 0 would "
                               "have no labels; give initial_size >= 1 or --base-coco")
+    if config.backbone_tail and not config.cached_features:  # here: a preset sets the cache
+        raise SimulationError("backbone_tail trains on cached stride-16 maps: give "
+                              "cached_features (--preset sets it) too")
     pool = load_pool(pool_split, holdout, log, base)
     _check_sizes(pool, config, pool_split)
     tracker = _Tracker(tracking)

@@ -3,7 +3,6 @@
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import fields
 
 import dagster as dg
 import pyarrow as pa
@@ -38,7 +37,7 @@ from al_assets.core.storage import TableStore
 from al_assets.orchestration.automation import VIEW_REFRESH
 from al_assets.core.pool import pool_categories, pool_labels, read_splits
 from al_assets.orchestration.champion import ChampionConfig, champion_key
-from al_assets.orchestration.config import derived_config
+from al_assets.orchestration.config import dataclass_of, derived_config
 from al_assets.orchestration.metadata import table_metadata
 from al_assets.orchestration.resources import CocoSourceResource, MlflowResource, StorageResource
 
@@ -68,7 +67,7 @@ class QueueConfig(SelectionOptions):
     """presigned: hours the URLs work (at most 168, S3's limit); signed with coco_source's S3."""
 
     def selection(self) -> SelectionConfig:
-        return SelectionConfig(**{f.name: getattr(self, f.name) for f in fields(SelectionConfig)})
+        return dataclass_of(self, SelectionConfig)
 
     def task_images(self) -> ImageUrls:
         return ImageUrls(self.image_urls, self.local_files_root, self.presign_hours)

@@ -11,7 +11,6 @@ import dagster as dg
 from pydantic import Field
 
 from al_assets.core.defaults import SIMULATION_EXPERIMENT
-from al_assets.core.options import given
 from al_assets.core.simulation import (
     CocoSplit,
     SimulationConfig,
@@ -24,7 +23,7 @@ from al_assets.core.simulation import (
 from al_assets.core.simulation.loop import DEMO_HOLDOUT_IMAGES, DEMO_POOL_IMAGES
 from al_assets.core.simulation.report import curves_png, markdown_summary
 from al_assets.core.storage.objects import join_uri
-from al_assets.orchestration.config import derived_config
+from al_assets.orchestration.config import dataclass_of, derived_config
 from al_assets.orchestration.metadata import markdown_preview, table_metadata
 from al_assets.orchestration.resources import MlflowResource, StorageResource
 
@@ -45,7 +44,7 @@ class SimulationAssetConfig(SimulationOptions):
     experiment: str = SIMULATION_EXPERIMENT
 
     def simulation(self) -> SimulationConfig:
-        return SimulationConfig(**given(self.model_dump(), SimulationConfig))
+        return dataclass_of(self, SimulationConfig)
 
     def splits(self, workdir: Path) -> tuple[CocoSplit, CocoSplit | None]:
         if not self.pool_json:

@@ -9,7 +9,6 @@ model-version sensor watches: it then predicts every shard and the views refresh
 
 
 from collections.abc import Iterator
-from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from al_assets.core.storage import TableStore
 from al_assets.core.pool import pool_categories, pool_labels, pool_table, read_splits
 from al_assets.orchestration.assets.prediction import GPU_POOL
 from al_assets.orchestration.champion import ChampionConfig
-from al_assets.orchestration.config import derived_config
+from al_assets.orchestration.config import dataclass_of, derived_config
 from al_assets.orchestration.metadata import markdown_preview, table_metadata
 from al_assets.orchestration.partitions import MODEL_VERSION, add_partitions, model_version_key
 from al_assets.orchestration.resources import (
@@ -54,7 +53,7 @@ class TrainingConfig(derived_config("TrainSettingsOptions", TrainSettings, base=
     """Model version key to fine-tune (e.g. al-class-scores-v1); default: the champion."""
 
     def settings(self) -> TrainSettings:
-        return TrainSettings(**{f.name: getattr(self, f.name) for f in fields(TrainSettings)})
+        return dataclass_of(self, TrainSettings)
 
 
 @dg.asset(
@@ -144,7 +143,7 @@ class GateConfig(derived_config("GatePolicyOptions", GatePolicy, base=ChampionCo
     seed: int = 0
 
     def policy(self) -> GatePolicy:
-        return GatePolicy(**{f.name: getattr(self, f.name) for f in fields(GatePolicy)})
+        return dataclass_of(self, GatePolicy)
 
 
 @dg.asset(

@@ -9,7 +9,6 @@ import pyarrow.compute as pc
 from al_assets.core import schemas
 from al_assets.core.loop.selection import MEASURES as STRATEGIES
 from al_assets.core.loop.selection import ScoringSettings, pool_ranking, rank_images
-from al_assets.core.options import given
 from al_assets.core.queue.exports import category_names
 from al_assets.core.defaults import DEFAULT_MIN_SCORE
 from al_assets.core.scoring.views import score_at_least, score_bands, top_rows
@@ -17,7 +16,7 @@ from al_assets.core.storage import TableStore
 from al_assets.core.pool import pool_categories
 from al_assets.orchestration.assets.prediction import storage_partition
 from al_assets.orchestration.automation import PARTITION_FOLLOWS_UPSTREAM, VIEW_REFRESH
-from al_assets.orchestration.config import derived_config
+from al_assets.orchestration.config import dataclass_of, derived_config
 from al_assets.orchestration.champion import ChampionConfig, champion_partitions, read_partitions
 from al_assets.orchestration.metadata import markdown_preview, table_metadata
 from al_assets.orchestration.partitions import prediction_partitions
@@ -51,8 +50,7 @@ def scoring(
 ) -> Iterator[dg.MaterializeResult]:
     store = storage.tables()
     partition = storage_partition(context)
-    boxes, ranked = rank_images(store.read("detections", partition), ScoringSettings(
-        **given(config.model_dump(), ScoringSettings)))
+    boxes, ranked = rank_images(store.read("detections", partition), dataclass_of(config, ScoringSettings))
     with store.writer("box_scores", boxes.schema, partition) as writer:
         for band in score_bands(boxes, config.min_score):  # views skip the band below
             writer.write_table(band)
