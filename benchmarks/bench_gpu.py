@@ -9,10 +9,14 @@ Sections:
 1. throughput, batch 8/32/64: images/s of the prediction asset's code path (DataLoader decode
    workers -> extractor under float16 autocast -> Arrow -> Parquet) against a bare torchvision
    loop over pre-decoded tensors already on the device, same module, same batch, same autocast;
-2. decode: ``decode_rgb`` (what the workers run) per image on one CPU thread vs a batched
+2. breakdown, largest batch: the extractor alone on the pre-decoded device tensors (its full
+   class distributions vs the bare model's top label), the pipeline with more decode workers,
+   and cProfile's cumulative seconds of the pipeline's stages (loader, forward + copy to host,
+   Arrow rows, storage policy, Parquet write), to explain a ratio below target;
+3. decode: ``decode_rgb`` (what the workers run) per image on one CPU thread vs a batched
    ``torchvision.io.decode_jpeg(device="cuda")`` over the same photo-like JPEGs, at 320 x 240,
    640 x 480 (COCO's typical size) and 1280 x 960 (runs on the CPU alone without a GPU);
-3. lease: two processes, each one shard's ``predict_shard`` under ``lease_device("auto")``,
+4. lease: two processes, each one shard's ``predict_shard`` under ``lease_device("auto")``,
    started together: with one GPU their lease intervals must not overlap (the second waits),
    and both must finish.
 
@@ -59,6 +63,7 @@ def main() -> None:
         print(f"device  : {_device_name(device)}; model: {desc}; {images.num_rows} demo images")
         results = {
             "throughput": throughput(images, checkpoint, device, args),
+            "breakdown": breakdown(images, checkpoint, device, args),
             "decode": decode(device, args.repeat),
             "lease": lease(images, checkpoint, device, work),
         }
@@ -147,6 +152,67 @@ def throughput(images: pa.Table, checkpoint: Path, device: torch.device, args) -
     return rows
 
 
+STAGES = {"loader wait": ("dataloader.py", "__next__"),
+          "forward + copy to host": ("prediction/runner.py", "_run"),
+          "Arrow rows": ("prediction/arrow.py", "predictions_batch"),
+          "storage policy": ("prediction/storage.py", "apply_policy"),
+          "Parquet write": ("parquet/core.py", "write_table")}
+"""Pipeline stages timed by cProfile: label -> (file suffix, function): its cumulative time."""
+
+
+def breakdown(images: pa.Table, checkpoint: Path, device: torch.device, args) -> dict:
+    """Where the pipeline's time goes at the largest batch (see the module docstring, 2.)."""
+    import cProfile
+    import pstats
+
+    batch = max(args.batch_sizes)
+    extractor = ClassScoreExtractor.from_checkpoint(checkpoint).to(device)
+    plain = extractor.model.eval()
+    on_device = [ShardImages(images)[i].tensor.to(device).float().div_(255)
+                 for i in range(images.num_rows)]
+    store = TableStore(Path(tempfile.mkdtemp(prefix="bench_gpu_store_")))
+    amp = device.type == "cuda"
+
+    def loop(model) -> None:
+        with torch.inference_mode(), torch.autocast(device.type, enabled=amp):
+            for start in range(0, len(on_device), batch):
+                model(on_device[start:start + batch])
+        _sync(device)
+
+    def pipeline(workers: int) -> None:
+        options = PredictOptions(batch_size=batch, num_workers=workers, mixed_precision=amp)
+        with store.writer("detections", schemas.DETECTIONS, "bench/bench.s000") as writer:
+            predict_shard(images, extractor, writer, REF, device=device, options=options,
+                          dataset=ShardImages(images))
+
+    more = max(args.num_workers, min(8, common.usable_cpus() - 1))
+    fns = {"bare model": lambda: loop(plain), "extractor": lambda: loop(extractor),
+           f"pipeline, {args.num_workers} workers": lambda: pipeline(args.num_workers),
+           f"pipeline, {more} workers": lambda: pipeline(more)}
+    for fn in fns.values():
+        fn()  # warm-up
+    times = common.interleaved_best(fns, args.repeat)
+    profiler = cProfile.Profile()
+    wall = time.perf_counter()
+    profiler.runcall(pipeline, args.num_workers)
+    wall = time.perf_counter() - wall
+    stats = pstats.Stats(profiler).stats  # (file, line, name) -> (cc, nc, tt, ct, callers)
+    stages = {label: sum(v[3] for (file, _, fn), v in stats.items()
+                         if fn == name and file.endswith(suffix))
+              for label, (suffix, name) in STAGES.items()}
+    n = images.num_rows
+    rows = [[name, f"{n / t.wall:.1f}", f"{times['bare model'].wall / t.wall:.2f}x"]
+            for name, t in times.items()]
+    common.print_table(["loop (pre-decoded for the first two)", "img/s", "vs bare model"], rows,
+                       title=f"2. breakdown at batch {batch}")
+    common.print_table(
+        ["stage (cProfile, one pipeline run)", "s", "share of wall"],
+        [[label, f"{s:.2f}", f"{s / wall:.0%}"] for label, s in stages.items()],
+        title=f"   pipeline with {args.num_workers} workers under cProfile: {wall:.2f} s wall")
+    return {"batch": batch, "img_s": {k: n / t.wall for k, t in times.items()},
+            "profiled_wall_s": wall, "stages_s": stages}
+
+
 DECODE_SIZES = ((320, 240), (640, 480), (1280, 960))
 """JPEG sizes decoded: the demo's, COCO's typical 640 x 480, and a 1.2-megapixel camera frame."""
 
@@ -197,7 +263,7 @@ def decode(device: torch.device, repeat: int, per_size: int = 20) -> list[dict]:
         ["JPEG", "KiB", "decode_rgb ms/img (1 CPU thread)", "decode_jpeg cuda ms/img (batched)"],
         [[r["size"], f"{r['kib']:.0f}", f"{r['cpu_ms']:.2f}",
           f"{r['gpu_ms']:.3f}" if "gpu_ms" in r else "n/a (no GPU)"] for r in rows],
-        title=f"2. decode, {per_size} photo-like JPEGs per size")
+        title=f"3. decode, {per_size} photo-like JPEGs per size")
     return rows
 
 
@@ -244,7 +310,7 @@ def lease(images: pa.Table, checkpoint: Path, device: torch.device, work: Path) 
         ["run", "device", "lease held (s from start)", "images"],
         [[k + 1, r["device"], f"{r['acquired'] - start:.1f} - {r['released'] - start:.1f}",
           r["images"]] for k, r in enumerate((first, second))],
-        title=f"3. two partition runs, one lease folder: overlap {overlap:.1f} s, wall "
+        title=f"4. two partition runs, one lease folder: overlap {overlap:.1f} s, wall "
               f"{result['wall_s']:.1f} s, exit codes {result['exit_codes']}"
               + ("" if device.type == "cuda" else " (CPU: leases are not exclusive)")
               + f"; {'exclusive: OK' if exclusive else 'OVERLAPPED: the lease failed'}")
