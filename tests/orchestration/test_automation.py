@@ -36,11 +36,13 @@ def evaluate(p: Pipeline, cursor):
     return requested, result.cursor
 
 
-def in_flight(p: Pipeline, job: str, partition_key=None) -> dg.DagsterRun:
-    """A run created (its materializations planned) and not finished yet."""
+def in_flight(p: Pipeline, job: str, partition_key=None, assets=None) -> dg.DagsterRun:
+    """A run created (its materializations planned) and not finished yet; ``assets``: the
+    subset of the job's assets it plans, as automation's runs name theirs."""
     job_def = p.defs.resolve_job_def(job)
     tags = job_def.partitions_def.get_tags_for_partition_key(partition_key) if partition_key else {}
-    return p.instance.create_run_for_job(job_def=job_def, tags=tags,
+    selection = frozenset(dg.AssetKey(a) for a in assets) if assets else None
+    return p.instance.create_run_for_job(job_def=job_def, tags=tags, asset_selection=selection,
                                          status=dg.DagsterRunStatus.STARTED)
 
 
@@ -107,6 +109,34 @@ def test_updates_before_a_view_run_started_need_no_second_refresh(pool) -> None:
     refresh_views(p.defs, p.instance)  # the requested run, started after the update
     requested, cursor = evaluate(p, cursor)
     assert not requested & VIEWS
+
+
+def test_the_evaluation_waits_for_a_splits_run_in_progress(pool, demo_copy) -> None:
+    """model_evaluation and confusion_matrix are one step (one pass over the shards), so either
+    one's request runs both. In CI (2026-12-03) confusion_matrix, which did not name splits as a
+    parent although it reads the held-out split, was requested while a splits run was in
+    progress, and model_evaluation refreshed with it 12 s before splits updated."""
+    p, version = pool
+    _, cursor = evaluate(p, None)
+    add_demo_batch(demo_copy, 6)
+    ingest(p.defs, p.instance, discover_batches(p.source, p.instance), {"verify_images": "exists"})
+    new_shard = "batch-002.s000"
+    run = in_flight(p, "predict_job", prediction_key(version, new_shard))
+    requested, cursor = evaluate(p, cursor)
+    assert dg.AssetKey("splits") in requested  # it reads no predictions: it goes first
+    assert not requested & VIEWS
+
+    split_run = in_flight(p, "refresh_views_job", assets=["splits"])  # the requested run
+    p.instance.report_run_canceled(run)
+    predict(p.defs, p.instance, version, [new_shard], config=FAST)
+    requested, cursor = evaluate(p, cursor)
+    evaluation = {dg.AssetKey("model_evaluation"), dg.AssetKey("confusion_matrix")}
+    assert not requested & evaluation, "evaluated while splits was being refreshed"
+    assert dg.AssetKey("uncertainty_report") not in requested  # it reads model_evaluation
+
+    _materialize_in(p, split_run, "splits")
+    requested, cursor = evaluate(p, cursor)
+    assert evaluation | {dg.AssetKey("uncertainty_report")} <= requested
 
 
 def _materialize_in(p: Pipeline, run: dg.DagsterRun, asset: str) -> None:

@@ -86,9 +86,10 @@ class EvaluationConfig(ChampionConfig):
                      "labeled held-out images of the pool, per category, so versions can be "
                      "compared."),
         dg.AssetSpec("confusion_matrix", group_name=ANALYSIS, kinds={"parquet"},
-                     deps=["detections", "annotations"],
+                     deps=["detections", "annotations", "splits"],
                      automation_condition=VIEW_REFRESH,
-                     description="IoU-matched ground truth x predicted class counts (champion)."),
+                     description="IoU-matched ground truth x predicted class counts of the "
+                     "champion on the labeled held-out images."),
     ],
 )
 def model_evaluation(
