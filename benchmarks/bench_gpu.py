@@ -61,9 +61,10 @@ def main() -> None:
         checkpoint, desc = common.demo_detector(work)
         print(common.machine_line(common.machine_info()))
         print(f"device  : {_device_name(device)}; model: {desc}; {images.num_rows} demo images")
+        loops = Loops(images, checkpoint, device)
         results = {
-            "throughput": throughput(images, checkpoint, device, args),
-            "breakdown": breakdown(images, checkpoint, device, args),
+            "throughput": throughput(loops, args),
+            "breakdown": breakdown(loops, args),
             "decode": decode(device, args.repeat),
             "lease": lease(images, checkpoint, device, work),
         }
@@ -108,29 +109,43 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def throughput(images: pa.Table, checkpoint: Path, device: torch.device, args) -> list[dict]:
-    extractor = ClassScoreExtractor.from_checkpoint(checkpoint).to(device)
-    plain = extractor.model.eval()
-    on_device = [ShardImages(images)[i].tensor.to(device).float().div_(255)
-                 for i in range(images.num_rows)]
-    store = TableStore(Path(tempfile.mkdtemp(prefix="bench_gpu_store_")))
-    amp = device.type == "cuda"
+class Loops:
+    """The two loops every section compares: a model over the shard's images pre-decoded onto
+    the device, and the prediction asset's pipeline (``predict_shard``) over the same shard."""
+
+    def __init__(self, images: pa.Table, checkpoint: Path, device: torch.device) -> None:
+        self.images, self.device = images, device
+        self.extractor = ClassScoreExtractor.from_checkpoint(checkpoint).to(device)
+        self.plain = self.extractor.model.eval()
+        self.on_device = [ShardImages(images)[i].tensor.to(device).float().div_(255)
+                          for i in range(images.num_rows)]
+        self.store = TableStore(Path(tempfile.mkdtemp(prefix="bench_gpu_store_")))
+        self.amp = device.type == "cuda"
+
+    def loop(self, model, batch: int) -> None:
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.amp):
+            for start in range(0, len(self.on_device), batch):
+                model(self.on_device[start:start + batch])
+        _sync(self.device)
+
+    def pipeline(self, batch: int, workers: int) -> None:
+        options = PredictOptions(batch_size=batch, num_workers=workers, mixed_precision=self.amp)
+        with self.store.writer("detections", schemas.DETECTIONS, "bench/bench.s000") as writer:
+            stats = predict_shard(self.images, self.extractor, writer, REF, device=self.device,
+                                  options=options, dataset=ShardImages(self.images))
+        if stats.images != self.images.num_rows:
+            raise RuntimeError(f"predicted {stats.images} of {self.images.num_rows}: "
+                               f"{stats.error_rows[:2]}")
+
+
+def throughput(loops: Loops, args) -> list[dict]:
+    images, device, amp = loops.images, loops.device, loops.amp
 
     def bare(batch: int) -> None:
-        with torch.inference_mode(), torch.autocast(device.type, enabled=amp):
-            for start in range(0, len(on_device), batch):
-                plain(on_device[start:start + batch])
-        _sync(device)
+        loops.loop(loops.plain, batch)
 
     def pipeline(batch: int) -> None:
-        options = PredictOptions(batch_size=batch, num_workers=args.num_workers,
-                                 mixed_precision=amp)
-        with store.writer("detections", schemas.DETECTIONS, "bench/bench.s000") as writer:
-            stats = predict_shard(images, extractor, writer, REF, device=device, options=options,
-                                  dataset=ShardImages(images))
-        if stats.images != images.num_rows:
-            raise RuntimeError(f"predicted {stats.images} of {images.num_rows}: "
-                               f"{stats.error_rows[:2]}")
+        loops.pipeline(batch, args.num_workers)
 
     rows = []
     for batch in args.batch_sizes:
@@ -160,33 +175,19 @@ STAGES = {"loader wait": ("dataloader.py", "__next__"),
 """Pipeline stages timed by cProfile: label -> (file suffix, function): its cumulative time."""
 
 
-def breakdown(images: pa.Table, checkpoint: Path, device: torch.device, args) -> dict:
+def breakdown(loops: Loops, args) -> dict:
     """Where the pipeline's time goes at the largest batch (see the module docstring, 2.)."""
     import cProfile
     import pstats
 
     batch = max(args.batch_sizes)
-    extractor = ClassScoreExtractor.from_checkpoint(checkpoint).to(device)
-    plain = extractor.model.eval()
-    on_device = [ShardImages(images)[i].tensor.to(device).float().div_(255)
-                 for i in range(images.num_rows)]
-    store = TableStore(Path(tempfile.mkdtemp(prefix="bench_gpu_store_")))
-    amp = device.type == "cuda"
-
-    def loop(model) -> None:
-        with torch.inference_mode(), torch.autocast(device.type, enabled=amp):
-            for start in range(0, len(on_device), batch):
-                model(on_device[start:start + batch])
-        _sync(device)
 
     def pipeline(workers: int) -> None:
-        options = PredictOptions(batch_size=batch, num_workers=workers, mixed_precision=amp)
-        with store.writer("detections", schemas.DETECTIONS, "bench/bench.s000") as writer:
-            predict_shard(images, extractor, writer, REF, device=device, options=options,
-                          dataset=ShardImages(images))
+        loops.pipeline(batch, workers)
 
     more = max(args.num_workers, min(8, common.usable_cpus() - 1))
-    fns = {"bare model": lambda: loop(plain), "extractor": lambda: loop(extractor),
+    fns = {"bare model": lambda: loops.loop(loops.plain, batch),
+           "extractor": lambda: loops.loop(loops.extractor, batch),
            f"pipeline, {args.num_workers} workers": lambda: pipeline(args.num_workers),
            f"pipeline, {more} workers": lambda: pipeline(more)}
     for fn in fns.values():
@@ -200,7 +201,7 @@ def breakdown(images: pa.Table, checkpoint: Path, device: torch.device, args) ->
     stages = {label: sum(v[3] for (file, _, fn), v in stats.items()
                          if fn == name and file.endswith(suffix))
               for label, (suffix, name) in STAGES.items()}
-    n = images.num_rows
+    n = loops.images.num_rows
     rows = [[name, f"{n / t.wall:.1f}", f"{times['bare model'].wall / t.wall:.2f}x"]
             for name, t in times.items()]
     common.print_table(["loop (pre-decoded for the first two)", "img/s", "vs bare model"], rows,
