@@ -11,7 +11,13 @@ import torch
 from PIL import Image
 
 from al_assets.core import schemas
-from al_assets.core.prediction.runner import PredictOptions, ShardRef, predict_shard
+from al_assets.core.prediction.runner import (
+    PredictOptions,
+    ShardRef,
+    one_copy_per_key,
+    predict_shard,
+    to_host,
+)
 
 REF = ShardRef("m", 3, "batch-000.s000")
 
@@ -85,3 +91,24 @@ def test_results_are_written_in_row_groups_of_bounded_size(shard, tmp_path):
                                   rows_per_group=2)
     assert stats.images == 5 and table.num_rows == 5
     assert groups == 3  # 2 + 2 + 1 images: results never held for the whole shard
+
+
+def test_one_copy_per_key_returns_what_a_copy_per_tensor_does() -> None:
+    """The GPU path's batched copy (run here on CPU tensors, where it is the same arithmetic):
+    every image's tensors come back with their shapes, values and dtypes, floats as float32,
+    images without boxes included."""
+    gen = torch.Generator().manual_seed(0)
+    outputs = [{"boxes": torch.rand(n, 4, generator=gen),
+                "scores": torch.rand(n, generator=gen).half(),
+                "labels": torch.randint(1, 9, (n,), generator=gen),
+                "embedding": torch.rand(16, generator=gen)} for n in (3, 0, 5)]
+    batched, plain = one_copy_per_key(outputs), to_host(outputs)
+    assert len(batched) == len(plain) == 3
+    for got, want, original in zip(batched, plain, outputs, strict=True):
+        assert list(got) == list(original)
+        for key, value in want.items():
+            assert got[key].dtype == value.dtype == (
+                torch.float32 if original[key].is_floating_point() else original[key].dtype)
+            assert got[key].shape == original[key].shape
+            assert torch.equal(got[key], value)
+    assert to_host([]) == []
