@@ -25,11 +25,11 @@ $(VENV)/.installed: pyproject.toml
 demo: setup  ## demo data -> detector in MLflow -> predictions -> queue, analysis, report
 	$(BIN)/al-assets demo
 
-test: setup  ## the default suite (566 tests, 10 min on 2 cores)
-	$(BIN)/pytest -q -m "not slow"
+test: setup  ## the default suite (569 tests, 8-16 min on 2 cores)
+	$(BIN)/pytest -q -m "not slow" --durations=15
 
 test-slow: setup  ## real-process fault tests and training (CI runs them after `make test`)
-	$(BIN)/pytest -q -m slow
+	$(BIN)/pytest -q -m slow --durations=0
 
 bench: setup  ## benchmarks with ratios against baselines measured in the same run
 	$(BIN)/python benchmarks/run_all.py
