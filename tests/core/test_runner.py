@@ -112,3 +112,4 @@ def test_one_copy_per_key_returns_what_a_copy_per_tensor_does() -> None:
             assert got[key].shape == original[key].shape
             assert torch.equal(got[key], value)
     assert to_host([]) == []
+    assert plain[0]["boxes"] is outputs[0]["boxes"]  # on the CPU: no copy, no concatenation

@@ -30,6 +30,7 @@ from al_assets.core.simulation import (
     write_outputs,
 )
 from al_assets.core.loop.selection import ScoringSettings, SelectionConfig
+from al_assets.core.simulation.experiment import PRESET_SIMULATION
 from al_assets.core.simulation.loop import queue_from_predictions
 
 CATEGORY_IDS = (1, 3, 5)
@@ -314,8 +315,6 @@ def test_a_loop_without_starting_labels_or_a_start_checkpoint_is_refused(
     with pytest.raises(SimulationError, match="give cached_features"):
         run_simulation(pool, holdout, SimulationConfig(backbone_tail=True), tmp_path,
                        Tracking(f"sqlite:///{tmp_path}/m.db"), log=None)
-    from al_assets.core.simulation.experiment import PRESET_SIMULATION
-
     assert replace(PRESET_SIMULATION, backbone_tail=True).backbone_tail  # --preset --backbone-tail
     with pytest.raises(SimulationError, match="initial_size must be >= 0"):
         SimulationConfig(initial_size=-1)
