@@ -236,13 +236,15 @@ def _simulate_preset(args: argparse.Namespace, overrides: dict, started: float) 
 
     from al_assets.core.simulation import Tracking
     from al_assets.core.simulation.experiment import PRESET_SIMULATION, run_preset
+    from al_assets.core.simulation.pretrained import PretrainRecipe
 
+    recipe = PretrainRecipe(more_steps=args.pretrain_more_steps)  # a bad value fails first
     out = Path(args.out if args.out != SIMULATE_OUT else f"{SIMULATE_OUT}/{args.preset}")
     tracking = Tracking(args.tracking_uri or _default_tracking_uri(), args.experiment,
                         str((out / "mlflow-artifacts").resolve()))
     config = replace(PRESET_SIMULATION, **overrides)
     run_preset(args.preset, Path(args.preset_root), out, tracking, config=config,
-               log=lambda line: print(line, flush=True))
+               recipe=recipe, log=lambda line: print(line, flush=True))
     print((out / "summary.md").read_text())
     print((out / "evidence.md").read_text())
     print(f"wall time: {time.perf_counter() - started:.0f} s")
@@ -348,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "pool, the pretrained detector and head-only rounds (docs/active-learning.md)")
     p.add_argument("--preset-root", default="data/presets",
                    help="where preset data and the pretrained detector are kept")
+    p.add_argument("--pretrain-more-steps", type=int, default=0,
+                   help="with --preset: extend the pretrained detector by this many steps "
+                   "(kept beside the first stage; 0: the 900-step detector)")
     p.add_argument("--base-coco", default=None,
                    help="a labeled base split (COCO json) the loop starts with")
     p.add_argument("--base-images", default=None, help="image folder of --base-coco")

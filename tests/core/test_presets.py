@@ -68,3 +68,15 @@ def test_a_split_is_byte_identical_when_generated_twice(tmp_path) -> None:
 def test_an_unknown_preset_names_the_choices() -> None:
     with pytest.raises(ValueError, match="unknown preset 'longtail'; use one of"):
         preset("longtail")
+
+
+def test_an_extended_pretraining_recipe_names_its_own_checkpoint() -> None:
+    from al_assets.core.simulation.config import SimulationError
+    from al_assets.core.simulation.pretrained import PretrainRecipe
+
+    assert PretrainRecipe().file_name == "pretrained-s900-b8-seed0.pt"
+    extended = PretrainRecipe(more_steps=900)
+    assert extended.file_name == "pretrained-s900+900-b8-seed0.pt"
+    assert extended.first_stage() == PretrainRecipe()  # the extension starts from stage 1
+    with pytest.raises(SimulationError, match="more_steps >= 0"):
+        PretrainRecipe(more_steps=-1)

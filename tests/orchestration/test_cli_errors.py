@@ -156,3 +156,16 @@ def test_views_before_any_registered_model_are_one_line_naming_the_command(
     assert line.startswith("error: refresh_views_job [-] failed: class_frequency, entropy, ")
     assert line.count("does not exist") == 1  # six views, one reason: said once
     assert "`al-assets register`" in line
+
+
+def test_a_negative_pretraining_extension_is_refused_before_anything_is_written(
+        tmp_path, capsys) -> None:
+    out = tmp_path / "sim"
+    code, _, err = _run(capsys, "simulate", "--preset", "long_tail", "--pretrain-more-steps",
+                        "-5", "--out", str(out), "--preset-root", str(tmp_path / "presets"),
+                        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert code == 1
+    (line,) = _error_lines(err)
+    assert "more_steps >= 0" in line and "more_steps=-5" in line
+    assert not out.exists() and not (tmp_path / "presets").exists()
+    assert not (tmp_path / "mlflow.db").exists()

@@ -17,6 +17,7 @@ from al_assets.core.detection.categories import CategoryMap
 from al_assets.core.analysis.evaluation import evaluate_coco_map
 from al_assets.core.detection.factory import save_checkpoint
 from al_assets.core.detection.training import train_detector
+from al_assets.core.simulation.config import SimulationError
 from al_assets.core.simulation.presets import PRESETS, generate_split
 
 
@@ -31,6 +32,11 @@ class PretrainRecipe:
     more_steps: int = 0
     batch_size: int = 8
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.more_steps < 0 or self.batch_size < 1:
+            raise SimulationError(f"pretraining needs steps >= 1, more_steps >= 0 and "
+                                  f"batch_size >= 1; got {self}")
 
     @property
     def file_name(self) -> str:
