@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -263,7 +264,14 @@ def test_tiny_loop_end_to_end(tiny_splits: tuple[CocoSplit, CocoSplit], tmp_path
     assert round0[0]["selected_ids"] == round0[1]["selected_ids"]  # one seed set per seed
     assert all(r["promoted"] for r in round0)  # the first model has no champion to beat
     for row in table.to_pylist():
-        assert row["map_low"] <= row["map"] <= row["map_high"]
+        # A percentile interval need not contain the point estimate of a skewed statistic:
+        # this tiny model's mAP is ~1e-4, and with 1 torch thread over 97.5 % of resampled
+        # mAPs lay above it (low 1.161e-4 > map 1.129e-4). Containment on a non-degenerate
+        # model: test_gate.
+        assert 0.0 <= row["map_low"] <= row["map_high"] <= 1.0 and 0.0 <= row["map"] <= 1.0
+        per_class = json.loads(row["class_boxes"])  # the labeled boxes, class by class
+        assert sum(per_class.values()) == row["labeled_boxes"] and all(
+            v > 0 for v in per_class.values())
 
     client = mlflow.MlflowClient(tracking.tracking_uri)
     experiment = client.get_experiment_by_name("sim-test")

@@ -9,7 +9,7 @@ import pytest
 from al_assets.core.simulation.report import curves_table
 from al_assets.core.simulation.stats import (
     evidence_markdown,
-    final_class_ap,
+    final_per_class,
     paired_tests,
     seed_labels_saved,
     summarize_savings,
@@ -20,7 +20,9 @@ def _row(strategy: str, seed: int, rnd: int, images: int, boxes: int, m: float) 
     return {"strategy": strategy, "seed": seed, "round": rnd, "labeled_images": images,
             "labeled_boxes": boxes, "map": m, "ap50": m, "map_low": None, "map_high": None,
             "champion_map": m, "promoted": True, "train_seconds": 1.0, "selected_ids": [],
-            "pool_with_boxes": None, "class_ap": json.dumps({"1": m, "17": m / 2})}
+            "pool_with_boxes": None, "class_ap": json.dumps({"1": m, "17": m / 2}),
+            "class_boxes": json.dumps({"1": boxes} if strategy == "random" else
+                                      {"1": boxes - rnd, "17": rnd})}
 
 
 def _table():
@@ -55,7 +57,13 @@ def test_labels_saved_per_seed_interpolate_images_and_boxes() -> None:
 
 def test_evidence_markdown_has_the_rare_class_table() -> None:
     table = _table()
-    assert final_class_ap(table, {1: "circle", 17: "star"})["default"]["star"] == pytest.approx(
+    assert final_per_class(table, {1: "circle", 17: "star"})["default"]["star"] == pytest.approx(
         (0.46 + 0.47 + 0.45) / 3 / 2)
+    boxes = final_per_class(table, {1: "circle", 17: "star"}, "class_boxes")
+    assert boxes["default"] == {"circle": 558.0, "star": 2.0} and boxes["random"] == {
+        "circle": 600.0}
     text = evidence_markdown(table, {1: "circle", 17: "star"}, ["star"])
-    assert "| star |" in text and "3/3" in text
+    assert "3/3" in text
+    ap_table, box_table = text.split("Held-out AP of the rare classes")[1].split("Rare-class boxes")
+    assert "| star | 0.220 | 0.230 |" in ap_table  # random 0.44 / 2, default 0.46 / 2 (mean)
+    assert "| star | 0.0 | 2.0 |" in box_table  # random labeled no star; default 2

@@ -454,6 +454,8 @@ def _row(run: _Seed, strategy: str, rnd: int, picks: list[int],
         "strategy": strategy, "seed": run.seed, "round": rnd,
         "labeled_images": labeled_total if labeled_total is not None else len(run.initial),
         "labeled_boxes": int(pc.sum(pc.invert(annotations["iscrowd"])).as_py() or 0),
+        "class_boxes": json.dumps({str(k): v for k, v in
+                                   sorted(labeled_box_counts(annotations).items())}),
         "class_ap": json.dumps({str(k): v for k, v in challenger["per_category"].items()}),
         "map": challenger["map"], "ap50": challenger["ap50"],
         "map_low": challenger.get("map_low"), "map_high": challenger.get("map_high"),

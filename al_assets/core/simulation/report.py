@@ -44,6 +44,9 @@ SIMULATION_CURVES = pa.schema(
         pa.field("pool_with_boxes", pa.float64()),
         # The challenger's held-out AP per class: JSON {category_id: AP or null}.
         pa.field("class_ap", pa.string()),
+        # Labeled pool boxes per class so far (non-crowd; the base split not counted): JSON
+        # {category_id: boxes}. Shows whether a strategy found the rare classes at all.
+        pa.field("class_boxes", pa.string()),
     ]
 )
 """One row per strategy x seed x round. Round 0 is shared by every strategy of a seed (same

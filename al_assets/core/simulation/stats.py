@@ -117,18 +117,37 @@ def summarize_savings(entries: Iterable[Mapping]) -> dict[str, dict]:
     return out
 
 
-def final_class_ap(table: pa.Table, names: Mapping[int, str]) -> dict[str, dict[str, float | None]]:
-    """strategy -> {class name: mean held-out AP at the last round over seeds}."""
+def final_per_class(table: pa.Table, names: Mapping[int, str], column: str = "class_ap"
+                    ) -> dict[str, dict[str, float]]:
+    """strategy -> {class name: mean over seeds at the last round} of a per-class JSON column
+    (``class_ap``: held-out AP; ``class_boxes``: labeled pool boxes)."""
     curves = _curves(table)
     collected: dict[str, dict[str, list[float]]] = {}
     for (strategy, _), rows in curves.items():
-        raw = rows[-1].get("class_ap")
+        raw = rows[-1].get(column)
         if not raw:
             continue
-        for key, ap in json.loads(raw).items():
-            if ap is not None:
-                collected.setdefault(strategy, {}).setdefault(names.get(int(key), key), []).append(ap)
+        for key, value in json.loads(raw).items():
+            if value is not None:
+                collected.setdefault(strategy, {}).setdefault(names.get(int(key), key),
+                                                              []).append(value)
     return {s: {c: float(np.mean(v)) for c, v in per.items()} for s, per in collected.items()}
+
+
+def _rare_class_table(table: pa.Table, names: Mapping[int, str], rare: list[str], column: str,
+                      title: str, fmt: str) -> list[str]:
+    per_class = final_per_class(table, names, column)
+    if not per_class or not rare:
+        return []
+    strategies = sorted(per_class, key=lambda s: (s != BASELINE, s))
+    lines = ["", title, "", "| class | " + " | ".join(strategies) + " |",
+             "|---|" + "---|" * len(strategies)]
+    for name in rare:
+        cells = [per_class[s].get(name, 0.0 if column == "class_boxes" else None)
+                 for s in strategies]
+        lines.append(f"| {name} | " + " | ".join("-" if c is None else format(c, fmt)
+                                                   for c in cells) + " |")
+    return lines
 
 
 def evidence_markdown(table: pa.Table, names: Mapping[int, str],
@@ -155,15 +174,9 @@ def evidence_markdown(table: pa.Table, names: Mapping[int, str],
             parts.append(f"{unit} {text}" + (f" ({missed} seed(s) never reached it)" if missed
                                              and mean is not None else ""))
         lines.append(f"- {strategy}: " + "; ".join(parts))
-    per_class = final_class_ap(table, names)
     rare = list(rare)
-    if per_class and rare:
-        strategies = sorted(per_class, key=lambda s: (s != BASELINE, s))
-        lines += ["", "Held-out AP of the rare classes at the last round (mean over seeds):", "",
-                  "| class | " + " | ".join(strategies) + " |",
-                  "|---|" + "---|" * len(strategies)]
-        for name in rare:
-            cells = [per_class[s].get(name) for s in strategies]
-            lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.3f}"
-                                                       for c in cells) + " |")
+    lines += _rare_class_table(table, names, rare, "class_ap", "Held-out AP of the rare classes "
+                               "at the last round (mean over seeds):", ".3f")
+    lines += _rare_class_table(table, names, rare, "class_boxes", "Rare-class boxes labeled "
+                               "from the pool by the last round (mean over seeds):", ".1f")
     return "\n".join(lines) + "\n"
