@@ -11,6 +11,7 @@ from al_assets.core.simulation.stats import (
     evidence_markdown,
     final_per_class,
     paired_tests,
+    random_gain,
     seed_labels_saved,
     summarize_savings,
 )
@@ -67,3 +68,17 @@ def test_evidence_markdown_has_the_rare_class_table() -> None:
     ap_table, box_table = text.split("Held-out AP of the rare classes")[1].split("Rare-class boxes")
     assert "| star | 0.220 | 0.230 |" in ap_table  # random 0.44 / 2, default 0.46 / 2 (mean)
     assert "| star | 0.0 | 2.0 |" in box_table  # random labeled no star; default 2
+
+
+def test_evidence_warns_when_randoms_curve_is_flat() -> None:
+    rising = _table()  # random +0.04 over the run, the same for every seed
+    assert random_gain(rising) == pytest.approx((0.04, 0.0))
+    assert "the curves are flat" not in evidence_markdown(rising, {1: "circle"})
+    slope = {0: 0.002, 1: 0.001, 2: -0.001}  # per round: the seeds disagree more than it gains
+    flat = curves_table([_row("random", seed, rnd, 60 * rnd, 300 * rnd, 0.40 + slope[seed] * rnd)
+                         for seed in (0, 1, 2) for rnd in range(3)]
+                        + [_row("default", 0, rnd, 60 * rnd, 280 * rnd, 0.41) for rnd in range(3)])
+    gain, spread = random_gain(flat)
+    assert gain == pytest.approx(0.004 / 3) and spread == pytest.approx(0.003055, abs=1e-5)
+    text = evidence_markdown(flat, {1: "circle"})
+    assert "Random gains +0.001 mAP over the whole run" in text and "std 0.003" in text

@@ -150,6 +150,31 @@ def _rare_class_table(table: pa.Table, names: Mapping[int, str], rare: list[str]
     return lines
 
 
+def random_gain(table: pa.Table, baseline: str = BASELINE) -> tuple[float, float] | None:
+    """Random's mean mAP gain from round 0 to its last round, and the std of its final mAP over
+    seeds (0 with one seed); None without a baseline curve."""
+    firsts, finals = [], []
+    for (strategy, _), rows in _curves(table).items():
+        if strategy == baseline and rows[0]["map"] is not None and rows[-1]["map"] is not None:
+            firsts.append(rows[0]["map"])
+            finals.append(rows[-1]["map"])
+    if not finals:
+        return None
+    spread = float(np.std(finals, ddof=1)) if len(finals) > 1 else 0.0
+    return float(np.mean(finals) - np.mean(firsts)), spread
+
+
+def _flatness_warning(table: pa.Table) -> list[str]:
+    """A flat baseline makes "labels saved" meaningless: any curve touches random's final mAP
+    early. Say so when random's whole gain is within twice the seed spread of its final mAP."""
+    gain = random_gain(table)
+    if gain is None or gain[0] > 2 * gain[1]:
+        return []
+    return [f"Random gains {gain[0]:+.3f} mAP over the whole run, within twice the spread of its "
+            f"final mAP over seeds (std {gain[1]:.3f}): the curves are flat, so these savings "
+            "measure flatness, not selection.", ""]
+
+
 def evidence_markdown(table: pa.Table, names: Mapping[int, str],
                       rare: Iterable[str] = ()) -> str:
     """The paired tests, the per-seed savings and the rare classes' AP, as Markdown."""
@@ -164,6 +189,7 @@ def evidence_markdown(table: pa.Table, names: Mapping[int, str],
     entries = seed_labels_saved(table)
     lines += ["", "Labels to reach the same seed's random final mAP (saved share of random's "
               "labels; mean ± std over seeds):", ""]
+    lines += _flatness_warning(table)
     for strategy, s in sorted(summarize_savings(entries).items()):
         parts = []
         for unit in ("images", "boxes"):
