@@ -136,6 +136,8 @@ def final_per_class(table: pa.Table, names: Mapping[int, str], column: str = "cl
 
 def _rare_class_table(table: pa.Table, names: Mapping[int, str], rare: list[str], column: str,
                       title: str, fmt: str) -> list[str]:
+    """Markdown rows of ``column`` for the rare classes, random first (a class a strategy
+    never labeled counts 0 boxes; a class without AP shows "-")."""
     per_class = final_per_class(table, names, column)
     if not per_class or not rare:
         return []
