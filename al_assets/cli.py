@@ -18,7 +18,7 @@ from al_assets.core.errors import AlAssetsError
 from al_assets.core.options import add_options, given
 from al_assets.core.analysis.gate import GatePolicy
 from al_assets.core.loop.settings import TrainSettings
-from al_assets.core.simulation.config import SimulationConfig
+from al_assets.core.simulation.config import SimulationConfig, SimulationError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -204,6 +204,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     overrides = given(vars(args), SimulationConfig)
     if args.preset:
         return _simulate_preset(args, overrides, started)
+    if args.pretrain_more_steps:
+        raise SimulationError("--pretrain-more-steps extends the preset experiments' pretrained "
+                              "detector: use it with --preset NAME")
     config = SimulationConfig(**overrides)
     out = Path(args.out)
     base = CocoSplit(Path(args.base_coco), Path(args.base_images or Path(args.base_coco).parent)

@@ -72,13 +72,36 @@ def test_evidence_markdown_has_the_rare_class_table() -> None:
 
 def test_evidence_warns_when_randoms_curve_is_flat() -> None:
     rising = _table()  # random +0.04 over the run, the same for every seed
-    assert random_gain(rising) == pytest.approx((0.04, 0.0))
+    assert random_gain(rising) == pytest.approx((0.04, 0.0, 3))
     assert "the curves are flat" not in evidence_markdown(rising, {1: "circle"})
     slope = {0: 0.002, 1: 0.001, 2: -0.001}  # per round: the seeds disagree more than it gains
     flat = curves_table([_row("random", seed, rnd, 60 * rnd, 300 * rnd, 0.40 + slope[seed] * rnd)
                          for seed in (0, 1, 2) for rnd in range(3)]
                         + [_row("default", 0, rnd, 60 * rnd, 280 * rnd, 0.41) for rnd in range(3)])
-    gain, spread = random_gain(flat)
+    gain, spread, seeds = random_gain(flat)
     assert gain == pytest.approx(0.004 / 3) and spread == pytest.approx(0.003055, abs=1e-5)
+    assert seeds == 3
     text = evidence_markdown(flat, {1: "circle"})
     assert "Random gains +0.001 mAP over the whole run" in text and "std 0.003" in text
+
+
+def test_a_falling_random_curve_warns_even_with_one_seed() -> None:
+    one_seed = curves_table([_row("random", 0, rnd, 60 * rnd, 300 * rnd, 0.40 - 0.01 * rnd)
+                             for rnd in range(3)])
+    assert "Random's mAP does not rise over the run (-0.020)" in evidence_markdown(
+        one_seed, {1: "circle"})
+    rising = curves_table([_row("random", 0, rnd, 60 * rnd, 300 * rnd, 0.40 + 0.0001 * rnd)
+                           for rnd in range(3)])
+    assert "flat" not in evidence_markdown(rising, {1: "circle"})  # one seed: spread unknown
+
+
+def test_a_seed_that_labeled_no_box_of_a_class_counts_zero() -> None:
+    rows = [{**_row("random", seed, 1, 60, 300, 0.4),
+             "class_boxes": json.dumps({"1": 300} if seed else {"1": 297, "17": 3})}
+            for seed in range(3)]
+    table = curves_table(rows)
+    assert final_per_class(table, {1: "circle", 17: "star"}, "class_boxes", 0.0)["random"][
+        "star"] == pytest.approx(1.0)
+    assert final_per_class(table, {1: "circle", 17: "star"}, "class_boxes")["random"][
+        "star"] == pytest.approx(3.0)  # absent=None: seeds without the class are left out
+    assert "| star | 1.0 |" in evidence_markdown(table, {1: "circle", 17: "star"}, ["star"])

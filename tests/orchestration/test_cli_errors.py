@@ -169,3 +169,12 @@ def test_a_negative_pretraining_extension_is_refused_before_anything_is_written(
     assert "more_steps >= 0" in line and "more_steps=-5" in line
     assert not out.exists() and not (tmp_path / "presets").exists()
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_pretraining_extension_without_a_preset_is_refused(tmp_path, capsys) -> None:
+    code, _, err = _run(capsys, "simulate", "--pretrain-more-steps", "900", "--out",
+                        str(tmp_path / "sim"))
+    assert code == 1
+    (line,) = _error_lines(err)
+    assert "--pretrain-more-steps" in line and "--preset NAME" in line
+    assert not (tmp_path / "sim").exists()

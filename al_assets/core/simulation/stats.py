@@ -117,17 +117,19 @@ def summarize_savings(entries: Iterable[Mapping]) -> dict[str, dict]:
     return out
 
 
-def final_per_class(table: pa.Table, names: Mapping[int, str], column: str = "class_ap"
-                    ) -> dict[str, dict[str, float]]:
+def final_per_class(table: pa.Table, names: Mapping[int, str], column: str = "class_ap",
+                    absent: float | None = None) -> dict[str, dict[str, float]]:
     """strategy -> {class name: mean over seeds at the last round} of a per-class JSON column
-    (``class_ap``: held-out AP; ``class_boxes``: labeled pool boxes)."""
+    (``class_ap``: held-out AP; ``class_boxes``: labeled pool boxes). ``absent``: the value of
+    a class a seed's row does not list (0 for counts; None: that seed is left out)."""
     curves = _curves(table)
+    last = {key: json.loads(rows[-1][column]) for key, rows in curves.items()
+            if rows[-1].get(column)}
+    classes = {k for values in last.values() for k in values}
     collected: dict[str, dict[str, list[float]]] = {}
-    for (strategy, _), rows in curves.items():
-        raw = rows[-1].get(column)
-        if not raw:
-            continue
-        for key, value in json.loads(raw).items():
+    for (strategy, _), values in last.items():
+        for key in sorted(classes):
+            value = values.get(key, absent)
             if value is not None:
                 collected.setdefault(strategy, {}).setdefault(names.get(int(key), key),
                                                               []).append(value)
@@ -136,9 +138,9 @@ def final_per_class(table: pa.Table, names: Mapping[int, str], column: str = "cl
 
 def _rare_class_table(table: pa.Table, names: Mapping[int, str], rare: list[str], column: str,
                       title: str, fmt: str) -> list[str]:
-    """Markdown rows of ``column`` for the rare classes, random first (a class a strategy
-    never labeled counts 0 boxes; a class without AP shows "-")."""
-    per_class = final_per_class(table, names, column)
+    """Markdown rows of ``column`` for the rare classes, random first (a class a seed never
+    labeled counts 0 boxes there; a class without AP shows "-")."""
+    per_class = final_per_class(table, names, column, 0.0 if column == "class_boxes" else None)
     if not per_class or not rare:
         return []
     strategies = sorted(per_class, key=lambda s: (s != BASELINE, s))
@@ -152,9 +154,9 @@ def _rare_class_table(table: pa.Table, names: Mapping[int, str], rare: list[str]
     return lines
 
 
-def random_gain(table: pa.Table, baseline: str = BASELINE) -> tuple[float, float] | None:
-    """Random's mean mAP gain from round 0 to its last round, and the std of its final mAP over
-    seeds (0 with one seed); None without a baseline curve."""
+def random_gain(table: pa.Table, baseline: str = BASELINE) -> tuple[float, float, int] | None:
+    """Random's mean mAP gain from round 0 to its last round, the std of its final mAP over
+    seeds (0 with one seed) and the number of seeds; None without a baseline curve."""
     firsts, finals = [], []
     for (strategy, _), rows in _curves(table).items():
         if strategy == baseline and rows[0]["map"] is not None and rows[-1]["map"] is not None:
@@ -163,18 +165,25 @@ def random_gain(table: pa.Table, baseline: str = BASELINE) -> tuple[float, float
     if not finals:
         return None
     spread = float(np.std(finals, ddof=1)) if len(finals) > 1 else 0.0
-    return float(np.mean(finals) - np.mean(firsts)), spread
+    return float(np.mean(finals) - np.mean(firsts)), spread, len(finals)
 
 
 def _flatness_warning(table: pa.Table) -> list[str]:
     """A flat baseline makes "labels saved" meaningless: any curve touches random's final mAP
-    early. Say so when random's whole gain is within twice the seed spread of its final mAP."""
-    gain = random_gain(table)
-    if gain is None or gain[0] > 2 * gain[1]:
+    early. Say so when random does not rise, or (with >= 2 seeds) when its whole gain is within
+    twice the seed spread of its final mAP."""
+    found = random_gain(table)
+    if found is None:
         return []
-    return [f"Random gains {gain[0]:+.3f} mAP over the whole run, within twice the spread of its "
-            f"final mAP over seeds (std {gain[1]:.3f}): the curves are flat, so these savings "
-            "measure flatness, not selection.", ""]
+    gain, spread, seeds = found
+    if gain <= 0:
+        text = f"Random's mAP does not rise over the run ({gain:+.3f})"
+    elif seeds > 1 and gain <= 2 * spread:
+        text = (f"Random gains {gain:+.3f} mAP over the whole run, within twice the spread of "
+                f"its final mAP over seeds (std {spread:.3f})")
+    else:
+        return []
+    return [text + ": the curves are flat, so these savings measure flatness, not selection.", ""]
 
 
 def evidence_markdown(table: pa.Table, names: Mapping[int, str],
