@@ -204,9 +204,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     overrides = given(vars(args), SimulationConfig)
     if args.preset:
         return _simulate_preset(args, overrides, started)
-    if args.pretrain_more_steps:
-        raise SimulationError("--pretrain-more-steps extends the preset experiments' pretrained "
-                              "detector: use it with --preset NAME")
+    for flag, value in (("--pretrain-more-steps", args.pretrain_more_steps),
+                        ("--merge", args.merge)):
+        if value:
+            raise SimulationError(f"{flag} works on the preset experiments: use it with "
+                                  "--preset NAME")
     config = SimulationConfig(**overrides)
     out = Path(args.out)
     base = CocoSplit(Path(args.base_coco), Path(args.base_images or Path(args.base_coco).parent)
@@ -238,11 +240,20 @@ def _simulate_preset(args: argparse.Namespace, overrides: dict, started: float) 
     from dataclasses import replace
 
     from al_assets.core.simulation import Tracking
-    from al_assets.core.simulation.experiment import PRESET_SIMULATION, run_preset
+    from al_assets.core.simulation.experiment import (
+        PRESET_SIMULATION,
+        merge_preset_runs,
+        run_preset,
+    )
     from al_assets.core.simulation.pretrained import PretrainRecipe
 
     recipe = PretrainRecipe(more_steps=args.pretrain_more_steps)  # a bad value fails first
     out = Path(args.out if args.out != SIMULATE_OUT else f"{SIMULATE_OUT}/{args.preset}")
+    if args.merge:
+        merge_preset_runs(args.preset, [Path(r) for r in args.merge], out)
+        print((out / "summary.md").read_text())
+        print((out / "evidence.md").read_text())
+        return 0
     tracking = Tracking(args.tracking_uri or _default_tracking_uri(), args.experiment,
                         str((out / "mlflow-artifacts").resolve()))
     config = replace(PRESET_SIMULATION, **overrides)
@@ -353,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "pool, the pretrained detector and head-only rounds (docs/active-learning.md)")
     p.add_argument("--preset-root", default="data/presets",
                    help="where preset data and the pretrained detector are kept")
+    p.add_argument("--merge", nargs="+", default=None, metavar="RUN",
+                   help="with --preset: merge the --out folders of runs made apart (one "
+                   "process per seed) into --out, instead of running")
     p.add_argument("--pretrain-more-steps", type=int, default=0,
                    help="with --preset: extend the pretrained detector by this many steps "
                    "(kept beside the first stage; 0: the 900-step detector)")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pyarrow.compute as pc
 import pytest
 
+from al_assets.core.demo.shapes import DEMO_CATEGORIES
 from al_assets.core.simulation.report import curves_table
 from al_assets.core.simulation.stats import (
     evidence_markdown,
@@ -15,6 +17,9 @@ from al_assets.core.simulation.stats import (
     seed_labels_saved,
     summarize_savings,
 )
+
+
+_NAMES = {c["id"]: c["name"] for c in DEMO_CATEGORIES}
 
 
 def _row(strategy: str, seed: int, rnd: int, images: int, boxes: int, m: float) -> dict:
@@ -105,3 +110,27 @@ def test_a_seed_that_labeled_no_box_of_a_class_counts_zero() -> None:
     assert final_per_class(table, {1: "circle", 17: "star"}, "class_boxes")["random"][
         "star"] == pytest.approx(3.0)  # absent=None: seeds without the class are left out
     assert "| star | 1.0 |" in evidence_markdown(table, {1: "circle", 17: "star"}, ["star"])
+
+
+def test_runs_made_apart_merge_into_one_experiment(tmp_path) -> None:
+    import pyarrow.parquet as pq
+
+    from al_assets.core.simulation.config import SimulationError
+    from al_assets.core.simulation.experiment import merge_preset_runs
+
+    whole = _table()
+    runs = []
+    for seed in (0, 1, 2):  # one folder per seed, as one process per seed writes them
+        runs.append(tmp_path / f"seed{seed}")
+        runs[-1].mkdir()
+        pq.write_table(whole.filter(pc.equal(whole["seed"], seed)), runs[-1] / "curves.parquet")
+    merged = merge_preset_runs("long_tail", runs, tmp_path / "out")
+    assert merged.num_rows == whole.num_rows and merged.schema.equals(whole.schema)
+    assert pq.read_table(tmp_path / "out" / "curves.parquet").num_rows == whole.num_rows
+    assert (tmp_path / "out" / "evidence.md").read_text() == evidence_markdown(
+        whole.sort_by([("seed", "ascending")]), _NAMES, ["pentagon", "hexagon", "star"])
+    with pytest.raises(SimulationError, match="share a strategy x seed x round"):
+        merge_preset_runs("long_tail", [runs[0], runs[0]], tmp_path / "twice")
+    with pytest.raises(SimulationError, match="no curves.parquet in"):
+        merge_preset_runs("long_tail", [tmp_path / "missing"], tmp_path / "none")
+    assert not (tmp_path / "twice").exists() and not (tmp_path / "none").exists()

@@ -178,3 +178,17 @@ def test_a_pretraining_extension_without_a_preset_is_refused(tmp_path, capsys) -
     (line,) = _error_lines(err)
     assert "--pretrain-more-steps" in line and "--preset NAME" in line
     assert not (tmp_path / "sim").exists()
+
+
+def test_a_merge_without_a_preset_or_of_unfinished_runs_is_one_line(tmp_path, capsys) -> None:
+    code, _, err = _run(capsys, "simulate", "--merge", str(tmp_path / "a"), "--out",
+                        str(tmp_path / "sim"))
+    assert code == 1
+    (line,) = _error_lines(err)
+    assert "--merge works on the preset experiments" in line
+    code, _, err = _run(capsys, "simulate", "--preset", "long_tail", "--merge",
+                        str(tmp_path / "a"), "--out", str(tmp_path / "sim"))
+    assert code == 1
+    (line,) = _error_lines(err)
+    assert "no curves.parquet in" in line and str(tmp_path / "a") in line
+    assert not (tmp_path / "sim").exists()

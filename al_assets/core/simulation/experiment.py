@@ -18,13 +18,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from al_assets.core.demo.shapes import DEMO_CATEGORIES
-from al_assets.core.simulation.config import SimulationConfig
+from al_assets.core.simulation.config import SimulationConfig, SimulationError
 from al_assets.core.simulation.loop import CocoSplit, Tracking, run_simulation
 from al_assets.core.simulation.presets import generate_preset, preset
 from al_assets.core.simulation.pretrained import PretrainRecipe, pretrained_detector
-from al_assets.core.simulation.report import write_outputs
+from al_assets.core.simulation.report import SIMULATION_CURVES, write_outputs
 from al_assets.core.simulation.stats import evidence_markdown
 from al_assets.core.storage.files import write_bytes_atomic
 
@@ -57,10 +58,35 @@ def run_preset(
     split = {k: CocoSplit(p, p.parent.parent / "images") for k, p in paths.items()}
     table = run_simulation(split["pool"], split["heldout"], config, Path(out) / "work",
                            tracking, log, base=split["base"])
+    write_preset_outputs(name, table, Path(out))
+    if log is not None:
+        log(f"preset {name}: {time.perf_counter() - started:.0f} s wall; results in {out}")
+    return table
+
+
+def write_preset_outputs(name: str, table: pa.Table, out: Path) -> None:
+    """The curves, summaries and plot (``report``) and evidence.md of preset ``name``."""
     write_outputs(table, Path(out))
     names = {c["id"]: c["name"] for c in DEMO_CATEGORIES}
     write_bytes_atomic(Path(out) / "evidence.md",
                        evidence_markdown(table, names, preset(name).rare_classes).encode())
-    if log is not None:
-        log(f"preset {name}: {time.perf_counter() - started:.0f} s wall; results in {out}")
+
+
+def merge_preset_runs(name: str, runs: list[Path], out: Path) -> pa.Table:
+    """One experiment from runs of preset ``name`` made apart (one process per seed, to use
+    every core): their curves.parquet concatenated, then written as ``run_preset`` writes.
+    A seed's rounds depend only on its seed and the checkpoint, so the merge stands for one
+    process given all the seeds."""
+    preset(name)
+    missing = [str(r) for r in runs if not (Path(r) / "curves.parquet").is_file()]
+    if missing:
+        raise SimulationError(f"no curves.parquet in {missing}: give the --out folders of "
+                              "finished `al-assets simulate --preset` runs")
+    table = pa.concat_tables([pq.read_table(Path(r) / "curves.parquet", schema=SIMULATION_CURVES)
+                              for r in runs])
+    keys = list(zip(*(table[c].to_pylist() for c in ("strategy", "seed", "round"))))
+    if len(set(keys)) != len(keys):
+        raise SimulationError(f"runs {[str(r) for r in runs]} share a strategy x seed x round: "
+                              "merge runs of different seeds")
+    write_preset_outputs(name, table, Path(out))
     return table

@@ -137,18 +137,17 @@ def final_per_class(table: pa.Table, names: Mapping[int, str], column: str = "cl
 
 
 def _rare_class_table(table: pa.Table, names: Mapping[int, str], rare: list[str], column: str,
-                      title: str, fmt: str) -> list[str]:
-    """Markdown rows of ``column`` for the rare classes, random first (a class a seed never
-    labeled counts 0 boxes there; a class without AP shows "-")."""
-    per_class = final_per_class(table, names, column, 0.0 if column == "class_boxes" else None)
+                      title: str, fmt: str, absent: float | None = None) -> list[str]:
+    """Markdown rows of ``column`` for the rare classes, random first; ``absent`` as in
+    :func:`final_per_class` (0 for box counts; None shows "-")."""
+    per_class = final_per_class(table, names, column, absent)
     if not per_class or not rare:
         return []
     strategies = sorted(per_class, key=lambda s: (s != BASELINE, s))
     lines = ["", title, "", "| class | " + " | ".join(strategies) + " |",
              "|---|" + "---|" * len(strategies)]
     for name in rare:
-        cells = [per_class[s].get(name, 0.0 if column == "class_boxes" else None)
-                 for s in strategies]
+        cells = [per_class[s].get(name, absent) for s in strategies]
         lines.append(f"| {name} | " + " | ".join("-" if c is None else format(c, fmt)
                                                    for c in cells) + " |")
     return lines
@@ -215,5 +214,5 @@ def evidence_markdown(table: pa.Table, names: Mapping[int, str],
     lines += _rare_class_table(table, names, rare, "class_ap", "Held-out AP of the rare classes "
                                "at the last round (mean over seeds):", ".3f")
     lines += _rare_class_table(table, names, rare, "class_boxes", "Rare-class boxes labeled "
-                               "from the pool by the last round (mean over seeds):", ".1f")
+                               "from the pool by the last round (mean over seeds):", ".1f", 0.0)
     return "\n".join(lines) + "\n"
