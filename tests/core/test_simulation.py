@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -326,6 +327,47 @@ def test_a_loop_without_starting_labels_or_a_start_checkpoint_is_refused(
     assert replace(PRESET_SIMULATION, backbone_tail=True).backbone_tail  # --preset --backbone-tail
     with pytest.raises(SimulationError, match="initial_size must be >= 0"):
         SimulationConfig(initial_size=-1)
+
+
+def test_fresh_classifier_replaces_only_the_class_head_per_seed(
+    tiny_splits: tuple[CocoSplit, CocoSplit], tmp_path: Path
+) -> None:
+    from al_assets.core.defaults import DEFAULT_ARCH
+    from al_assets.core.detection.categories import CategoryMap
+    from al_assets.core.detection.factory import build_detector, load_checkpoint, save_checkpoint
+
+    pool, holdout = tiny_splits
+    categories = CategoryMap.from_coco_json(pool.coco_json)
+    torch.manual_seed(123)  # not a seed of the run: seed s would redraw the same class head
+    start = save_checkpoint(tmp_path / "pretrained.pt",
+                            build_detector(DEFAULT_ARCH, len(categories.category_ids) + 1),
+                            arch=DEFAULT_ARCH, categories=categories)
+    config = SimulationConfig(strategies=("random",), seeds=(0, 1), initial_size=4, budget=4,
+                              rounds=1, initial_steps=1, round_steps=1, batch_size=2,
+                              min_score=0.0, n_boot=5, device="cpu", start_checkpoint=str(start),
+                              cached_features=True, fresh_classifier=True)
+    tracking = Tracking(f"sqlite:///{tmp_path}/m.db")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the malloc advice: not what this test is about
+        run_simulation(pool, holdout, config, tmp_path / "a", tracking, log=None)
+        run_simulation(pool, holdout, replace(config, seeds=(0,)), tmp_path / "b", tracking,
+                       log=None)
+    pretrained = load_checkpoint(start).state_dict
+    heads = {}
+    for run in ("a/seed-0", "a/seed-1", "b/seed-0"):
+        fresh = load_checkpoint(tmp_path / run / "round-0" / "start.pt")
+        assert fresh.meta["fresh_classifier"] and fresh.category_ids == categories.category_ids
+        for name, tensor in fresh.state_dict.items():
+            if not name.startswith("head.classification_head."):
+                assert torch.equal(tensor, pretrained[name]), name  # backbone, box regressor
+        heads[run] = {k: v for k, v in fresh.state_dict.items()
+                      if k.startswith("head.classification_head.") and v.is_floating_point()}
+    changed = [k for k, v in heads["a/seed-0"].items() if not torch.equal(v, pretrained[k])]
+    assert any(k.endswith(".weight") for k in changed)  # a new head, not the pretrained one
+    assert all(torch.equal(v, heads["b/seed-0"][k]) for k, v in heads["a/seed-0"].items())
+    assert any(not torch.equal(v, heads["a/seed-1"][k]) for k, v in heads["a/seed-0"].items())
+    with pytest.raises(SimulationError, match="fresh_classifier replaces"):
+        SimulationConfig(fresh_classifier=True)
 
 
 def _malloc_env() -> bool:

@@ -224,7 +224,7 @@ def _from_torchvision_weights(
     with _download_guard(arch, chosen):
         model = builder(weights=chosen, **kwargs)
     if model_num_classes(model) != num_classes:
-        _replace_class_head(model, arch, num_classes, kwargs)
+        replace_class_head(model, arch, num_classes, kwargs)
     return model
 
 
@@ -249,10 +249,12 @@ def _offline_message(arch: str, weights: Any, exc: Exception) -> str:
     )
 
 
-def _replace_class_head(
-    model: nn.Module, arch: str, num_classes: int, kwargs: dict[str, Any]
+def replace_class_head(
+    model: nn.Module, arch: str, num_classes: int, kwargs: dict[str, Any] | None = None
 ) -> None:
-    """Give a pretrained detector a freshly initialized class head of ``num_classes``."""
+    """Give a pretrained detector a freshly initialized class head of ``num_classes``
+    (torch's global generator draws it: seed it for a reproducible head)."""
+    kwargs = kwargs or {}
     if isinstance(model, SSD):
         kwargs = {**kwargs, "weights_backbone": None}
         fresh = _builder(arch)(weights=None, num_classes=num_classes, **kwargs)

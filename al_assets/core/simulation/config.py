@@ -55,10 +55,17 @@ class SimulationConfig:
                                    "on cached features")
     backbone_tail: bool = option(False, "with cached_features: also fine-tune the backbone "
                                  "after its first block (cache at stride 16)")
+    fresh_classifier: bool = option(False, "round 0 gives start_checkpoint a new, untrained "
+                                    "class head (backbone and box regressor kept), as teams "
+                                    "do for their own classes: class scores come from the "
+                                    "labels alone")
 
     def __post_init__(self) -> None:
         if self.initial_size < 0:
             raise SimulationError(f"initial_size must be >= 0, got {self.initial_size}")
+        if self.fresh_classifier and self.start_checkpoint is None:
+            raise SimulationError("fresh_classifier replaces a pretrained detector's class "
+                                  "head: give start_checkpoint too")
         if self.cached_features and self.start_checkpoint is None:
             raise SimulationError("cached_features freezes a pretrained backbone: give "
                                   "start_checkpoint too")

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 
 from al_assets.core.analysis.evaluation import compare_predictions
 from al_assets.core.analysis.gate import GatePolicy, decide
@@ -49,7 +50,7 @@ from al_assets.core.detection.cached import (
     train_head,
 )
 from al_assets.core.detection.extractor import ClassScoreExtractor
-from al_assets.core.detection.factory import load_detector, save_checkpoint
+from al_assets.core.detection.factory import load_detector, replace_class_head, save_checkpoint
 from al_assets.core.detection.training import RECOMMENDED_MALLOC_ENV, malloc_env_is_set
 from al_assets.core.errors import AlAssetsError
 from al_assets.core.labels import import_labels
@@ -258,10 +259,26 @@ def _start_seed(run: _Seed, rounds: _RoundLog) -> None:
         run.initial_labels.append(_oracle_labels(run.pool.tables, tasks, "labels-r000"))
     start = None
     if run.config.start_checkpoint is not None:
-        start = _Round(Path(run.config.start_checkpoint), {}, True, 0.0)
+        start = _Round(_start_checkpoint(run), {}, True, 0.0)
     run.start = _train_and_gate(run, run.initial_labels, 0, start, run.workdir / "round-0",
                                 promote_always=True)
     rounds(_row(run, "all", 0, run.initial, run.initial_labels, run.start, None))
+
+
+def _start_checkpoint(run: _Seed) -> Path:
+    """The detector round 0 fine-tunes: ``start_checkpoint``, or with ``fresh_classifier`` that
+    detector with a new class head drawn from the seed (the backbone, hence the cache, kept)."""
+    path = Path(run.config.start_checkpoint)
+    if not run.config.fresh_classifier:
+        return path
+    model, ckpt = load_detector(path)
+    with torch.random.fork_rng():
+        torch.manual_seed(run.seed)
+        replace_class_head(model, ckpt.arch, ckpt.num_classes)
+    (run.workdir / "round-0").mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(run.workdir / "round-0" / "start.pt", model, arch=ckpt.arch,
+                           categories=ckpt.categories,
+                           meta={"start_checkpoint": str(path), "fresh_classifier": True})
 
 
 def _tracked(tracker: _Tracker, run: _Seed, strategy: str, rounds: _RoundLog) -> list[dict]:
