@@ -367,7 +367,9 @@ def test_fresh_classifier_replaces_only_the_class_head_per_seed(
     assert all(torch.equal(v, heads["b/seed-0"][k]) for k, v in heads["a/seed-0"].items())
     assert any(not torch.equal(v, heads["a/seed-1"][k]) for k, v in heads["a/seed-0"].items())
     with pytest.raises(SimulationError, match="fresh_classifier replaces"):
-        SimulationConfig(fresh_classifier=True)
+        run_simulation(pool, holdout, replace(config, start_checkpoint=None, cached_features=False),
+                       tmp_path / "c", tracking, log=None)
+    assert replace(PRESET_SIMULATION, fresh_classifier=True).fresh_classifier  # --preset sets it
 
 
 def _malloc_env() -> bool:

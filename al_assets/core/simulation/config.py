@@ -63,9 +63,6 @@ class SimulationConfig:
     def __post_init__(self) -> None:
         if self.initial_size < 0:
             raise SimulationError(f"initial_size must be >= 0, got {self.initial_size}")
-        if self.fresh_classifier and self.start_checkpoint is None:
-            raise SimulationError("fresh_classifier replaces a pretrained detector's class "
-                                  "head: give start_checkpoint too")
         if self.cached_features and self.start_checkpoint is None:
             raise SimulationError("cached_features freezes a pretrained backbone: give "
                                   "start_checkpoint too")

@@ -227,6 +227,9 @@ def run_simulation(
     if config.backbone_tail and not config.cached_features:  # here: a preset sets the cache
         raise SimulationError("backbone_tail trains on cached stride-16 maps: give "
                               "cached_features (--preset sets it) too")
+    if config.fresh_classifier and config.start_checkpoint is None:  # a preset sets it
+        raise SimulationError("fresh_classifier replaces a pretrained detector's class head: "
+                              "give start_checkpoint (--preset sets it) too")
     pool = load_pool(pool_split, holdout, log, base)
     _check_sizes(pool, config, pool_split)
     tracker = _Tracker(tracking)
