@@ -128,6 +128,40 @@ def test_the_diverse_strategy_takes_one_image_per_scene() -> None:
     assert plain == [1, 2, 3, 4]  # entropy order only
 
 
+def test_typical_order_takes_each_clusters_densest_member_largest_cluster_first() -> None:
+    from al_assets.core.queue.typicality import typical_order
+
+    rng = np.random.default_rng(3)
+    centers = np.eye(3) * 4.0
+    sizes = (30, 12, 5)  # cluster 0 is the largest
+    rows = [centers[c] + rng.normal(0, 0.3, (n, 3)) for c, n in enumerate(sizes)]
+    rows[0][7] = centers[0]  # exactly at cluster 0's centre: its most typical member
+    x = np.concatenate(rows).astype(np.float32)
+    order = typical_order(x, 3, seed=0)
+    assert sorted(order.tolist()) == list(range(len(x)))  # a permutation of the rows
+    first = order[:3].tolist()
+    assert first[0] == 7  # the densest member of the largest cluster leads
+    assert sorted(np.searchsorted(np.cumsum(sizes), first, side="right").tolist()) == [0, 1, 2]
+    assert np.array_equal(order, typical_order(x, 3, seed=0))  # seeded: repeatable
+    assert typical_order(np.zeros((0, 3), np.float32), 2).size == 0
+    assert typical_order(x[:2], 5).tolist() in ([0, 1], [1, 0])  # k above n: clipped
+
+
+def test_the_typical_strategy_takes_one_image_per_scene_whatever_the_uncertainty() -> None:
+    rng = np.random.default_rng(1)
+    scenes = np.eye(4)
+    dets, emb = {}, {}
+    for i in range(1, 41):  # scene 0 is a burst of 25 frames; scenes 1-3 have 5 each
+        scene = 0 if i <= 25 else 1 + (i - 26) // 5
+        dets[i] = [_det(1, 0.30 if scene == 0 else 0.99)]  # scene 0 is the uncertain one
+        emb[i] = (scenes[scene] + rng.normal(0, 0.01, 4)).tolist()
+    predictions = _predictions(dets, emb)
+    picked = _select(predictions, "typical", 4)
+    assert sorted(0 if i <= 25 else 1 + (i - 26) // 5 for i in picked) == [0, 1, 2, 3]
+    assert all(i <= 25 for i in _select(predictions, "entropy", 4))  # uncertainty: the burst
+    assert _select(predictions, "typical", 4) == picked  # seeded by the queue's seed
+
+
 def test_the_default_strategy_caps_each_class_and_falls_back_without_embeddings() -> None:
     dets = {i: [_det(1, 0.40)] for i in range(1, 21)}
     dets.update({i: [_det(2, 0.6)] for i in range(21, 31)})

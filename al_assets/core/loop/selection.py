@@ -18,6 +18,9 @@ simulation alike:
   the labels and evaluation they depend on exist;
 * *diverse*: greedy k-center over the detector's image embeddings among the top candidates
   (``queue.diversity.farthest_first``; linear memory);
+* *typical*: one image per k-means cluster of the embeddings, its densest member, over a
+  uniform sample of the pool (``queue.typicality``, TypiClust): no uncertainty at all, for the
+  cold start, when the class head has seen too few labels for its uncertainty to mean much;
 * a class cap: at most ``CLASS_CAP`` of a batch per predicted top class.
 """
 
@@ -36,6 +39,7 @@ from al_assets.core.options import option
 from al_assets.core.prediction.arrow import confident_detections
 from al_assets.core.queue.diversity import farthest_first
 from al_assets.core.queue.selection import select_queue
+from al_assets.core.queue.typicality import typical_order
 from al_assets.core.scoring.aggregation import aggregate_images
 from al_assets.core.scoring.box_scores import box_scores
 from al_assets.core.defaults import DEFAULT_MIN_SCORE
@@ -48,6 +52,8 @@ CANDIDATE_FACTOR = 5
 """Eligible candidates per queue slot before class caps, de-duplication and diversity thin them."""
 WEIGHTED_FACTOR = 20
 """Eligible images per slot re-scored with class weights (a wide head of the plain ranking)."""
+TYPICAL_FACTOR = 20
+"""Eligible images per slot in the uniform sample ``typical`` clusters (bounds its memory)."""
 CLASS_CAP = 0.4
 """A capped strategy takes at most this share of a batch (rounded up) per predicted top class."""
 WEIGHT_RANGE = (0.25, 4.0)
@@ -65,6 +71,7 @@ class Strategy:
     rare: bool = False  # weight boxes toward classes with few labeled boxes
     diverse: bool = False  # k-center over image embeddings among the top candidates
     capped: bool = False  # at most CLASS_CAP of the batch per predicted top class
+    typical: bool = False  # k-means typicality over a uniform sample of the pool (with random)
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -73,6 +80,7 @@ STRATEGIES: dict[str, Strategy] = {
     "calibrated": Strategy(calibrated=True),
     "balanced": Strategy(rare=True, capped=True),
     "diverse": Strategy(diverse=True),
+    "typical": Strategy(random=True, typical=True),
     "default": Strategy(calibrated=True, rare=True, diverse=True, capped=True),
 }
 """Named strategies; ``default`` is the queue's (docs/active-learning.md measured why)."""
@@ -84,7 +92,7 @@ class SelectionConfig:
     """How the next batch is picked; the queue asset's config and the simulation share it."""
 
     strategy: str = option(DEFAULT_STRATEGY, "a STRATEGIES name: least_confidence | margin | "
-                           "ratio | entropy | random | calibrated | balanced | diverse | default "
+                           "ratio | entropy | random | calibrated | balanced | diverse | typical | default "
                            "(calibrated + rare-class weights, then k-center diversity, with a "
                            "class cap; docs/active-learning.md)")
     size: int = option(50, "images per labeling batch")
@@ -173,7 +181,7 @@ def select_batch(
     ranking = _ranking(rankings, config)
     blocked = {int(i) for i in excluded}
     weighted = bool(class_weights) and (plan.calibrated or plan.rare) and not plan.random
-    factor = WEIGHTED_FACTOR if weighted else CANDIDATE_FACTOR
+    factor = TYPICAL_FACTOR if plan.typical else WEIGHTED_FACTOR if weighted else CANDIDATE_FACTOR
     candidates = _candidate_window(ranking, blocked, config.size * factor)
     predictions = predictions_of(candidates["image_id"].combine_chunks())
     if weighted:
@@ -185,7 +193,9 @@ def select_batch(
 
         duplicates = duplicate_clusters(dict(hashes_of(candidates)),
                                         max_distance=config.dedup_distance)
-    order = _diverse_order(candidates, predictions, blocked) if plan.diverse else None
+    order = None
+    if plan.diverse or plan.typical:
+        order = _embedding_order(candidates, predictions, blocked, config)
     return select_queue(candidates, predictions, size=config.size,
                         max_per_class=config.class_cap(), exclude_image_ids=blocked,
                         duplicates=duplicates, order=order, max_boxes=config.max_boxes,
@@ -292,9 +302,11 @@ def _reweighted(candidates: pa.Table, predictions: pa.Table, weights: Mapping[in
                             or ScoringSettings.empty_images, class_weights=weights)
 
 
-def _diverse_order(candidates: pa.Table, predictions: pa.Table, blocked: set[int]) -> list[int] | None:
-    """Eligible candidates in farthest-first order from the most uncertain one (then the
-    blocked ones); None (keep the ranking) when the predictions carry no embeddings."""
+def _embedding_order(candidates: pa.Table, predictions: pa.Table, blocked: set[int],
+                     config: SelectionConfig) -> list[int] | None:
+    """Eligible candidates in farthest-first order from the most uncertain one (``diverse``) or
+    in typicality order (``typical``), then the blocked ones; None (keep the ranking) when the
+    predictions carry no embeddings."""
     if "embedding" not in predictions.column_names or candidates.num_rows == 0:
         return None
     ranked = candidates.sort_by([("rank", "ascending"), ("image_id", "ascending")])
@@ -305,7 +317,9 @@ def _diverse_order(candidates: pa.Table, predictions: pa.Table, blocked: set[int
     if not eligible or rows.null_count:
         return None
     vectors = pc.list_flatten(rows).to_numpy(zero_copy_only=False).reshape(len(eligible), -1)
-    order = farthest_first(vectors.astype(np.float32), first=0)
+    vectors = vectors.astype(np.float32)
+    order = (typical_order(vectors, config.size, seed=config.seed) if config.plan.typical
+             else farthest_first(vectors, first=0))
     return [eligible[k] for k in order] + [i for i in ids if i in blocked]
 
 
@@ -326,7 +340,7 @@ def _ranking(rankings: pa.Table, config: SelectionConfig) -> pa.Table:
     order = np.argsort(ids, kind="stable")[rng.permutation(ids.size)]
     shuffled = ranked.take(pa.array(order))
     shuffled = shuffled.set_column(shuffled.schema.get_field_index("measure"), "measure",
-                                   pa.array([RANDOM] * ids.size, pa.string()))
+                                   pa.array([config.strategy] * ids.size, pa.string()))
     ranks = pa.array(np.arange(1, ids.size + 1, dtype=np.int64))
     return shuffled.set_column(shuffled.schema.get_field_index("rank"), "rank", ranks)
 
