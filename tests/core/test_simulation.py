@@ -348,7 +348,7 @@ def test_fresh_classifier_replaces_only_the_class_head_per_seed(
                               cached_features=True, fresh_classifier=True)
     tracking = Tracking(f"sqlite:///{tmp_path}/m.db")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the malloc advice: not what this test is about
+        warnings.filterwarnings("ignore", "CPU training")  # the malloc advice: not tested here
         run_simulation(pool, holdout, config, tmp_path / "a", tracking, log=None)
         run_simulation(pool, holdout, replace(config, seeds=(0,)), tmp_path / "b", tracking,
                        log=None)
@@ -369,7 +369,6 @@ def test_fresh_classifier_replaces_only_the_class_head_per_seed(
     with pytest.raises(SimulationError, match="fresh_classifier replaces"):
         run_simulation(pool, holdout, replace(config, start_checkpoint=None, cached_features=False),
                        tmp_path / "c", tracking, log=None)
-    assert replace(PRESET_SIMULATION, fresh_classifier=True).fresh_classifier  # --preset sets it
 
 
 def _malloc_env() -> bool:

@@ -143,8 +143,33 @@ def test_typical_order_takes_each_clusters_densest_member_largest_cluster_first(
     assert first[0] == 7  # the densest member of the largest cluster leads
     assert sorted(np.searchsorted(np.cumsum(sizes), first, side="right").tolist()) == [0, 1, 2]
     assert np.array_equal(order, typical_order(x, 3, seed=0))  # seeded: repeatable
+    turns = np.searchsorted(np.cumsum(sizes), order[3:6], side="right")
+    assert sorted(turns.tolist()) == [0, 1, 2]  # round-robin: the next turn again visits each
     assert typical_order(np.zeros((0, 3), np.float32), 2).size == 0
     assert typical_order(x[:2], 5).tolist() in ([0, 1], [1, 0])  # k above n: clipped
+    same = np.ones((6, 3), np.float32)  # identical rows: empty clusters, no NaN, a permutation
+    assert sorted(typical_order(same, 3).tolist()) == list(range(6))
+
+
+def test_typical_order_leaves_the_regions_the_labels_cover_for_last() -> None:
+    from al_assets.core.queue.typicality import typical_order
+
+    rng = np.random.default_rng(4)
+    centers = np.eye(3) * 4.0
+    x = np.concatenate([centers[c] + rng.normal(0, 0.3, (n, 3)) for c, n in
+                        enumerate((30, 12, 5))]).astype(np.float32)
+    labeled = centers[0] + rng.normal(0, 0.3, (8, 3))  # the largest region is labeled already
+    first = typical_order(x, 2, seed=0, centers=labeled)[:2]
+    assert all(i >= 30 for i in first.tolist())  # the uncovered regions 1 and 2 come first
+    assert typical_order(x, 2, seed=0)[0] < 30  # without labels the largest region leads
+
+
+def test_embedding_matrix_skips_rows_without_an_embedding() -> None:
+    from al_assets.core.loop.selection import embedding_matrix
+
+    table = _predictions({1: [], 2: [], 3: []}, {1: [1.0, 0.0], 2: None, 3: [0.0, 1.0]})
+    assert embedding_matrix(table).tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    assert embedding_matrix(table.slice(1, 1)).shape == (0, 0)
 
 
 def test_the_typical_strategy_takes_one_image_per_scene_whatever_the_uncertainty() -> None:
@@ -160,6 +185,8 @@ def test_the_typical_strategy_takes_one_image_per_scene_whatever_the_uncertainty
     assert sorted(0 if i <= 25 else 1 + (i - 26) // 5 for i in picked) == [0, 1, 2, 3]
     assert all(i <= 25 for i in _select(predictions, "entropy", 4))  # uncertainty: the burst
     assert _select(predictions, "typical", 4) == picked  # seeded by the queue's seed
+    with pytest.raises(ValueError, match="typical strategy clusters the detector's image"):
+        _select(_predictions(dets), "typical", 4)  # no embeddings: refused, not a shuffle
 
 
 def test_the_default_strategy_caps_each_class_and_falls_back_without_embeddings() -> None:

@@ -105,7 +105,8 @@ class SelectionConfig:
     dedup_distance: int = option(4, "dHash bits within which two images are near-duplicates")
     exclude_labeled: bool = option(True, "skip images that already have labels (ingested or "
                                    "imported); held-out ones always are")
-    seed: int = option(0, "seed of the random strategy's order")
+    seed: int = option(0, "seed of the random strategy's order (and typical's sample and "
+                       "k-means)")
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -166,6 +167,7 @@ def select_batch(
     excluded: Iterable[int] = (),
     hashes_of: Callable[[pa.Table], Mapping[int, int]] | None = None,
     class_weights: Mapping[int, float] | None = None,
+    labeled_embeddings: np.ndarray | None = None,
 ) -> pa.Table:
     """The next labeling batch (LABELING_QUEUE) from pool rankings (IMAGE_SCORES).
 
@@ -173,7 +175,9 @@ def select_batch(
     noise floor removed (the ones the scores were computed from); ``excluded`` are ids never to
     offer (held-out images, and labeled ones when ``exclude_labeled``); ``hashes_of(candidates)``
     gives image_id -> dHash for de-duplication; ``class_weights`` (``class_weights()``) are used
-    by calibrated/rare strategies, which re-score the head of the ranking with them. Candidates
+    by calibrated/rare strategies, which re-score the head of the ranking with them;
+    ``labeled_embeddings`` (the labeled images' DETECTIONS.embedding rows) tell ``typical``
+    which regions the labels cover. Candidates
     are read down the ranking until enough eligible images are in, excluded ones included, so
     that a near-duplicate of an excluded image is recognised as such.
     """
@@ -195,7 +199,7 @@ def select_batch(
                                         max_distance=config.dedup_distance)
     order = None
     if plan.diverse or plan.typical:
-        order = _embedding_order(candidates, predictions, blocked, config)
+        order = _embedding_order(candidates, predictions, blocked, config, labeled_embeddings)
     return select_queue(candidates, predictions, size=config.size,
                         max_per_class=config.class_cap(), exclude_image_ids=blocked,
                         duplicates=duplicates, order=order, max_boxes=config.max_boxes,
@@ -220,6 +224,7 @@ def select_from_store(
     min_score: float,
     hashes_of: Callable[[pa.Table], Mapping[int, int]] | None = None,
     class_weights: Mapping[int, float] | None = None,
+    labeled_embeddings: np.ndarray | None = None,
 ) -> QueueSelection:
     """``select_batch`` over stored predictions: ``read_predictions(image_ids)`` returns the
     stored DETECTIONS rows of those images; they are read once (only the candidates') and the
@@ -231,7 +236,7 @@ def select_from_store(
         return read["rows"]
 
     queue = select_batch(rankings, candidates, config, excluded=excluded, hashes_of=hashes_of,
-                         class_weights=class_weights)
+                         class_weights=class_weights, labeled_embeddings=labeled_embeddings)
     rows = read["rows"]
     predictions = rows.filter(pc.is_in(rows["image_id"], queue["image_id"].combine_chunks()))
     return QueueSelection(queue, predictions, eligible_images(rankings, config, excluded))
@@ -303,10 +308,11 @@ def _reweighted(candidates: pa.Table, predictions: pa.Table, weights: Mapping[in
 
 
 def _embedding_order(candidates: pa.Table, predictions: pa.Table, blocked: set[int],
-                     config: SelectionConfig) -> list[int] | None:
+                     config: SelectionConfig, labeled: np.ndarray | None) -> list[int] | None:
     """Eligible candidates in farthest-first order from the most uncertain one (``diverse``) or
-    in typicality order (``typical``), then the blocked ones; None (keep the ranking) when the
-    predictions carry no embeddings."""
+    in typicality order away from the ``labeled`` embeddings (``typical``), then the blocked
+    ones. Without embeddings ``diverse`` keeps the ranking (None); ``typical``, which has no
+    other order, refuses."""
     if "embedding" not in predictions.column_names or candidates.num_rows == 0:
         return None
     ranked = candidates.sort_by([("rank", "ascending"), ("image_id", "ascending")])
@@ -315,12 +321,28 @@ def _embedding_order(candidates: pa.Table, predictions: pa.Table, blocked: set[i
     row_of = {int(i): k for k, i in enumerate(predictions["image_id"].to_pylist())}
     rows = predictions["embedding"].take(pa.array([row_of[i] for i in eligible], pa.int64()))
     if not eligible or rows.null_count:
+        if eligible and config.plan.typical:
+            raise ValueError("the typical strategy clusters the detector's image embeddings, "
+                             "but these predictions have none: predict with a detector that "
+                             "gives embeddings (SSD, Faster R-CNN) or pick another strategy")
         return None
-    vectors = pc.list_flatten(rows).to_numpy(zero_copy_only=False).reshape(len(eligible), -1)
-    vectors = vectors.astype(np.float32)
-    order = (typical_order(vectors, config.size, seed=config.seed) if config.plan.typical
-             else farthest_first(vectors, first=0))
+    vectors = embedding_matrix(pa.table({"embedding": rows}))
+    if config.plan.typical and not np.isfinite(vectors).all():
+        bad = eligible[int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])]
+        raise ValueError(f"image {bad}'s embedding is not finite: re-predict its shard")
+    order = (typical_order(vectors, config.size, seed=config.seed, centers=labeled)
+             if config.plan.typical else farthest_first(vectors, first=0))
     return [eligible[k] for k in order] + [i for i in ids if i in blocked]
+
+
+def embedding_matrix(predictions: pa.Table) -> np.ndarray:
+    """(n, d) float32 DETECTIONS.embedding of the rows that have one: the labeled images'
+    embeddings ``typical`` reads to know which regions of the pool the labels cover."""
+    rows = pc.drop_null(predictions["embedding"].combine_chunks())
+    if len(rows) == 0:
+        return np.zeros((0, 0), np.float32)
+    flat = pc.list_flatten(rows).to_numpy(zero_copy_only=False)
+    return flat.reshape(len(rows), -1).astype(np.float32)
 
 
 def exclusions(splits: pa.Table, exclude_labeled: bool) -> set[int]:

@@ -32,18 +32,23 @@ def farthest_first(embeddings: np.ndarray, *, first: int = 0,
     nearest = np.full(n, np.inf, np.float32)
     if centers is not None and len(centers):
         for center in np.asarray(centers, dtype=np.float32):
-            nearest = np.minimum(nearest, _distances(x, squared, center))
+            nearest = np.minimum(nearest, squared_distances(x, center[None, :], squared)[:, 0])
     order = np.empty(n, np.int64)
     picked = np.zeros(n, bool)
     current = first
     for k in range(n):
         order[k], picked[current] = current, True
-        nearest = np.minimum(nearest, _distances(x, squared, x[current]))
+        nearest = np.minimum(nearest, squared_distances(x, x[current][None, :], squared)[:, 0])
         if k + 1 < n:
             current = int(np.argmax(np.where(picked, -np.inf, nearest)))
     return order
 
 
-def _distances(x: np.ndarray, squared: np.ndarray, point: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances of every row of ``x`` to ``point`` (clipped at 0)."""
-    return np.maximum(squared - 2.0 * (x @ point) + float(point @ point), 0.0)
+def squared_distances(x: np.ndarray, points: np.ndarray,
+                      squared: np.ndarray | None = None) -> np.ndarray:
+    """(n, m) squared Euclidean distances of the rows of ``x`` to the rows of ``points``,
+    clipped at 0 (``squared``: the rows' squared norms, when the caller keeps them)."""
+    if squared is None:
+        squared = np.einsum("ij,ij->i", x, x)
+    return np.maximum(squared[:, None] - 2.0 * (x @ points.T)
+                      + np.einsum("ij,ij->i", points, points)[None, :], 0.0)

@@ -1,4 +1,4 @@
-"""Typical images first: one per k-means cluster of the detector's embeddings (TypiClust).
+"""Typical images of uncovered regions first: k-means on the detector's embeddings (TypiClust).
 
 Why: uncertainty needs a model whose uncertainty means something. When the class head has seen
 only a small labeled split (a new class list on a pretrained backbone, the cold start every team
@@ -6,86 +6,98 @@ goes through), its most uncertain images are mostly noise, near-duplicates and o
 uncertainty sampling falls below random (docs/active-learning.md measured it on the presets).
 At such budgets the images worth labeling are the *typical* ones of regions of the pool the labels
 do not cover yet (Hacohen, Dekel and Weinshall, "Active Learning on a Budget", ICML 2022): cluster
-the pool's embeddings into as many clusters as there are slots and label each cluster's densest
-member. Near-duplicate bursts fall into one cluster and give one image, not eight.
+the candidates and the labeled images together into (batch + labeled) clusters, at most
+``MAX_CLUSTERS``; take the clusters without labeled members, largest first, and label each one's
+densest candidate. Near-duplicate bursts fall into one cluster and give one image, not eight.
 
-Memory is linear in the candidates: k-means keeps an (n, k) distance block (k = the batch size),
-and typicality is computed inside each cluster only; no n x n matrix is formed.
+Memory: k-means keeps an (n, clusters) distance block and typicality an (n, ``REFERENCE_ROWS``)
+one, computed ``CHUNK_ROWS`` rows at a time; n is bounded by the caller (the selection's candidate
+window). No n x n matrix is formed.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from al_assets.core.queue.diversity import squared_distances
+
 KMEANS_ITERATIONS = 20  # Lloyd steps after k-means++ seeding (a batch's clusters settle by then)
-NEIGHBOURS = 20  # typicality: inverse mean distance to this many nearest cluster members
-REFERENCE_ROWS = 2000  # a larger cluster's typicality is measured against a sample this size
+MAX_CLUSTERS = 500  # TypiClust's cap: more labeled images than this share clusters
+NEIGHBOURS = 20  # typicality: inverse mean distance to this many nearest candidates
+REFERENCE_ROWS = 2000  # typicality is measured against a uniform sample of this many candidates
+CHUNK_ROWS = 4096  # rows per distance block when measuring typicality
 
 
-def typical_order(embeddings: np.ndarray, k: int, *, seed: int = 0) -> np.ndarray:
-    """Row order of ``embeddings`` (n, d): the most typical row of each of ``k`` k-means
-    clusters, largest cluster first, then the remaining rows by typicality."""
+def typical_order(embeddings: np.ndarray, k: int, *, seed: int = 0,
+                  centers: np.ndarray | None = None) -> np.ndarray:
+    """Row order of ``embeddings`` (n, d): round-robin over k-means clusters, one candidate per
+    cluster per turn, most typical first; clusters without ``centers`` (labeled images) before
+    covered ones, larger before smaller. The first rows are thus the densest candidates of the
+    largest regions the labels do not cover."""
     x = np.asarray(embeddings, dtype=np.float32)
     n = x.shape[0]
     if n == 0:
         return np.zeros(0, np.int64)
-    k = max(1, min(int(k), n))
-    assign = kmeans(x, k, seed=seed)
-    typical = np.zeros(n, np.float64)
-    heads: list[tuple[int, int]] = []  # (-cluster size, row of its most typical member)
-    for cluster in range(k):
+    labeled = np.zeros((0, x.shape[1]), np.float32) if centers is None or np.size(
+        centers) == 0 else np.asarray(centers, dtype=np.float32).reshape(-1, x.shape[1])
+    both = np.concatenate([x, labeled])
+    clusters = max(1, min(int(k) + labeled.shape[0], MAX_CLUSTERS, both.shape[0]))
+    assign = kmeans(both, clusters, seed=seed)
+    covered = np.bincount(assign[n:], minlength=clusters)
+    assign = assign[:n]
+    size = np.bincount(assign, minlength=clusters)
+    typical = typicality(x, seed=seed)
+    turns = np.empty(n, np.int64)  # a candidate's place inside its cluster, most typical first
+    for cluster in np.flatnonzero(size):
         rows = np.flatnonzero(assign == cluster)
-        if rows.size == 0:
-            continue
-        typical[rows] = _typicality(x[rows], np.random.default_rng([seed, cluster]))
-        heads.append((-rows.size, int(rows[np.argmax(typical[rows])])))
-    first = [row for _, row in sorted(heads)]
-    rest = np.setdiff1d(np.arange(n), first)
-    rest = rest[np.argsort(-typical[rest], kind="stable")]
-    return np.concatenate([np.array(first, np.int64), rest.astype(np.int64)])
+        turns[rows[np.argsort(-typical[rows], kind="stable")]] = np.arange(rows.size)
+    priority = np.lexsort((np.arange(clusters), -size, covered))  # last key sorts first
+    place = np.empty(clusters, np.int64)
+    place[priority] = np.arange(clusters)
+    return np.lexsort((place[assign], turns)).astype(np.int64)
 
 
 def kmeans(x: np.ndarray, k: int, *, seed: int = 0,
            iterations: int = KMEANS_ITERATIONS) -> np.ndarray:
-    """Cluster of each row of ``x``: k-means++ seeding, then Lloyd steps (seeded, so repeatable)."""
+    """Cluster of each row of ``x``: k-means++ seeding, then Lloyd steps (seeded, so repeatable).
+    Identical rows or k above the distinct rows leave some clusters empty; none is an error."""
     rng = np.random.default_rng(seed)
     squared = np.einsum("ij,ij->i", x, x)
     centers = [x[int(rng.integers(x.shape[0]))]]
-    nearest = _distances(x, squared, centers[0][None, :])[:, 0]
+    nearest = squared_distances(x, centers[0][None, :], squared)[:, 0]
     for _ in range(1, k):
         total = float(nearest.sum())
         pick = int(rng.choice(x.shape[0], p=nearest / total)) if total > 0 else int(
             rng.integers(x.shape[0]))
         centers.append(x[pick])
-        nearest = np.minimum(nearest, _distances(x, squared, x[pick][None, :])[:, 0])
+        nearest = np.minimum(nearest, squared_distances(x, x[pick][None, :], squared)[:, 0])
     c = np.stack(centers)
-    assign = np.zeros(x.shape[0], np.int64)
     for _ in range(iterations):
-        assign = np.argmin(_distances(x, squared, c), axis=1)
+        assign = np.argmin(squared_distances(x, c, squared), axis=1)
         sums = np.zeros_like(c)
         np.add.at(sums, assign, x)
         counts = np.bincount(assign, minlength=k)[:, None]
         c = np.where(counts > 0, sums / np.maximum(counts, 1), c)
-    return np.argmin(_distances(x, squared, c), axis=1)
+    return np.argmin(squared_distances(x, c, squared), axis=1)
 
 
-def _typicality(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """1 / mean Euclidean distance to the ``NEIGHBOURS`` nearest other rows of one cluster
-    (of a sample of ``REFERENCE_ROWS`` of them in a larger cluster: memory stays linear)."""
+def typicality(x: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """1 / mean Euclidean distance of each row to its ``NEIGHBOURS`` nearest other rows, among
+    a uniform sample of ``REFERENCE_ROWS`` of them (all when fewer): density, in linear memory."""
     n = x.shape[0]
     if n == 1:
         return np.ones(1)
+    rng = np.random.default_rng([seed, 1])
     reference = np.arange(n) if n <= REFERENCE_ROWS else np.sort(
         rng.choice(n, REFERENCE_ROWS, replace=False))
-    squared = np.einsum("ij,ij->i", x, x)
-    d = np.sqrt(_distances(x, squared, x[reference]))
-    d[reference, np.arange(reference.size)] = np.inf  # a row is not its own neighbour
+    column = np.full(n, -1, np.int64)  # where a row stands among the reference rows
+    column[reference] = np.arange(reference.size)
     m = min(NEIGHBOURS, reference.size - 1)
-    near = np.partition(d, m - 1, axis=1)[:, :m]
-    return 1.0 / (near.mean(axis=1) + 1e-12)
-
-
-def _distances(x: np.ndarray, squared: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """(n, m) squared Euclidean distances of the rows of ``x`` to ``points`` (clipped at 0)."""
-    return np.maximum(squared[:, None] - 2.0 * (x @ points.T)
-                      + np.einsum("ij,ij->i", points, points)[None, :], 0.0)
+    out = np.empty(n, np.float64)
+    for start in range(0, n, CHUNK_ROWS):
+        rows = np.arange(start, min(start + CHUNK_ROWS, n))
+        d = np.sqrt(squared_distances(x[rows], x[reference]))
+        own = column[rows] >= 0
+        d[np.flatnonzero(own), column[rows][own]] = np.inf  # a row is not its own neighbour
+        out[rows] = 1.0 / (np.partition(d, m - 1, axis=1)[:, :m].mean(axis=1) + 1e-12)
+    return out

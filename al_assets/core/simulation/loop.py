@@ -60,6 +60,7 @@ from al_assets.core.loop.selection import (
     ScoringSettings,
     SelectionConfig,
     class_weights,
+    embedding_matrix,
     labeled_box_counts,
     pool_ranking,
     rank_images,
@@ -345,19 +346,29 @@ def _select(run: _Seed, strategy: str, rnd: int, labeled: list[int],
         selection.plan, run.pool.categories["category_id"].to_pylist(),
         class_ap=champion.comparison.get("challenger", {}).get("per_category"),
         labeled_boxes=labeled_box_counts(annotations))
+    covered = _labeled_embeddings(run, champion, labeled) if selection.plan.typical else None
     queue = queue_from_predictions(predictions, selection, ScoringSettings(agg=config.agg),
                                    excluded=labeled, hashes=run.pool.hashes,
-                                   class_weights=weights)
+                                   class_weights=weights, labeled_embeddings=covered)
     if queue.num_rows < config.budget:
         raise SimulationError(f"round {rnd}: the queue offered {queue.num_rows} of "
                               f"{config.budget} images; lower the budget or use a larger pool")
     return queue
 
 
+def _labeled_embeddings(run: _Seed, champion: _Round, labeled: list[int]) -> np.ndarray:
+    """The champion's embeddings of every labeled image (base split included), as the queue
+    asset reads them from the labeled images' stored predictions."""
+    base = run.pool.base.images["image_id"].to_pylist() if run.pool.base is not None else []
+    return embedding_matrix(_predict(run, champion.checkpoint, run.pool.images_of(
+        sorted(set(labeled) | set(base)))))
+
+
 def queue_from_predictions(
     predictions: pa.Table, selection: SelectionConfig, scoring: ScoringSettings, *,
     excluded: list[int] | set[int], hashes: Mapping[int, int],
     class_weights: Mapping[int, float] | None = None,
+    labeled_embeddings: np.ndarray | None = None,
 ) -> pa.Table:
     """The production selection over in-memory DETECTIONS: rank_images + select_batch.
 
@@ -372,7 +383,7 @@ def queue_from_predictions(
                                                         pa.int64())),
         selection, excluded=excluded,
         hashes_of=lambda c: {i: hashes[i] for i in c["image_id"].to_pylist() if i in hashes},
-        class_weights=class_weights,
+        class_weights=class_weights, labeled_embeddings=labeled_embeddings,
     )
 
 

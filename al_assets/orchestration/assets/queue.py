@@ -16,6 +16,7 @@ from al_assets.core.loop.selection import (
     class_weights,
     exclusions,
     labeled_box_counts,
+    embedding_matrix,
     select_from_store,
 )
 from al_assets.core.queue import (
@@ -89,14 +90,19 @@ def labeling_queue(
     store = storage.tables()
     urls = config.task_images()  # a bad image_urls setting fails before any work
     key = champion_key(config, mlflow)
-    excluded = exclusions(read_splits(store), config.exclude_labeled)
+    splits, plan = read_splits(store), config.selection().plan
+    excluded = exclusions(splits, config.exclude_labeled)
     weights = queue_class_weights(store, key, config.selection())
+    embeddings = plan.diverse or plan.typical
+    labeled = embedding_matrix(_predictions_of(
+        store, key, splits.filter(splits["labeled"])["image_id"].combine_chunks(),
+        embeddings=True)) if plan.typical else None  # the regions the labels cover
     selected = select_from_store(
         store.read("image_rankings"),
-        lambda ids: _predictions_of(store, key, ids, embeddings=config.selection().plan.diverse),
+        lambda ids: _predictions_of(store, key, ids, embeddings=embeddings),
         config.selection(), excluded=excluded, min_score=config.min_score,
         hashes_of=lambda candidates: _hashes(candidates, coco_source, context),
-        class_weights=weights)
+        class_weights=weights, labeled_embeddings=labeled)
     queue, categories = selected.queue, pool_categories(store)
     images = store.read_where("images", store.partitions("images"),
                               pc.field("image_id").isin(queue["image_id"].combine_chunks()),
