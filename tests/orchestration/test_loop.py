@@ -21,7 +21,7 @@ from al_assets.core.coco.ingest import ingest_batch
 from al_assets.core.demo.generator import GROUND_TRUTH_DIR, withhold_labels
 from al_assets.core.detection.sources import DEMO_CHECKPOINT
 from al_assets.core.loop.oracle import oracle_export
-from al_assets.core.loop.selection import ScoringSettings, exclusions
+from al_assets.core.loop.selection import ScoringSettings, embedding_matrix, exclusions
 from al_assets.core.queue import ImageUrls
 from al_assets.core.queue.dedup import perceptual_hashes
 from al_assets.core.queue.exports import LOCAL_FILES_ROOT_ENV
@@ -213,6 +213,23 @@ def test_the_simulation_selects_what_the_queue_selects(loop: Pipeline) -> None:
     assert queue.num_rows == 6
     assert simulated["image_id"].to_pylist() == queue["image_id"].to_pylist()
     assert simulated["reason"].to_pylist() == queue["reason"].to_pylist()
+
+    # typical reads the labeled images' embeddings from their stored predictions
+    run_job(p.defs, "refresh_views_job", p.instance, run_config={
+        "ops": {"labeling_queue": {"config": {"size": 6, "strategy": "typical"}}}})
+    typical = p.store.read("labeling_queue")
+    splits = p.store.read("splits")
+    labeled = splits.filter(splits["labeled"])["image_id"].combine_chunks()
+    assert len(labeled) > 0  # the demo pool starts with labels: covered regions exist
+    covered = embedding_matrix(predictions.filter(pc.is_in(predictions["image_id"], labeled)))
+    simulated = queue_from_predictions(
+        confident_detections(predictions, config.min_score),
+        QueueConfig(size=6, strategy="typical").selection(), ScoringSettings(),
+        excluded=exclusions(splits, True), hashes={i: h for i, h in by_id.items() if h is not None},
+        labeled_embeddings=covered)
+    assert typical.num_rows == 6 and set(typical["strategy"].to_pylist()) == {"typical"}
+    assert all(r.startswith("typical pick; uncertainty ") for r in typical["reason"].to_pylist())
+    assert simulated["image_id"].to_pylist() == typical["image_id"].to_pylist()
 
 
 def test_image_urls_default_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

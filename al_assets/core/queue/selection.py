@@ -282,6 +282,10 @@ def _reasons(chosen: pa.Table, duplicates: Mapping[int, int] | None) -> list[str
     return reasons
 
 
+UNRANKED = ("random", "typical")
+"""Strategies whose order is not the uncertainty's (a shuffle, k-means clusters)."""
+
+
 def reason_text(
     measure: str, agg: str, uncertainty: float | None, n_detections: int, *,
     top_k: int | None = None, n_duplicates: int = 0,
@@ -293,6 +297,8 @@ def reason_text(
         how = f"top-{top_k} mean" if agg == "topk_mean" and top_k else agg
         boxes = "box" if n_detections == 1 else "boxes"
         text = f"{measure} {how} {uncertainty:.2f} over {n_detections} {boxes}"
+        if measure in UNRANKED:  # picked by order or cluster: the value is only a description
+            text = f"{measure} pick; uncertainty {how} {uncertainty:.2f} over {n_detections} {boxes}"
     if n_duplicates > 0:
         copies = "near-duplicate" if n_duplicates == 1 else "near-duplicates"
         text += f"; stands for {n_duplicates} {copies}"
