@@ -166,6 +166,7 @@ def _hand_table() -> pa.Table:
                         "ap50": 2 * value,
                         "train_seconds": 1.0,
                         "selected_ids": [],
+                        "promoted": True,
                     }
                 )
     return curves_table(rows)
@@ -200,6 +201,22 @@ def test_mean_curves_and_summary() -> None:
     assert "| 3 | 80 | 0.400 ± 0.028 | 0.450 ± 0.028 | 0.250 ± 0.028 |" in text
     assert "- entropy (images): 60 images vs 80: saved +20 (+25%)" in text
     assert "- margin (images): not reached" in text
+
+
+def test_a_run_without_random_keeps_its_curves_for_a_merge(tmp_path: Path) -> None:
+    import pyarrow.compute as pc
+
+    from al_assets.core.simulation.experiment import merge_preset_runs, write_preset_outputs
+
+    table = _hand_table()
+    alone = table.filter(pc.not_equal(table["strategy"], "random"))
+    write_preset_outputs("long_tail", alone, tmp_path / "entropy-only")  # no baseline: no error
+    assert pq.read_table(tmp_path / "entropy-only" / "curves.parquet").num_rows == alone.num_rows
+    write_outputs(table.filter(pc.equal(table["strategy"], "random")), tmp_path / "random-only")
+    merged = merge_preset_runs("long_tail", [tmp_path / "entropy-only", tmp_path / "random-only"],
+                               tmp_path / "merged")
+    assert merged.num_rows == table.num_rows
+    assert "saved" in (tmp_path / "merged" / "summary.md").read_text()
 
 
 # -- the loop, end to end ------------------------------------------------------------------

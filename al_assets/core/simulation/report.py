@@ -223,6 +223,9 @@ def write_outputs(
     """curves.parquet, summary.parquet, labels_saved.json, curves.png and summary.md, atomically."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    curves = write_bytes_atomic(out_dir / "curves.parquet", _parquet_bytes(table))  # mergeable
+    if targets is None and BASELINE not in table["strategy"].to_pylist():
+        targets = []  # labels saved need random's curve: merge this run with one that has it
     targets = list(targets) if targets is not None else default_targets(table)
     saved = [
         asdict(s) | {"saved": s.saved, "saved_fraction": s.saved_fraction}
@@ -231,7 +234,7 @@ def write_outputs(
         for s in labels_saved(table, t, unit=unit)
     ]
     paths = {
-        "curves": write_bytes_atomic(out_dir / "curves.parquet", _parquet_bytes(table)),
+        "curves": curves,
         "summary": write_bytes_atomic(out_dir / "summary.parquet", _parquet_bytes(mean_curves(table))),
         "labels_saved": write_bytes_atomic(out_dir / "labels_saved.json", json.dumps(saved, indent=2).encode()),
         "png": write_bytes_atomic(out_dir / "curves.png", curves_png(table)),
