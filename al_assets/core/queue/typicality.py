@@ -12,7 +12,10 @@ densest candidate. Near-duplicate bursts fall into one cluster and give one imag
 
 Memory: k-means keeps an (n, clusters) distance block and typicality an (n, ``REFERENCE_ROWS``)
 one, computed ``CHUNK_ROWS`` rows at a time; n is bounded by the caller (the selection's candidate
-window). No n x n matrix is formed.
+window, ``TYPICAL_FACTOR`` x the batch). No n x n matrix is formed. Time: n x clusters x d per
+Lloyd step: measured on the 2-core VM (1 thread, beside 2 simulations) 2.4 s for 1,000
+candidates, 330 labeled and a batch of 50; 26 s for 10,000 candidates, 2,000 labeled, a batch of
+500 (500 clusters).
 """
 
 from __future__ import annotations
@@ -74,10 +77,11 @@ def kmeans(x: np.ndarray, k: int, *, seed: int = 0,
     c = np.stack(centers)
     for _ in range(iterations):
         assign = np.argmin(squared_distances(x, c, squared), axis=1)
-        sums = np.zeros_like(c)
-        np.add.at(sums, assign, x)
-        counts = np.bincount(assign, minlength=k)[:, None]
-        c = np.where(counts > 0, sums / np.maximum(counts, 1), c)
+        counts = np.bincount(assign, minlength=k)
+        present = np.flatnonzero(counts)  # an empty cluster keeps its centre
+        starts = (np.cumsum(counts) - counts)[present]
+        sums = np.add.reduceat(x[np.argsort(assign, kind="stable")], starts, axis=0)
+        c[present] = sums / counts[present, None]
     return np.argmin(squared_distances(x, c, squared), axis=1)
 
 
