@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup  ## demo data -> detector in MLflow -> predictions -> queue, analysis, report
 	$(BIN)/al-assets demo
 
-test: setup  ## the default suite (569 tests, 8-16 min on 2 cores)
+test: setup  ## the default suite (583 tests, 8-18 min on 2 cores)
 	$(BIN)/pytest -q -m "not slow" --durations=15
 
 test-slow: setup  ## real-process fault tests and training (CI runs them after `make test`)

@@ -351,7 +351,13 @@ def test_fresh_classifier_replaces_only_the_class_head_per_seed(
 ) -> None:
     from al_assets.core.defaults import DEFAULT_ARCH
     from al_assets.core.detection.categories import CategoryMap
-    from al_assets.core.detection.factory import build_detector, load_checkpoint, save_checkpoint
+    from al_assets.core.detection.factory import (
+        build_detector,
+        load_checkpoint,
+        load_detector,
+        replace_class_head,
+        save_checkpoint,
+    )
 
     pool, holdout = tiny_splits
     categories = CategoryMap.from_coco_json(pool.coco_json)
@@ -367,11 +373,9 @@ def test_fresh_classifier_replaces_only_the_class_head_per_seed(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "CPU training")  # the malloc advice: not tested here
         run_simulation(pool, holdout, config, tmp_path / "a", tracking, log=None)
-        run_simulation(pool, holdout, replace(config, seeds=(0,)), tmp_path / "b", tracking,
-                       log=None)
     pretrained = load_checkpoint(start).state_dict
     heads = {}
-    for run in ("a/seed-0", "a/seed-1", "b/seed-0"):
+    for run in ("a/seed-0", "a/seed-1"):
         fresh = load_checkpoint(tmp_path / run / "round-0" / "start.pt")
         assert fresh.meta["fresh_classifier"] and fresh.category_ids == categories.category_ids
         for name, tensor in fresh.state_dict.items():
@@ -381,7 +385,12 @@ def test_fresh_classifier_replaces_only_the_class_head_per_seed(
                       if k.startswith("head.classification_head.") and v.is_floating_point()}
     changed = [k for k, v in heads["a/seed-0"].items() if not torch.equal(v, pretrained[k])]
     assert any(k.endswith(".weight") for k in changed)  # a new head, not the pretrained one
-    assert all(torch.equal(v, heads["b/seed-0"][k]) for k, v in heads["a/seed-0"].items())
+    model, ckpt = load_detector(start)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # the seed's own draw: reproducible, whatever ran before
+        replace_class_head(model, ckpt.arch, ckpt.num_classes)
+    redrawn = model.state_dict()
+    assert all(torch.allclose(v, redrawn[k].float(), atol=1e-3) for k, v in heads["a/seed-0"].items())
     assert any(not torch.equal(v, heads["a/seed-1"][k]) for k, v in heads["a/seed-0"].items())
     with pytest.raises(SimulationError, match="fresh_classifier replaces"):
         run_simulation(pool, holdout, replace(config, start_checkpoint=None, cached_features=False),
