@@ -390,7 +390,8 @@ def test_fresh_classifier_replaces_only_the_class_head_per_seed(
         torch.manual_seed(0)  # the seed's own draw: reproducible, whatever ran before
         replace_class_head(model, ckpt.arch, ckpt.num_classes)
     redrawn = model.state_dict()
-    assert all(torch.allclose(v, redrawn[k].float(), atol=1e-3) for k, v in heads["a/seed-0"].items())
+    assert all(torch.allclose(v, redrawn[k].float(), atol=1e-3)
+               for k, v in heads["a/seed-0"].items())
     assert any(not torch.equal(v, heads["a/seed-1"][k]) for k, v in heads["a/seed-0"].items())
     with pytest.raises(SimulationError, match="fresh_classifier replaces"):
         run_simulation(pool, holdout, replace(config, start_checkpoint=None, cached_features=False),

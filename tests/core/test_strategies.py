@@ -187,6 +187,9 @@ def test_the_typical_strategy_takes_one_image_per_scene_whatever_the_uncertainty
     assert _select(predictions, "typical", 4) == picked  # seeded by the queue's seed
     with pytest.raises(ValueError, match="typical strategy clusters the detector's image"):
         _select(_predictions(dets), "typical", 4)  # no embeddings: refused, not a shuffle
+    no_column = _predictions(dets, emb).drop_columns(["embedding"])
+    with pytest.raises(ValueError, match="typical strategy clusters"):
+        _select(no_column, "typical", 4)  # a store read without the column: refused too
 
 
 def test_the_default_strategy_caps_each_class_and_falls_back_without_embeddings() -> None:

@@ -92,9 +92,9 @@ class SelectionConfig:
     """How the next batch is picked; the queue asset's config and the simulation share it."""
 
     strategy: str = option(DEFAULT_STRATEGY, "a STRATEGIES name: least_confidence | margin | "
-                           "ratio | entropy | random | calibrated | balanced | diverse | typical | default "
-                           "(calibrated + rare-class weights, then k-center diversity, with a "
-                           "class cap; docs/active-learning.md)")
+                           "ratio | entropy | random | calibrated | balanced | diverse | typical "
+                           "| default (calibrated + rare-class weights, then k-center diversity, "
+                           "with a class cap; docs/active-learning.md)")
     size: int = option(50, "images per labeling batch")
     max_boxes: int | None = option(None, "a budget in boxes as well: at most this many "
                                    "predicted boxes in the batch")
@@ -313,19 +313,19 @@ def _embedding_order(candidates: pa.Table, predictions: pa.Table, blocked: set[i
     in typicality order away from the ``labeled`` embeddings (``typical``), then the blocked
     ones. Without embeddings ``diverse`` keeps the ranking (None); ``typical``, which has no
     other order, refuses."""
-    if "embedding" not in predictions.column_names or candidates.num_rows == 0:
+    if candidates.num_rows == 0:
         return None
+    if "embedding" not in predictions.column_names:
+        return _no_embeddings(config)
     ranked = candidates.sort_by([("rank", "ascending"), ("image_id", "ascending")])
     ids = [int(i) for i in ranked["image_id"].to_pylist()]
     eligible = [i for i in ids if i not in blocked]
     row_of = {int(i): k for k, i in enumerate(predictions["image_id"].to_pylist())}
     rows = predictions["embedding"].take(pa.array([row_of[i] for i in eligible], pa.int64()))
-    if not eligible or rows.null_count:
-        if eligible and config.plan.typical:
-            raise ValueError("the typical strategy clusters the detector's image embeddings, "
-                             "but these predictions have none: predict with a detector that "
-                             "gives embeddings (SSD, Faster R-CNN) or pick another strategy")
+    if not eligible:
         return None
+    if rows.null_count:
+        return _no_embeddings(config)
     vectors = embedding_matrix(pa.table({"embedding": rows}))
     if config.plan.typical and not np.isfinite(vectors).all():
         bad = eligible[int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])]
@@ -343,6 +343,15 @@ def embedding_matrix(predictions: pa.Table) -> np.ndarray:
         return np.zeros((0, 0), np.float32)
     flat = pc.list_flatten(rows).to_numpy(zero_copy_only=False)
     return flat.reshape(len(rows), -1).astype(np.float32)
+
+
+def _no_embeddings(config: SelectionConfig) -> None:
+    """``diverse`` keeps the ranking without embeddings; ``typical`` has no other order."""
+    if config.plan.typical:
+        raise ValueError("the typical strategy clusters the detector's image embeddings, but "
+                         "these predictions have none: predict with a detector that gives "
+                         "embeddings (SSD, Faster R-CNN) or pick another strategy")
+    return None
 
 
 def exclusions(splits: pa.Table, exclude_labeled: bool) -> set[int]:

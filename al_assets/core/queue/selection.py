@@ -298,7 +298,8 @@ def reason_text(
         boxes = "box" if n_detections == 1 else "boxes"
         text = f"{measure} {how} {uncertainty:.2f} over {n_detections} {boxes}"
         if measure in UNRANKED:  # picked by order or cluster: the value is only a description
-            text = f"{measure} pick; uncertainty {how} {uncertainty:.2f} over {n_detections} {boxes}"
+            text = (f"{measure} pick; uncertainty {how} {uncertainty:.2f} over {n_detections} "
+                    f"{boxes}")
     if n_duplicates > 0:
         copies = "near-duplicate" if n_duplicates == 1 else "near-duplicates"
         text += f"; stands for {n_duplicates} {copies}"
