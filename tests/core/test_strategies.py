@@ -164,6 +164,39 @@ def test_typical_order_leaves_the_regions_the_labels_cover_for_last() -> None:
     assert typical_order(x, 2, seed=0)[0] < 30  # without labels the largest region leads
 
 
+def test_typicality_in_chunks_and_samples_is_density(monkeypatch: pytest.MonkeyPatch) -> None:
+    from al_assets.core.queue import typicality as module
+
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.normal(0, 0.1, (40, 4)), rng.normal(0, 3.0, (10, 4))]).astype(
+        np.float32)  # a dense core and scattered outliers
+    whole = module.typicality(x)
+    d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(d, np.inf)
+    brute = 1.0 / np.sort(d, axis=1)[:, :module.NEIGHBOURS].mean(axis=1)
+    assert np.allclose(whole, brute, rtol=1e-4)  # the definition, row by row
+    monkeypatch.setattr(module, "CHUNK_ROWS", 7)
+    assert np.allclose(module.typicality(x), whole)  # blocks change nothing
+    monkeypatch.setattr(module, "REFERENCE_ROWS", 25)
+    sampled = module.typicality(x)  # against 25 of the 50 rows
+    assert np.isfinite(sampled).all() and sampled[:40].min() > sampled[40:].max()
+
+
+def test_typical_order_takes_an_empty_labeled_set_as_none() -> None:
+    from al_assets.core.queue.typicality import typical_order
+
+    x = np.random.default_rng(6).normal(size=(30, 4)).astype(np.float32)
+    assert np.array_equal(typical_order(x, 3, centers=np.zeros((0, 0), np.float32)),
+                          typical_order(x, 3))
+
+
+def test_unranked_reasons_name_exactly_the_strategies_without_a_ranking() -> None:
+    from al_assets.core.loop.selection import STRATEGIES
+    from al_assets.core.queue.selection import UNRANKED
+
+    assert set(UNRANKED) == {name for name, plan in STRATEGIES.items() if plan.random}
+
+
 def test_embedding_matrix_skips_rows_without_an_embedding() -> None:
     from al_assets.core.loop.selection import embedding_matrix
 
@@ -187,6 +220,9 @@ def test_the_typical_strategy_takes_one_image_per_scene_whatever_the_uncertainty
     assert _select(predictions, "typical", 4) == picked  # seeded by the queue's seed
     with pytest.raises(ValueError, match="typical strategy clusters the detector's image"):
         _select(_predictions(dets), "typical", 4)  # no embeddings: refused, not a shuffle
+    broken = _predictions(dets, {**emb, 7: [float("nan")] * 4})
+    with pytest.raises(ValueError, match="image 7's embedding is not finite"):
+        _select(broken, "typical", 4)
     no_column = _predictions(dets, emb).drop_columns(["embedding"])
     with pytest.raises(ValueError, match="typical strategy clusters"):
         _select(no_column, "typical", 4)  # a store read without the column: refused too
