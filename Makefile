@@ -2,6 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# pytest-xdist workers of the default suite (one per core of the 2-core CI machine; each is
+# pinned to its share of the cores in tests/conftest.py). The slow suite stays serial: its
+# training, resume and daemon tests slowed 1.6-6x when run side by side (README, "CI").
+TEST_WORKERS ?= 2
 
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export AL_ASSETS_STORAGE_ROOT ?= $(CURDIR)/.storage
@@ -25,8 +29,8 @@ $(VENV)/.installed: pyproject.toml
 demo: setup  ## demo data -> detector in MLflow -> predictions -> queue, analysis, report
 	$(BIN)/al-assets demo
 
-test: setup  ## the default suite (583 tests, 8-18 min on 2 cores)
-	$(BIN)/pytest -q -m "not slow" --durations=15
+test: setup  ## the default suite (586 tests, about 9 min on 2 cores: two pytest-xdist workers)
+	$(BIN)/pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-slow: setup  ## real-process fault tests and training (CI runs them after `make test`)
 	$(BIN)/pytest -q -m slow --durations=0

@@ -21,6 +21,25 @@ from al_assets.core.demo.generator import generate_demo_dataset
 TEST_IMAGES = 40
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test``), give each worker its own share of the cores.
+
+    Every worker would otherwise run torch (and the servers it starts) with a thread per core,
+    so two workers on two cores oversubscribe them and spin. Pinning the worker process also
+    pins its subprocesses (dagster, MLflow, al-assets), and training sizes its threads from the
+    affinity (``training._torch_threads``)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    share = cpus[int(worker[2:]) % count::count] if len(cpus) >= count else cpus
+    os.sched_setaffinity(0, share)
+    os.environ["OMP_NUM_THREADS"] = str(len(share))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(len(share))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
