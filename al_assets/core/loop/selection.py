@@ -320,15 +320,16 @@ def _embedding_order(candidates: pa.Table, predictions: pa.Table, blocked: set[i
     ranked = candidates.sort_by([("rank", "ascending"), ("image_id", "ascending")])
     ids = [int(i) for i in ranked["image_id"].to_pylist()]
     eligible = [i for i in ids if i not in blocked]
-    row_of = {int(i): k for k, i in enumerate(predictions["image_id"].to_pylist())}
-    rows = predictions["embedding"].take(pa.array([row_of[i] for i in eligible], pa.int64()))
     if not eligible:
         return None
+    row_of = {int(i): k for k, i in enumerate(predictions["image_id"].to_pylist())}
+    rows = predictions["embedding"].take(pa.array([row_of[i] for i in eligible], pa.int64()))
     if rows.null_count:
         return _no_embeddings(config)
     vectors = embedding_matrix(pa.table({"embedding": rows}))
-    if config.plan.typical and not np.isfinite(vectors).all():
-        bad = eligible[int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])]
+    finite = np.isfinite(vectors).all(axis=1)
+    if config.plan.typical and not finite.all():
+        bad = eligible[int(np.flatnonzero(~finite)[0])]
         raise ValueError(f"image {bad}'s embedding is not finite: re-predict its shard")
     order = (typical_order(vectors, config.size, seed=config.seed, centers=labeled)
              if config.plan.typical else farthest_first(vectors, first=0))
