@@ -101,6 +101,48 @@ def test_class_weights_reorder_the_images_by_weighted_box_uncertainty() -> None:
     assert weighted["image_id"].to_pylist() == [2, 1]
 
 
+def _runner_up(label: int, second: int, p1: float, p2: float) -> dict:
+    """A box of ``label`` whose runner-up class is ``second`` (four classes 1-4)."""
+    rest = (1.0 - p1 - p2) / 2
+    dist = [p1 if c == label else p2 if c == second else rest for c in (1, 2, 3, 4)]
+    return {"box": {"xmin": 1.0, "ymin": 1.0, "xmax": 50.0, "ymax": 40.0}, "score": 0.9,
+            "label_id": label, "label_ids": [label, second], "scores": [p1, p2],
+            "distribution": dist}
+
+
+def test_soft_weights_are_the_expected_weight_over_the_two_most_likely_classes() -> None:
+    # same entropy for both images; image 2's box has the rare class 4 as its runner-up
+    predictions = _predictions({1: [_runner_up(1, 2, 0.6, 0.3)], 2: [_runner_up(1, 4, 0.6, 0.3)]})
+    boxes = box_scores(predictions)
+    images = predictions.select(["image_id", "uri"])
+    weights = {1: 1.0, 2: 1.0, 4: 4.0}
+    hard = aggregate_images(boxes, images, measure="entropy", class_weights=weights)
+    soft = aggregate_images(boxes, images, measure="entropy", class_weights=weights,
+                            soft_weights=True)
+    assert hard["uncertainty"][0].as_py() == pytest.approx(hard["uncertainty"][1].as_py())
+    assert soft["image_id"].to_pylist() == [2, 1]
+    entropy = aggregate_images(boxes, images, measure="entropy")["uncertainty"][0].as_py()
+    expected = (0.6 * 1.0 + 0.3 * 4.0) / 0.9  # (p1 w1 + p2 w2) / (p1 + p2)
+    assert soft["uncertainty"][0].as_py() == pytest.approx(entropy * expected, rel=1e-5)
+    # a class the weights do not list counts 1; the runner-up of a one-class box is none
+    one = box_scores(predictions).set_column(
+        boxes.schema.get_field_index("second_label_id"), "second_label_id",
+        pa.array([None, None], pa.int32()))
+    alone = aggregate_images(one, images, measure="entropy", class_weights={4: 4.0},
+                             soft_weights=True)
+    assert alone["uncertainty"].to_pylist() == pytest.approx([entropy, entropy])
+
+
+def test_the_soft_strategy_reaches_a_rare_runner_up_that_the_default_misses() -> None:
+    dets = {i: [_runner_up(1, 2, 0.50 + 0.001 * i, 0.3)] for i in range(1, 9)}
+    dets.update({i: [_runner_up(1, 4, 0.55, 0.3)] for i in (9, 10)})  # less uncertain
+    predictions = _predictions(dets, {i: np.eye(10)[i - 1].tolist() for i in dets})
+    weights = class_weights(STRATEGIES["soft"], [1, 2, 3, 4],
+                            labeled_boxes={1: 400, 2: 100, 3: 100, 4: 1})
+    assert set(_select(predictions, "soft", 2, class_weights=weights)) == {9, 10}
+    assert not {9, 10} & set(_select(predictions, "default", 2, class_weights=weights))
+
+
 def test_the_rare_strategy_picks_the_rarely_labeled_class_first() -> None:
     dets = {i: [_det(1, 0.40 + 0.001 * i)] for i in range(1, 11)}
     dets.update({i: [_det(4, 0.55)] for i in range(11, 14)})  # less uncertain, class 4

@@ -15,7 +15,9 @@ simulation alike:
   difficulty, 1 - AP on the held-out split (PPAL's difficulty-calibrated sampling), and/or
   *rare*: toward classes with few labeled boxes (class balancing). Weights re-score a wide head
   of the plain ranking (``WEIGHTED_FACTOR`` x size), because shard rankings are written before
-  the labels and evaluation they depend on exist;
+  the labels and evaluation they depend on exist. *soft* weights take each box's weight as
+  the expectation over its two most likely classes rather than its top class's, so that a
+  rare class the detector has not learned to predict still draws boxes where it is runner-up;
 * *diverse*: greedy k-center over the detector's image embeddings among the top candidates
   (``queue.diversity.farthest_first``; linear memory);
 * *typical*: one image per k-means cluster of the embeddings, its densest member, over a
@@ -69,6 +71,7 @@ class Strategy:
     random: bool = False  # a seeded random order instead of the measure's
     calibrated: bool = False  # weight boxes by their class's difficulty (1 - champion AP)
     rare: bool = False  # weight boxes toward classes with few labeled boxes
+    soft: bool = False  # a box's weight: expected over its top-2 classes, not its top class's
     diverse: bool = False  # k-center over image embeddings among the top candidates
     capped: bool = False  # at most CLASS_CAP of the batch per predicted top class
     typical: bool = False  # k-means typicality over a uniform sample of the pool (with random)
@@ -82,6 +85,7 @@ STRATEGIES: dict[str, Strategy] = {
     "diverse": Strategy(diverse=True),
     "typical": Strategy(random=True, typical=True),
     "default": Strategy(calibrated=True, rare=True, diverse=True, capped=True),
+    "soft": Strategy(calibrated=True, rare=True, soft=True, diverse=True, capped=True),
 }
 """Named strategies; ``default`` is the queue's (docs/active-learning.md measured why)."""
 DEFAULT_STRATEGY = "default"
@@ -94,7 +98,8 @@ class SelectionConfig:
     strategy: str = option(DEFAULT_STRATEGY, "a STRATEGIES name: least_confidence | margin | "
                            "ratio | entropy | random | calibrated | balanced | diverse | typical "
                            "| default (calibrated + rare-class weights, then k-center diversity, "
-                           "with a class cap; docs/active-learning.md)")
+                           "with a class cap; docs/active-learning.md) | soft (default with "
+                           "each box weighted over its top-2 classes)")
     size: int = option(50, "images per labeling batch")
     max_boxes: int | None = option(None, "a budget in boxes as well: at most this many "
                                    "predicted boxes in the batch")
@@ -189,7 +194,7 @@ def select_batch(
     candidates = _candidate_window(ranking, blocked, config.size * factor)
     predictions = predictions_of(candidates["image_id"].combine_chunks())
     if weighted:
-        candidates = _reweighted(candidates, predictions, class_weights)
+        candidates = _reweighted(candidates, predictions, class_weights, soft=plan.soft)
         candidates = _candidate_window(candidates, blocked, config.size * CANDIDATE_FACTOR)
     duplicates = None
     if config.deduplicate and hashes_of is not None and candidates.num_rows:
@@ -293,8 +298,8 @@ def labeled_box_counts(annotations: pa.Table) -> dict[int, int]:
     return {int(c["values"]): int(c["counts"]) for c in pc.value_counts(boxes).to_pylist()}
 
 
-def _reweighted(candidates: pa.Table, predictions: pa.Table, weights: Mapping[int, float]
-                ) -> pa.Table:
+def _reweighted(candidates: pa.Table, predictions: pa.Table, weights: Mapping[int, float],
+                *, soft: bool = False) -> pa.Table:
     """The window re-ranked by class-weighted uncertainty, with the measure, aggregation and
     empty-image placement the ranking itself was computed with (read from its rows)."""
     if candidates.num_rows == 0:
@@ -304,7 +309,8 @@ def _reweighted(candidates: pa.Table, predictions: pa.Table, weights: Mapping[in
                             measure=first["measure"], agg=first["agg"],
                             top_k=first["top_k"] or ScoringSettings.top_k,
                             empty_images=written_placement([candidates])
-                            or ScoringSettings.empty_images, class_weights=weights)
+                            or ScoringSettings.empty_images, class_weights=weights,
+                            soft_weights=soft)
 
 
 def _embedding_order(candidates: pa.Table, predictions: pa.Table, blocked: set[int],

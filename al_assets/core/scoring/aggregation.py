@@ -48,6 +48,7 @@ def aggregate_images(
     top_k: int = 3,
     empty_images: EmptyImages = "lowest",
     class_weights: Mapping[int, float] | None = None,
+    soft_weights: bool = False,
 ) -> pa.Table:
     """Rank the predicted ``images`` by the aggregated uncertainty of their detections.
 
@@ -56,15 +57,18 @@ def aggregate_images(
     images without detections are explicit. ``topk_mean`` averages the ``top_k`` most uncertain
     boxes (all of them when an image has fewer). ``class_weights`` (label_id -> weight, 1 for
     a label not listed) multiply each box's uncertainty before aggregating (class-calibrated
-    and class-balancing strategies). Returns IMAGE_SCORES sorted by rank: 1 = most
-    uncertain, ties broken by ascending image_id.
+    and class-balancing strategies). ``soft_weights`` takes each box's weight as the expected
+    weight over its two most likely classes (``p1``, ``p2`` renormalized) instead of its top
+    class's weight, so that a box whose runner-up is a rare class counts toward it too.
+    Returns IMAGE_SCORES sorted by rank: 1 = most uncertain, ties broken by ascending image_id.
     """
     column, small_is_uncertain = _check_arguments(box_scores, measure, agg, top_k, empty_images)
     image_ids = _unique_image_ids(images)
     groups = _image_positions(image_ids, box_scores.column("image_id"))
     values = _uncertainties(box_scores, column, small_is_uncertain)
     if class_weights:
-        values = values * _box_weights(box_scores, class_weights)
+        values = values * (_soft_box_weights(box_scores, class_weights) if soft_weights
+                           else _box_weights(box_scores, class_weights))
     counts = np.bincount(groups, minlength=len(image_ids))
     per_image = _aggregate(groups, values, counts, agg, top_k)
     keep = counts > 0 if empty_images == "exclude" else np.ones(len(image_ids), bool)
@@ -127,12 +131,28 @@ def _image_positions(image_ids: np.ndarray, box_image_ids: pa.ChunkedArray) -> n
     return sorter[found] if len(ids) else np.zeros(0, np.int64)
 
 
-def _box_weights(box_scores: pa.Table, weights: Mapping[int, float]) -> np.ndarray:
-    labels = box_scores.column("label_id").to_numpy().astype(np.int64)
+def _box_weights(box_scores: pa.Table, weights: Mapping[int, float],
+                 column: str = "label_id") -> np.ndarray:
+    """Each box's weight by its ``column`` class (1 for a class ``weights`` does not list)."""
+    labels = box_scores.column(column).fill_null(-1).to_numpy().astype(np.int64)
     known = np.array(sorted(weights), np.int64)
     table = np.array([weights[k] for k in known.tolist()], np.float64)
     where = np.clip(np.searchsorted(known, labels), 0, known.size - 1)
     return np.where(known[where] == labels, table[where], 1.0)
+
+
+def _soft_box_weights(box_scores: pa.Table, weights: Mapping[int, float]) -> np.ndarray:
+    """``(p1 w(first) + p2 w(second)) / (p1 + p2)``: the class weight expected over the box's
+    two most likely classes (BOX_SCORES keeps these two; a box with one class gets its own)."""
+    for name in ("p1", "p2", "first_label_id", "second_label_id"):
+        if name not in box_scores.column_names:
+            raise ValueError(f"box_scores has no column {name!r}, which soft_weights reads "
+                             "(BOX_SCORES schema expected)")
+    p1 = box_scores.column("p1").to_numpy().astype(np.float64)
+    p2 = box_scores.column("p2").fill_null(0.0).to_numpy().astype(np.float64)
+    total = np.where(p1 + p2 > 0, p1 + p2, 1.0)
+    return (p1 * _box_weights(box_scores, weights, "first_label_id")
+            + p2 * _box_weights(box_scores, weights, "second_label_id")) / total
 
 
 def _uncertainties(box_scores: pa.Table, column: str, small_is_uncertain: bool) -> np.ndarray:

@@ -30,7 +30,7 @@ class SimulationConfig:
 
     strategies: tuple[str, ...] = option(
         DEFAULT_STRATEGIES, "random | least_confidence | margin | ratio | entropy | calibrated | "
-        "typical | balanced | diverse | default (the queue's strategies)")
+        "typical | balanced | diverse | default | soft (the queue's strategies)")
     seeds: tuple[int, ...] = option((0, 1), "one replay per seed and strategy")
     initial_size: int = option(20, "random seed set of round 0 (0 with a base split)")
     budget: int = option(20, "images labeled per round (the queue's size)")
