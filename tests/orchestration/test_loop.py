@@ -231,6 +231,20 @@ def test_the_simulation_selects_what_the_queue_selects(loop: Pipeline) -> None:
     assert all(r.startswith("typical pick; uncertainty ") for r in typical["reason"].to_pylist())
     assert simulated["image_id"].to_pylist() == typical["image_id"].to_pylist()
 
+    # soft weights each box over its top-2 classes, in the asset as in the simulation
+    run_job(p.defs, "refresh_views_job", p.instance, run_config={
+        "ops": {"labeling_queue": {"config": {"size": 6, "max_per_class": 2,
+                                              "strategy": "soft"}}}})
+    soft = p.store.read("labeling_queue")
+    selection = QueueConfig(size=6, max_per_class=2, strategy="soft").selection()
+    simulated = queue_from_predictions(
+        confident_detections(predictions, config.min_score), selection, ScoringSettings(),
+        excluded=exclusions(splits, True), hashes={i: h for i, h in by_id.items() if h is not None},
+        class_weights=queue_class_weights(p.store, key, selection))
+    assert soft.num_rows == 6 and set(soft["strategy"].to_pylist()) == {"entropy"}  # its measure
+    assert simulated["image_id"].to_pylist() == soft["image_id"].to_pylist()
+    assert simulated["reason"].to_pylist() == soft["reason"].to_pylist()
+
 
 def test_image_urls_default_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Automated refreshes run with the defaults: the deployment's env sets the URL form."""
