@@ -124,13 +124,16 @@ def test_soft_weights_are_the_expected_weight_over_the_two_most_likely_classes()
     entropy = aggregate_images(boxes, images, measure="entropy")["uncertainty"][0].as_py()
     expected = (0.6 * 1.0 + 0.3 * 4.0) / 0.9  # (p1 w1 + p2 w2) / (p1 + p2)
     assert soft["uncertainty"][0].as_py() == pytest.approx(entropy * expected, rel=1e-5)
-    # a class the weights do not list counts 1; the runner-up of a one-class box is none
-    one = box_scores(predictions).set_column(
-        boxes.schema.get_field_index("second_label_id"), "second_label_id",
-        pa.array([None, None], pa.int32()))
-    alone = aggregate_images(one, images, measure="entropy", class_weights={4: 4.0},
+    # a class the weights do not list counts 1
+    unlisted = aggregate_images(boxes, images, measure="entropy", class_weights={3: 4.0},
+                                soft_weights=True)
+    assert unlisted["uncertainty"].to_pylist() == pytest.approx([entropy, entropy])
+    # a box stored with one class (no runner-up id, though p2 is known) gets its own weight
+    one = boxes.set_column(boxes.schema.get_field_index("second_label_id"), "second_label_id",
+                           pa.array([None, None], pa.int32()))
+    alone = aggregate_images(one, images, measure="entropy", class_weights={1: 4.0},
                              soft_weights=True)
-    assert alone["uncertainty"].to_pylist() == pytest.approx([entropy, entropy])
+    assert alone["uncertainty"].to_pylist() == pytest.approx([4 * entropy, 4 * entropy])
 
 
 def test_the_soft_strategy_reaches_a_rare_runner_up_that_the_default_misses() -> None:

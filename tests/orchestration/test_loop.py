@@ -237,10 +237,12 @@ def test_the_simulation_selects_what_the_queue_selects(loop: Pipeline) -> None:
                                               "strategy": "soft"}}}})
     soft = p.store.read("labeling_queue")
     selection = QueueConfig(size=6, max_per_class=2, strategy="soft").selection()
+    soft_weights = queue_class_weights(p.store, key, selection)
+    assert soft_weights == weights  # soft changes how weights apply, not the weights
     simulated = queue_from_predictions(
         confident_detections(predictions, config.min_score), selection, ScoringSettings(),
         excluded=exclusions(splits, True), hashes={i: h for i, h in by_id.items() if h is not None},
-        class_weights=queue_class_weights(p.store, key, selection))
+        class_weights=soft_weights)
     assert soft.num_rows == 6 and set(soft["strategy"].to_pylist()) == {"entropy"}  # its measure
     assert simulated["image_id"].to_pylist() == soft["image_id"].to_pylist()
     assert simulated["reason"].to_pylist() == soft["reason"].to_pylist()

@@ -143,13 +143,18 @@ def _box_weights(box_scores: pa.Table, weights: Mapping[int, float],
 
 def _soft_box_weights(box_scores: pa.Table, weights: Mapping[int, float]) -> np.ndarray:
     """``(p1 w(first) + p2 w(second)) / (p1 + p2)``: the class weight expected over the box's
-    two most likely classes (BOX_SCORES keeps these two; a box with one class gets its own)."""
+    two most likely classes (BOX_SCORES keeps these two; a box with one class gets its own).
+    The classes are the distribution's (``first_label_id``), which is the detector's
+    ``label_id`` except where its post-processing kept a box under another label."""
     for name in ("p1", "p2", "first_label_id", "second_label_id"):
         if name not in box_scores.column_names:
             raise ValueError(f"box_scores has no column {name!r}, which soft_weights reads "
                              "(BOX_SCORES schema expected)")
     p1 = box_scores.column("p1").to_numpy().astype(np.float64)
-    p2 = box_scores.column("p2").fill_null(0.0).to_numpy().astype(np.float64)
+    # a box stored with one class (top_k=1) has no runner-up id, though p2 may be known
+    second = box_scores.column("second_label_id")
+    p2 = pc.if_else(pc.is_null(second), 0.0, box_scores.column("p2").fill_null(0.0))
+    p2 = p2.to_numpy().astype(np.float64)
     total = np.where(p1 + p2 > 0, p1 + p2, 1.0)
     return (p1 * _box_weights(box_scores, weights, "first_label_id")
             + p2 * _box_weights(box_scores, weights, "second_label_id")) / total
