@@ -134,6 +134,13 @@ def test_soft_weights_are_the_expected_weight_over_the_two_most_likely_classes()
     alone = aggregate_images(one, images, measure="entropy", class_weights={1: 4.0},
                              soft_weights=True)
     assert alone["uncertainty"].to_pylist() == pytest.approx([4 * entropy, 4 * entropy])
+    # box scores without the columns the weights read are refused, naming the column
+    with pytest.raises(ValueError, match="no column 'second_label_id'"):
+        aggregate_images(boxes.drop_columns(["second_label_id"]), images, measure="entropy",
+                         class_weights=weights, soft_weights=True)
+    with pytest.raises(ValueError, match="no column 'label_id'"):
+        aggregate_images(boxes.drop_columns(["label_id"]), images, measure="entropy",
+                         class_weights=weights)
 
 
 def test_the_soft_strategy_reaches_a_rare_runner_up_that_the_default_misses() -> None:

@@ -36,6 +36,7 @@ MEASURES: dict[str, tuple[str, bool]] = {
     "score": ("score", True),  # the detector's own score: the notebook's least-confidence query
 }
 AGGREGATIONS = ("max", "mean", "sum", "topk_mean")
+_SOFT_COLUMNS = ("p1", "p2", "first_label_id", "second_label_id")  # what soft_weights reads
 EmptyImages = Literal["lowest", "highest", "exclude"]
 
 
@@ -62,7 +63,10 @@ def aggregate_images(
     class's weight, so that a box whose runner-up is a rare class counts toward it too.
     Returns IMAGE_SCORES sorted by rank: 1 = most uncertain, ties broken by ascending image_id.
     """
-    column, small_is_uncertain = _check_arguments(box_scores, measure, agg, top_k, empty_images)
+    weight_columns = (() if not class_weights else _SOFT_COLUMNS if soft_weights
+                      else ("label_id",))
+    column, small_is_uncertain = _check_arguments(box_scores, measure, agg, top_k, empty_images,
+                                                  weight_columns)
     image_ids = _unique_image_ids(images)
     groups = _image_positions(image_ids, box_scores.column("image_id"))
     values = _uncertainties(box_scores, column, small_is_uncertain)
@@ -78,7 +82,8 @@ def aggregate_images(
 
 
 def _check_arguments(
-    box_scores: pa.Table, measure: str, agg: str, top_k: int, empty_images: str
+    box_scores: pa.Table, measure: str, agg: str, top_k: int, empty_images: str,
+    weight_columns: tuple[str, ...] = (),
 ) -> tuple[str, bool]:
     if measure not in MEASURES:
         raise ValueError(f"unknown measure {measure!r}; choose one of {sorted(MEASURES)}")
@@ -91,7 +96,7 @@ def _check_arguments(
             f"empty_images must be 'lowest', 'highest' or 'exclude', got {empty_images!r}"
         )
     column, small_is_uncertain = MEASURES[measure]
-    for name in ("image_id", column):
+    for name in ("image_id", column, *weight_columns):
         if name not in box_scores.column_names:
             raise ValueError(f"box_scores has no column {name!r} (BOX_SCORES schema expected)")
     for name in ("model_name", "model_version"):
@@ -146,10 +151,6 @@ def _soft_box_weights(box_scores: pa.Table, weights: Mapping[int, float]) -> np.
     two most likely classes (BOX_SCORES keeps these two; a box with one class gets its own).
     The classes are the distribution's (``first_label_id``), which is the detector's
     ``label_id`` except where its post-processing kept a box under another label."""
-    for name in ("p1", "p2", "first_label_id", "second_label_id"):
-        if name not in box_scores.column_names:
-            raise ValueError(f"box_scores has no column {name!r}, which soft_weights reads "
-                             "(BOX_SCORES schema expected)")
     p1 = box_scores.column("p1").to_numpy().astype(np.float64)
     # a box stored with one class (top_k=1) has no runner-up id, though p2 may be known
     second = box_scores.column("second_label_id")
