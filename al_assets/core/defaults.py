@@ -37,6 +37,29 @@ def console_log_level() -> str:
     return os.environ.get("AL_ASSETS_LOG_LEVEL", "INFO").upper()
 
 
+# -- automation ----------------------------------------------------------------------------------
+
+SENSOR_INTERVAL_S = 30
+"""Seconds between two ticks of the sensors that read the instance (new shards, new labels, the
+automation sensor): Dagster's own default. The two that list the source storage or poll the
+MLflow registry tick at twice this, so a large S3 prefix is not listed every 30 s."""
+
+
+def sensor_interval_s() -> int:
+    """``AL_ASSETS_SENSOR_INTERVAL_S`` (whole seconds, at least 1) or :data:`SENSOR_INTERVAL_S`.
+
+    Read when the code location loads (the daemon and the webserver load it at their start):
+    a team raises it to poll a slow store less, the daemon test lowers it to wait less.
+    """
+    raw = os.environ.get("AL_ASSETS_SENSOR_INTERVAL_S", "").strip()
+    if not raw:
+        return SENSOR_INTERVAL_S
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"AL_ASSETS_SENSOR_INTERVAL_S={raw!r}: give whole seconds, at least 1 "
+                         f"(unset: {SENSOR_INTERVAL_S})")
+    return int(raw)
+
+
 # -- pool layout -------------------------------------------------------------------------------
 
 DEFAULT_SHARD_SIZE = 2000

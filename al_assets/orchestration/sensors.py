@@ -11,6 +11,7 @@ import dagster as dg
 from dagster._core.events import DagsterEventType
 
 from al_assets.core.coco.discovery import batch_pages
+from al_assets.core.defaults import sensor_interval_s
 from al_assets.core.sharding import batch_of_shard
 from al_assets.core.splits import LABEL_BATCH_PREFIX
 from al_assets.orchestration.jobs import (
@@ -36,10 +37,12 @@ from al_assets.orchestration.resources import CocoSourceResource, MlflowResource
 
 PAGE_SIZE = 1000
 TICK_BUDGET_S = 20.0  # Dagster cancels a tick after 60 s; stay well below
+INTERVAL_S = sensor_interval_s()  # 30 s unless AL_ASSETS_SENSOR_INTERVAL_S says otherwise
+LISTING_INTERVAL_S = 2 * INTERVAL_S  # the sensors that list storage or poll the registry
 
 
 @dg.sensor(
-    jobs=[ingest_job, label_import_job], minimum_interval_seconds=60,
+    jobs=[ingest_job, label_import_job], minimum_interval_seconds=LISTING_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Watches the source's annotations/ and labels/ folders (or S3 prefixes): each "
     "new annotation file becomes a batch and one ingestion run, each new label file a label "
@@ -92,7 +95,8 @@ def _new_files(
 
 
 @dg.sensor(
-    job=predict_job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
+    job=predict_job, default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=INTERVAL_S,
     description="When batches are ingested, predicts their shards with the champion version.",
 )
 def new_shards_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowResource):
@@ -128,7 +132,7 @@ def _data_version(record) -> str:
 
 
 @dg.sensor(
-    jobs=[predict_job, refresh_views_job], minimum_interval_seconds=60,
+    jobs=[predict_job, refresh_views_job], minimum_interval_seconds=LISTING_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Polls the MLflow registry: each new version becomes a model_version "
     "partition; the champion's version is predicted on every shard not yet predicted with it "
@@ -162,7 +166,7 @@ def new_model_version_sensor(context: dg.SensorEvaluationContext, mlflow: Mlflow
 
 @dg.asset_sensor(
     asset_key=dg.AssetKey("labeled_images"), job=train_job,
-    default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=INTERVAL_S,
     description="When a label file is imported, trains a challenger on every labeled "
     "train-split image and runs the evaluation gate (which may promote it).",
 )

@@ -26,6 +26,8 @@ from tests.orchestration.conftest import FAST, make_pipeline
 REPO = Path(__file__).resolve().parents[2]
 POOL_VIEWS = set(VIEW_KEYS) - {dg.AssetKey("splits")}  # splits reads no predictions
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+TICK_S = 5  # the daemon's AL_ASSETS_SENSOR_INTERVAL_S (storage and registry sensors: 10 s)
+QUIET_S = 40  # no new run for this long = settled: 4 ticks of the slowest sensor
 
 
 @pytest.mark.slow
@@ -46,12 +48,12 @@ def test_the_daemon_refreshes_each_view_once_after_a_new_batchs_prediction(
 
         daemon = _start_daemon(home, work / "store", demo_copy, tmp_path / "daemon.log")
         try:
-            _settle(instance, quiet_s=100, timeout_s=600)  # startup ticks done, nothing running
+            _settle(instance, quiet_s=QUIET_S, timeout_s=600)  # startup ticks done, nothing running
             arrived = time.time()
             add_demo_batch(demo_copy, 6)
             predicted = _wait_for(instance, arrived, "predict_job", timeout_s=600)
             _wait_for_materialization(instance, dg.AssetKey("uncertainty_report"), arrived, 900)
-            _settle(instance, quiet_s=100, timeout_s=600)  # and nothing more after it
+            _settle(instance, quiet_s=QUIET_S, timeout_s=600)  # and nothing more after it
         finally:
             daemon.terminate()
             daemon.wait(timeout=60)
@@ -76,7 +78,8 @@ def test_the_daemon_refreshes_each_view_once_after_a_new_batchs_prediction(
 def _start_daemon(home: Path, store: Path, source: Path, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(DAGSTER_HOME=str(home), AL_ASSETS_STORAGE_ROOT=str(store),
-               AL_ASSETS_SOURCE_ROOT=str(source), OMP_NUM_THREADS="1")
+               AL_ASSETS_SOURCE_ROOT=str(source), OMP_NUM_THREADS="1",
+               AL_ASSETS_SENSOR_INTERVAL_S=str(TICK_S))
     return subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w",
          str(REPO / "workspace.yaml")],
@@ -95,7 +98,8 @@ def _utc(timestamp: float):
 
 
 def _settle(instance: dg.DagsterInstance, quiet_s: float, timeout_s: float) -> None:
-    """Until no run is unfinished and none was created for ``quiet_s`` (> 3 sensor ticks)."""
+    """Until no run is unfinished and none was created for ``quiet_s`` (> 3 ticks of each
+    sensor)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         records = instance.get_run_records()

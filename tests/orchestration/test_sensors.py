@@ -196,3 +196,35 @@ def test_sensor_ticks_cost_the_same_queries_for_100x_the_shards(ingested, checkp
         assert more_requests - requests == len(extra)  # 100x the shards to predict
         assert more_others <= others + 2, (few, many)  # the sensor's own: constant (was +1/shard)
         assert more_lookups - lookups <= 2 * len(extra)  # Dagster's, per run request
+
+
+@pytest.mark.parametrize("raw", ["0", "5s", "-3", "1.5"])
+def test_a_bad_sensor_interval_names_the_variable(monkeypatch, raw: str) -> None:
+    from al_assets.core.defaults import sensor_interval_s
+
+    monkeypatch.setenv("AL_ASSETS_SENSOR_INTERVAL_S", raw)
+    with pytest.raises(ValueError, match=r"AL_ASSETS_SENSOR_INTERVAL_S=.*whole seconds"):
+        sensor_interval_s()
+
+
+def test_the_sensor_interval_sets_every_sensors_tick_when_the_code_loads() -> None:
+    """In a fresh interpreter, as the daemon loads the code location: the instance-reading
+    sensors tick at the interval, the storage- and registry-polling ones at twice it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = ("import json; from al_assets.orchestration.definitions import defs; print(json.dumps("
+              "{s.name: s.minimum_interval_seconds for s in defs.sensors}))")
+    ticks = {}
+    for raw in ("", "7"):
+        env = {**os.environ, "AL_ASSETS_SENSOR_INTERVAL_S": raw}
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                             text=True, timeout=300, check=True).stdout
+        ticks[raw] = json.loads(out.strip().splitlines()[-1])
+    listing = {"new_data_sensor", "new_model_version_sensor"}
+    for raw, base in (("", 30), ("7", 7)):
+        assert {name: s for name, s in ticks[raw].items() if name in listing} == {
+            name: 2 * base for name in listing}, ticks[raw]
+        assert {s for name, s in ticks[raw].items() if name not in listing} == {base}, ticks[raw]
