@@ -54,7 +54,7 @@ def sensor_interval_s() -> int:
     raw = os.environ.get("AL_ASSETS_SENSOR_INTERVAL_S", "").strip()
     if not raw:
         return SENSOR_INTERVAL_S
-    if not raw.isdigit() or int(raw) < 1:
+    if not raw.isdecimal() or not raw.isascii() or int(raw) < 1:
         raise ValueError(f"AL_ASSETS_SENSOR_INTERVAL_S={raw!r}: give whole seconds, at least 1 "
                          f"(unset: {SENSOR_INTERVAL_S})")
     return int(raw)

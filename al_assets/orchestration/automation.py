@@ -50,12 +50,10 @@ is left out: under the daemon it re-scored a shard its prediction run had just s
 
 
 class PredictionPending(dg.AutomationCondition):
-    """True while a batch is being ingested, or has a shard that no prediction run was created
-    for since its ingestion.
+    """True while an ingested batch has a shard that no prediction run was created for since.
 
-    Evaluated on the code server (the automation sensor sets ``use_user_code_server``): at most
-    five event-log queries per tick, whatever the number of shards or batches, cached for the
-    tick.
+    Evaluated on the code server (the automation sensor sets ``use_user_code_server``): two
+    event-log queries per tick, whatever the number of shards, cached for the tick.
     """
 
     @property
@@ -64,8 +62,7 @@ class PredictionPending(dg.AutomationCondition):
 
     @property
     def description(self) -> str:
-        return (f"a batch is being ingested, or was ingested less than {PREDICTION_GRACE_S:.0f} s "
-                "ago and awaits its predictions")
+        return f"a batch ingested less than {PREDICTION_GRACE_S:.0f} s ago awaits its predictions"
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
         now = context.evaluation_time.timestamp()
@@ -126,50 +123,32 @@ def _pending_cached(instance: dg.DagsterInstance, now: float) -> list[str]:
     return _last[1]
 
 
-PLANNED = DagsterEventType.ASSET_MATERIALIZATION_PLANNED
-MATERIALIZED = DagsterEventType.ASSET_MATERIALIZATION
-
-
 def pending_batches(instance: dg.DagsterInstance, now: float | None = None,
                     grace_s: float = PREDICTION_GRACE_S) -> list[str]:
-    """Batches being ingested (``images`` planned, not yet materialized), or ingested with a
-    shard no ``detections`` run was planned for since; each for ``grace_s`` at most.
+    """Batches ingested within ``grace_s`` with a shard no ``detections`` run planned since.
 
-    Both halves, so that a tick reading the instance while an ingestion run logs its assets one
-    after another (``annotations`` before ``images``) sees the batch pending in either state;
-    with only the second, the views refreshed between them, then again after the prediction
-    (the daemon test, at 5 s ticks). Storage ids order events across assets, so "planned after
-    the ingestion" is one comparison; materializations are read before plans, so an ingestion
-    that lands between the two reads still counts.
+    Storage ids order events across assets, so "planned after the ingestion" is one comparison.
+    The ingestion adds a batch's shards before it logs ``images`` (``assets/ingestion.py``), so
+    no tick sees the batch ingested with its shards missing.
     """
     now = time.time() if now is None else now
-    images = dg.AssetKey("images")
-    ingested = instance.get_latest_storage_id_by_partition(images, MATERIALIZED)
-    ingesting = {batch: storage_id for batch, storage_id
-                 in instance.get_latest_storage_id_by_partition(images, PLANNED).items()
-                 if storage_id > ingested.get(batch, -1)}
+    ingested = instance.get_latest_storage_id_by_partition(
+        dg.AssetKey("images"), DagsterEventType.ASSET_MATERIALIZATION)
     planned: dict[str, int] = {}
     for key, storage_id in instance.get_latest_storage_id_by_partition(
-            dg.AssetKey("detections"), PLANNED).items():
+            dg.AssetKey("detections"), DagsterEventType.ASSET_MATERIALIZATION_PLANNED).items():
         shard = prediction_partitions.get_partition_key_from_str(key).keys_by_dimension[SHARD]
         planned[shard] = max(planned.get(shard, -1), storage_id)
-    waiting = {batch_of_shard(s) for s in instance.get_dynamic_partitions(SHARD)
-               if ingested.get(batch_of_shard(s), -1) > planned.get(s, -1)}
-    since = {**{b: ingested[b] for b in waiting}, **ingesting}  # the event the grace counts from
-    at = _timestamps(instance, images, PLANNED, list(ingesting.values()))
-    at |= _timestamps(instance, images, MATERIALIZED, [ingested[b] for b in waiting])
-    return sorted(b for b, storage_id in since.items() if now - at.get(storage_id, 0) < grace_s)
+    waiting = sorted({batch_of_shard(s) for s in instance.get_dynamic_partitions(SHARD)
+                      if ingested.get(batch_of_shard(s), -1) > planned.get(s, -1)})
+    return [b for b in waiting if now - _ingested_at(instance, b) < grace_s]
 
 
-def _timestamps(instance: dg.DagsterInstance, key: dg.AssetKey, event_type: DagsterEventType,
-                storage_ids: list[int]) -> dict[int, float]:
-    """When these events were logged: an ingestion run's creation (its plan) or the ingestion
-    itself, so that a failed or stuck ingestion holds the views for the grace period only."""
-    if not storage_ids:
-        return {}
-    records = instance.get_event_records(dg.EventRecordsFilter(
-        event_type, asset_key=key, storage_ids=storage_ids), limit=len(storage_ids))
-    return {r.storage_id: r.timestamp for r in records}
+def _ingested_at(instance: dg.DagsterInstance, batch: str) -> float:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("images"), asset_partitions=[batch]),
+        limit=1, ascending=False).records
+    return records[0].timestamp if records else 0.0
 
 
 def _upstream_in_progress(depth: int = UPSTREAM_DEPTH) -> dg.AutomationCondition:
@@ -189,8 +168,8 @@ VIEW_REFRESH = (
 ).with_label("view_refresh")
 """Pool-wide views: when a parent changed after the view's last run started (or is refreshed in
 the same run, so a chain of views is one run), no run above it is in progress and no new batch
-is being ingested or awaits its predictions. ``eager``'s ``any_deps_missing`` is left out:
-model_version x shard always has missing partitions (old versions never run on new shards)."""
+awaits its predictions. ``eager``'s ``any_deps_missing`` is left out: model_version x shard
+always has missing partitions (old versions never run on new shards)."""
 
 with warnings.catch_warnings():  # use_user_code_server is beta: pinned Dagster, tested here
     warnings.simplefilter("ignore", dg.BetaWarning)

@@ -56,6 +56,30 @@ def test_local_ingestion_writes_tables_and_adds_shards(instance, demo_root, tmp_
     assert f"verifying batch-001's images: {n}/{n} images (100 %" in "\n".join(logged)
 
 
+def test_a_batchs_shards_exist_when_its_images_are_logged(instance, demo_root, tmp_path,
+                                                         monkeypatch) -> None:
+    """new_shards_sensor and the views' PredictionPending look for the shards of an ingested
+    batch: a tick between the images event and the shards' addition saw neither, and the views
+    refreshed on the old predictions (the daemon test at 5 s ticks, 2026-12-08)."""
+    seen: list[list[str]] = []
+    handle = instance.handle_new_event
+
+    def record(event, *args, **kwargs):
+        dagster_event = event.dagster_event
+        if dagster_event and dagster_event.is_step_materialization and \
+                dagster_event.asset_key == dg.AssetKey("images"):
+            seen.append(instance.get_dynamic_partitions(SHARD))
+        return handle(event, *args, **kwargs)
+
+    monkeypatch.setattr(instance, "handle_new_event", record)
+    storage = StorageResource(root=str(tmp_path / "store"))
+    result = run_ingestion(instance, storage, CocoSourceResource(root=str(demo_root)),
+                           "batch-000", {"shard_size": 8})
+    assert result.success
+    shards = sorted(set(storage.tables().read_many("images", ["batch-000"])["shard"].to_pylist()))
+    assert [sorted(s) for s in seen] == [shards]
+
+
 def test_reingesting_a_batch_leaves_other_batches_untouched(instance, demo_root, tmp_path) -> None:
     storage = StorageResource(root=str(tmp_path / "store"))
     source = CocoSourceResource(root=str(demo_root))

@@ -198,7 +198,7 @@ def test_sensor_ticks_cost_the_same_queries_for_100x_the_shards(ingested, checkp
         assert more_lookups - lookups <= 2 * len(extra)  # Dagster's, per run request
 
 
-@pytest.mark.parametrize("raw", ["0", "5s", "-3", "1.5"])
+@pytest.mark.parametrize("raw", ["0", "5s", "-3", "1.5", "²"])
 def test_a_bad_sensor_interval_names_the_variable(monkeypatch, raw: str) -> None:
     from al_assets.core.defaults import sensor_interval_s
 

@@ -104,8 +104,11 @@ def ingestion(
     yield _write(store, "annotations", tables.annotations, batch, version, counts="label",
                  warnings=tables.warnings)
     yield _write(store, "categories", tables.categories, batch, version)
-    yield _write(store, "images", tables.images, batch, version, counts="shard")
+    images = _write(store, "images", tables.images, batch, version, counts="shard")
+    # shards before the images event: a sensor tick in between saw the batch ingested with no
+    # shard awaiting prediction, and the views refreshed twice (the daemon test at 5 s ticks)
     new_shards = add_partitions(context.instance, SHARD, shards)
+    yield images
     context.log.info(f"batch {batch}: {tables.images.num_rows} images in shards {shards} "
                      f"({len(new_shards)} new)")
 
