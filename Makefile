@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup  ## demo data -> detector in MLflow -> predictions -> queue, analysis, report
 	$(BIN)/al-assets demo
 
-test: setup  ## the default suite (589 tests, about 9-10 min on 2 cores: two pytest-xdist workers)
+test: setup  ## the default suite (596 tests, about 9-10 min on 2 cores: two pytest-xdist workers)
 	$(BIN)/pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-slow: setup  ## real-process fault tests and training (CI runs them after `make test`)
