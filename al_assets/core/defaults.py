@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from al_assets.core.errors import SettingError
+
 # -- the model registry -------------------------------------------------------------------------
 
 CLASS_SCORES_MODEL = "al-class-scores"
@@ -55,7 +57,7 @@ def sensor_interval_s() -> int:
     if not raw:
         return SENSOR_INTERVAL_S
     if not raw.isdecimal() or not raw.isascii() or int(raw) < 1:
-        raise ValueError(f"AL_ASSETS_SENSOR_INTERVAL_S={raw!r}: give whole seconds, at least 1 "
+        raise SettingError(f"AL_ASSETS_SENSOR_INTERVAL_S={raw!r}: give whole seconds, at least 1 "
                          f"(unset: {SENSOR_INTERVAL_S})")
     return int(raw)
 

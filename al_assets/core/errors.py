@@ -9,6 +9,10 @@ class AlAssetsError(Exception):
     """Base class of every error al_assets raises on purpose."""
 
 
+class SettingError(AlAssetsError, ValueError):
+    """An environment setting has a value al_assets cannot use; the message names the variable."""
+
+
 class StorageError(AlAssetsError):
     """A table, object or image could not be read or written."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from al_assets.core.demo.generator import add_demo_batch
@@ -209,22 +211,35 @@ def test_a_bad_sensor_interval_names_the_variable(monkeypatch, raw: str) -> None
 
 def test_the_sensor_interval_sets_every_sensors_tick_when_the_code_loads() -> None:
     """In a fresh interpreter, as the daemon loads the code location: the instance-reading
-    sensors tick at the interval, the storage- and registry-polling ones at twice it."""
+    sensors tick at the interval, the storage- and registry-polling ones at twice it; a bad
+    value stops the CLI with one line naming the variable, no traceback."""
     import json
     import os
     import subprocess
     import sys
 
-    script = ("import json; from al_assets.orchestration.definitions import defs; print(json.dumps("
-              "{s.name: s.minimum_interval_seconds for s in defs.sensors}))")
-    ticks = {}
-    for raw in ("", "7"):
-        env = {**os.environ, "AL_ASSETS_SENSOR_INTERVAL_S": raw}
-        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                             text=True, timeout=300, check=True).stdout
-        ticks[raw] = json.loads(out.strip().splitlines()[-1])
+    from al_assets.orchestration.definitions import defs  # loaded here without the variable
+
+    from al_assets.orchestration.automation import PREDICTION_GRACE_S
+
+    script = ("import json; from al_assets.orchestration.definitions import defs; "
+              "from al_assets.orchestration.automation import PREDICTION_GRACE_S as g; "
+              "print(json.dumps([g, {s.name: s.minimum_interval_seconds for s in defs.sensors}]))")
+    env = {**os.environ, "AL_ASSETS_SENSOR_INTERVAL_S": "200"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=300, check=True).stdout
+    grace, slow = json.loads(out.strip().splitlines()[-1])
+    assert (PREDICTION_GRACE_S, grace) == (300, 600)  # 5 min, or three ticks when longer
+    ticks = {"": {s.name: s.minimum_interval_seconds for s in defs.sensors}, "200": slow}
     listing = {"new_data_sensor", "new_model_version_sensor"}
-    for raw, base in (("", 30), ("7", 7)):
+    for raw, base in (("", 30), ("200", 200)):
         assert {name: s for name, s in ticks[raw].items() if name in listing} == {
             name: 2 * base for name in listing}, ticks[raw]
         assert {s for name, s in ticks[raw].items() if name not in listing} == {base}, ticks[raw]
+
+    bad = subprocess.run([str(Path(sys.executable).parent / "al-assets"), "models"],
+                         env={**os.environ, "AL_ASSETS_SENSOR_INTERVAL_S": "5s"},
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+    assert [line for line in bad.stderr.splitlines() if line.strip()] == [
+        "error: AL_ASSETS_SENSOR_INTERVAL_S='5s': give whole seconds, at least 1 (unset: 30)"]
